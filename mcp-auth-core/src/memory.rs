@@ -1,0 +1,425 @@
+//! [`MemoryStore`]: all four store traits in process memory. The default for tests and
+//! short-lived processes; nothing survives the process.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::{Duration, SystemTime};
+
+use async_trait::async_trait;
+
+use crate::error::StoreError;
+use crate::ids::{IssuerId, Namespace, ResourceUri, TokenKey};
+use crate::model::{ClientRegistration, PendingAuthorization, ResourceBinding, TokenSet};
+use crate::record::{self, RecordKey, RecordKind};
+use crate::store::{
+    BindingStore, Expect, PendingAuthorizationStore, RefreshLease, RegistrationStore,
+    StoreCapabilities, StoreInfo, TokenStore, Version, Versioned,
+};
+
+const BACKEND: &str = "memory";
+
+struct Entry {
+    bytes: Vec<u8>,
+    version: u64,
+}
+
+#[derive(Default)]
+struct Shared {
+    /// (namespace key, record storage key) → encoded record.
+    records: HashMap<(String, String), Entry>,
+    /// (namespace key, token storage key) → (holder token, expiry).
+    leases: HashMap<(String, String), (String, SystemTime)>,
+    next_version: u64,
+}
+
+/// An in-memory store. Records are held in the same encoded form the durable backends write, so
+/// it behaves like them (including `Corrupt` on bad data).
+///
+/// Clones share data. [`MemoryStore::with_namespace`] opens another, isolated namespace over the
+/// same data — how a gateway keeps one tenant per namespace.
+///
+/// ```
+/// use mcp_auth_core::{MemoryStore, Namespace, RegistrationStore};
+///
+/// # tokio_test_block_on(async {
+/// let alice = MemoryStore::new();
+/// let bob = alice.with_namespace(Namespace::new("bob")?);
+/// assert!(bob.list_registrations().await?.is_empty());
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// # });
+/// # fn tokio_test_block_on<F: std::future::Future>(f: F) -> F::Output {
+/// #     tokio::runtime::Builder::new_current_thread().build().unwrap().block_on(f)
+/// # }
+/// ```
+#[derive(Clone)]
+pub struct MemoryStore {
+    shared: Arc<Mutex<Shared>>,
+    namespace: Namespace,
+    namespace_key: String,
+}
+
+impl MemoryStore {
+    /// An empty store in the default namespace.
+    pub fn new() -> Self {
+        Self::from_parts(Arc::default(), Namespace::default())
+    }
+
+    /// The same data, seen through another namespace.
+    pub fn with_namespace(&self, namespace: Namespace) -> Self {
+        Self::from_parts(Arc::clone(&self.shared), namespace)
+    }
+
+    /// This store's namespace.
+    pub fn namespace(&self) -> &Namespace {
+        &self.namespace
+    }
+
+    fn from_parts(shared: Arc<Mutex<Shared>>, namespace: Namespace) -> Self {
+        let namespace_key = namespace.storage_key();
+        Self {
+            shared,
+            namespace,
+            namespace_key,
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Shared> {
+        // No code panics while holding the lock, so a poisoned map is still consistent.
+        self.shared.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn slot(&self, key: &RecordKey) -> (String, String) {
+        (self.namespace_key.clone(), key.storage_key())
+    }
+
+    fn get_raw(&self, key: &RecordKey) -> Option<(Vec<u8>, Version)> {
+        self.lock()
+            .records
+            .get(&self.slot(key))
+            .map(|e| (e.bytes.clone(), Version::new(e.version.to_string())))
+    }
+
+    fn put_raw(
+        &self,
+        key: &RecordKey,
+        bytes: Vec<u8>,
+        expect: &Expect,
+    ) -> Result<Version, StoreError> {
+        let slot = self.slot(key);
+        let mut shared = self.lock();
+        let current = shared
+            .records
+            .get(&slot)
+            .map(|e| Version::new(e.version.to_string()));
+        if !expect.holds(current.as_ref()) {
+            return Err(StoreError::Conflict {
+                key: key.to_string(),
+            });
+        }
+        shared.next_version += 1;
+        let version = shared.next_version;
+        shared.records.insert(slot, Entry { bytes, version });
+        Ok(Version::new(version.to_string()))
+    }
+
+    fn delete_raw(&self, key: &RecordKey, expect: &Expect) -> Result<bool, StoreError> {
+        let slot = self.slot(key);
+        let mut shared = self.lock();
+        let current = shared
+            .records
+            .get(&slot)
+            .map(|e| Version::new(e.version.to_string()));
+        if !matches!(expect, Expect::Any) && !expect.holds(current.as_ref()) {
+            return Err(StoreError::Conflict {
+                key: key.to_string(),
+            });
+        }
+        Ok(shared.records.remove(&slot).is_some())
+    }
+
+    fn list_raw(&self, kind: RecordKind) -> Result<Vec<RecordKey>, StoreError> {
+        let shared = self.lock();
+        let mut keys = Vec::new();
+        for (ns, storage_key) in shared.records.keys() {
+            if ns != &self.namespace_key {
+                continue;
+            }
+            let key =
+                RecordKey::from_storage_key(storage_key).ok_or_else(|| StoreError::Corrupt {
+                    key: storage_key.clone(),
+                    reason: "unrecognised storage key".to_owned(),
+                })?;
+            if key.kind() == kind {
+                keys.push(key);
+            }
+        }
+        Ok(keys)
+    }
+
+    /// Writes raw bytes under `key`, bypassing encoding (the conformance suite uses this to plant
+    /// corrupt records).
+    #[cfg(feature = "conformance")]
+    pub(crate) fn write_raw(&self, key: &RecordKey, bytes: &[u8]) {
+        let slot = self.slot(key);
+        let mut shared = self.lock();
+        shared.next_version += 1;
+        let version = shared.next_version;
+        shared.records.insert(
+            slot,
+            Entry {
+                bytes: bytes.to_vec(),
+                version,
+            },
+        );
+    }
+}
+
+impl Default for MemoryStore {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl fmt::Debug for MemoryStore {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let records = self
+            .lock()
+            .records
+            .keys()
+            .filter(|(ns, _)| ns == &self.namespace_key)
+            .count();
+        f.debug_struct("MemoryStore")
+            .field("namespace", &self.namespace)
+            .field("records", &records)
+            .finish_non_exhaustive()
+    }
+}
+
+impl StoreInfo for MemoryStore {
+    fn backend_name(&self) -> &'static str {
+        BACKEND
+    }
+
+    fn capabilities(&self) -> StoreCapabilities {
+        StoreCapabilities::NONE
+            .with_atomic_cas(true)
+            .with_list(true)
+    }
+}
+
+#[async_trait]
+impl RegistrationStore for MemoryStore {
+    async fn get_registration(
+        &self,
+        issuer: &IssuerId,
+    ) -> Result<Option<Versioned<ClientRegistration>>, StoreError> {
+        self.get_raw(&RecordKey::Registration(issuer.clone()))
+            .map(|(bytes, version)| {
+                Ok(Versioned {
+                    value: record::decode_registration(issuer, &bytes)?,
+                    version,
+                })
+            })
+            .transpose()
+    }
+
+    async fn put_registration(
+        &self,
+        registration: &ClientRegistration,
+        expect: Expect,
+    ) -> Result<Version, StoreError> {
+        let bytes = record::encode_registration(registration)?;
+        self.put_raw(
+            &RecordKey::Registration(registration.issuer.clone()),
+            bytes,
+            &expect,
+        )
+    }
+
+    async fn delete_registration(
+        &self,
+        issuer: &IssuerId,
+        expect: Expect,
+    ) -> Result<bool, StoreError> {
+        self.delete_raw(&RecordKey::Registration(issuer.clone()), &expect)
+    }
+
+    async fn list_registrations(&self) -> Result<Vec<IssuerId>, StoreError> {
+        Ok(self
+            .list_raw(RecordKind::Registration)?
+            .into_iter()
+            .filter_map(|k| match k {
+                RecordKey::Registration(issuer) => Some(issuer),
+                _ => None,
+            })
+            .collect())
+    }
+}
+
+#[async_trait]
+impl TokenStore for MemoryStore {
+    async fn get_tokens(&self, key: &TokenKey) -> Result<Option<Versioned<TokenSet>>, StoreError> {
+        self.get_raw(&RecordKey::Tokens(key.clone()))
+            .map(|(bytes, version)| {
+                Ok(Versioned {
+                    value: record::decode_tokens(key, &bytes)?,
+                    version,
+                })
+            })
+            .transpose()
+    }
+
+    async fn put_tokens(
+        &self,
+        key: &TokenKey,
+        tokens: &TokenSet,
+        expect: Expect,
+    ) -> Result<Version, StoreError> {
+        let bytes = record::encode_tokens(key, tokens)?;
+        self.put_raw(&RecordKey::Tokens(key.clone()), bytes, &expect)
+    }
+
+    async fn delete_tokens(&self, key: &TokenKey, expect: Expect) -> Result<bool, StoreError> {
+        self.delete_raw(&RecordKey::Tokens(key.clone()), &expect)
+    }
+
+    async fn delete_issuer_tokens(&self, issuer: &IssuerId) -> Result<usize, StoreError> {
+        let mut deleted = 0;
+        for key in self.list_tokens().await? {
+            if &key.issuer == issuer && self.delete_raw(&RecordKey::Tokens(key), &Expect::Any)? {
+                deleted += 1;
+            }
+        }
+        Ok(deleted)
+    }
+
+    async fn list_tokens(&self) -> Result<Vec<TokenKey>, StoreError> {
+        Ok(self
+            .list_raw(RecordKind::Tokens)?
+            .into_iter()
+            .filter_map(|k| match k {
+                RecordKey::Tokens(key) => Some(key),
+                _ => None,
+            })
+            .collect())
+    }
+
+    async fn try_acquire_refresh_lease(
+        &self,
+        key: &TokenKey,
+        ttl: Duration,
+    ) -> Result<Option<RefreshLease>, StoreError> {
+        let slot = (self.namespace_key.clone(), key.storage_key());
+        let mut shared = self.lock();
+        let now = SystemTime::now();
+        if let Some((_, expires)) = shared.leases.get(&slot)
+            && *expires > now
+        {
+            return Ok(None);
+        }
+        let lease = RefreshLease::new(key.clone(), ttl);
+        shared
+            .leases
+            .insert(slot, (lease.token().to_owned(), lease.expires_at()));
+        Ok(Some(lease))
+    }
+
+    async fn release_refresh_lease(&self, lease: &RefreshLease) -> Result<bool, StoreError> {
+        let slot = (self.namespace_key.clone(), lease.key().storage_key());
+        let mut shared = self.lock();
+        match shared.leases.get(&slot) {
+            Some((token, _)) if token == lease.token() => {
+                shared.leases.remove(&slot);
+                Ok(true)
+            }
+            _ => Ok(false),
+        }
+    }
+}
+
+#[async_trait]
+impl BindingStore for MemoryStore {
+    async fn get_binding(
+        &self,
+        resource: &ResourceUri,
+    ) -> Result<Option<Versioned<ResourceBinding>>, StoreError> {
+        self.get_raw(&RecordKey::Binding(resource.clone()))
+            .map(|(bytes, version)| {
+                Ok(Versioned {
+                    value: record::decode_binding(resource, &bytes)?,
+                    version,
+                })
+            })
+            .transpose()
+    }
+
+    async fn put_binding(
+        &self,
+        binding: &ResourceBinding,
+        expect: Expect,
+    ) -> Result<Version, StoreError> {
+        let bytes = record::encode_binding(binding)?;
+        self.put_raw(
+            &RecordKey::Binding(binding.resource.clone()),
+            bytes,
+            &expect,
+        )
+    }
+
+    async fn delete_binding(
+        &self,
+        resource: &ResourceUri,
+        expect: Expect,
+    ) -> Result<bool, StoreError> {
+        self.delete_raw(&RecordKey::Binding(resource.clone()), &expect)
+    }
+
+    async fn list_bindings(&self) -> Result<Vec<ResourceUri>, StoreError> {
+        Ok(self
+            .list_raw(RecordKind::Binding)?
+            .into_iter()
+            .filter_map(|k| match k {
+                RecordKey::Binding(resource) => Some(resource),
+                _ => None,
+            })
+            .collect())
+    }
+}
+
+#[async_trait]
+impl PendingAuthorizationStore for MemoryStore {
+    async fn insert_pending(&self, pending: &PendingAuthorization) -> Result<(), StoreError> {
+        let key = RecordKey::Pending(pending.state.clone());
+        let bytes = record::encode_pending(pending)?;
+        let slot = self.slot(&key);
+        let mut shared = self.lock();
+        if let Some(existing) = shared.records.get(&slot) {
+            // An expired flow no longer holds its state; anything else is a collision.
+            let expired = record::decode_pending(&pending.state, &existing.bytes)
+                .is_ok_and(|p| p.expires_at.is_past());
+            if !expired {
+                return Err(StoreError::Conflict {
+                    key: key.to_string(),
+                });
+            }
+        }
+        shared.next_version += 1;
+        let version = shared.next_version;
+        shared.records.insert(slot, Entry { bytes, version });
+        Ok(())
+    }
+
+    async fn take_pending(&self, state: &str) -> Result<Option<PendingAuthorization>, StoreError> {
+        let key = RecordKey::Pending(state.to_owned());
+        let slot = self.slot(&key);
+        let mut shared = self.lock();
+        let Some(entry) = shared.records.get(&slot) else {
+            return Ok(None);
+        };
+        // Decode before removing: a corrupt record is reported and left in place.
+        let pending = record::decode_pending(state, &entry.bytes)?;
+        shared.records.remove(&slot);
+        Ok((!pending.expires_at.is_past()).then_some(pending))
+    }
+}

@@ -1,0 +1,549 @@
+//! The one record format every backend stores.
+//!
+//! A record is compact JSON: `{"schema":1,"type":"<kind>","record":{...}}` with fields in a fixed
+//! order and `extra` maps sorted by key, so encoding is deterministic and a record can be copied
+//! between backends byte for byte. A record names its own key (issuer, resource, state) and
+//! decoding checks it against the key it was read from, so a record moved to the wrong place is
+//! reported as [`StoreError::Corrupt`] instead of being served for another authorization server.
+//!
+//! This module is the only place where secrets are exposed for storage.
+
+use std::fmt;
+
+use secrecy::{ExposeSecret, SecretString};
+use serde::{Deserialize, Serialize};
+
+use crate::error::StoreError;
+use crate::ids::{IssuerId, ResourceUri, TokenKey, decode_key, encode_key};
+use crate::model::{
+    ClientRegistration, Extra, PendingAuthorization, RegistrationKind, ResourceBinding, TokenSet,
+};
+use crate::time::Timestamp;
+
+/// The record format version written by this library.
+pub const SCHEMA_VERSION: u32 = 1;
+
+/// Largest encoded record accepted, in bytes (below AWS Secrets Manager's 64 KiB secret limit).
+pub const MAX_RECORD_BYTES: usize = 60 * 1024;
+
+/// The four kinds of record.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum RecordKind {
+    /// [`ClientRegistration`], keyed by issuer.
+    Registration,
+    /// [`TokenSet`], keyed by issuer and resource.
+    Tokens,
+    /// [`ResourceBinding`], keyed by resource.
+    Binding,
+    /// [`PendingAuthorization`], keyed by state.
+    Pending,
+}
+
+impl RecordKind {
+    /// Name used in records and storage keys.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Registration => "registration",
+            Self::Tokens => "tokens",
+            Self::Binding => "binding",
+            Self::Pending => "pending",
+        }
+    }
+
+    fn parse(s: &str) -> Option<Self> {
+        match s {
+            "registration" => Some(Self::Registration),
+            "tokens" => Some(Self::Tokens),
+            "binding" => Some(Self::Binding),
+            "pending" => Some(Self::Pending),
+            _ => None,
+        }
+    }
+}
+
+/// Where a record lives inside a namespace.
+#[derive(Clone, PartialEq, Eq, Hash)]
+pub enum RecordKey {
+    /// A registration.
+    Registration(IssuerId),
+    /// A token set.
+    Tokens(TokenKey),
+    /// A binding.
+    Binding(ResourceUri),
+    /// A pending authorization (by `state`).
+    Pending(String),
+}
+
+impl RecordKey {
+    /// The kind of record stored under this key.
+    pub fn kind(&self) -> RecordKind {
+        match self {
+            Self::Registration(_) => RecordKind::Registration,
+            Self::Tokens(_) => RecordKind::Tokens,
+            Self::Binding(_) => RecordKind::Binding,
+            Self::Pending(_) => RecordKind::Pending,
+        }
+    }
+
+    /// Injective key within a namespace, `<kind>/<encoded id>`, using only `[0-9a-v./]` after the
+    /// kind: safe as a Redis key, an AWS secret name, a keyring attribute or a SQLite text key.
+    pub fn storage_key(&self) -> String {
+        let id = match self {
+            Self::Registration(issuer) => issuer.storage_key(),
+            Self::Tokens(key) => key.storage_key(),
+            Self::Binding(resource) => resource.storage_key(),
+            Self::Pending(state) => encode_key(state),
+        };
+        format!("{}/{id}", self.kind().as_str())
+    }
+
+    /// Inverse of [`RecordKey::storage_key`]; `None` for anything this library did not produce.
+    pub fn from_storage_key(key: &str) -> Option<Self> {
+        let (kind, id) = key.split_once('/')?;
+        Some(match RecordKind::parse(kind)? {
+            RecordKind::Registration => Self::Registration(IssuerId::from_storage_key(id).ok()?),
+            RecordKind::Tokens => Self::Tokens(TokenKey::from_storage_key(id).ok()?),
+            RecordKind::Binding => Self::Binding(ResourceUri::from_storage_key(id).ok()?),
+            RecordKind::Pending => Self::Pending(decode_key(id)?),
+        })
+    }
+}
+
+impl fmt::Display for RecordKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Registration(issuer) => write!(f, "registration(issuer={issuer})"),
+            Self::Tokens(key) => write!(f, "tokens({key})"),
+            Self::Binding(resource) => write!(f, "binding(resource={resource})"),
+            // A state is a one-time CSRF value: never print it.
+            Self::Pending(_) => f.write_str("pending-authorization"),
+        }
+    }
+}
+
+impl fmt::Debug for RecordKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "RecordKey({self})")
+    }
+}
+
+#[derive(Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Envelope<T> {
+    schema: u32,
+    #[serde(rename = "type")]
+    kind: String,
+    record: T,
+}
+
+#[derive(Deserialize)]
+struct Header {
+    schema: u32,
+    #[serde(rename = "type")]
+    kind: String,
+}
+
+#[derive(Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RegistrationV1 {
+    issuer: IssuerId,
+    client_id: String,
+    client_secret: Option<String>,
+    client_secret_expires_at: Option<Timestamp>,
+    client_id_issued_at: Option<Timestamp>,
+    token_endpoint_auth_method: String,
+    redirect_uris: Vec<String>,
+    grant_types: Vec<String>,
+    kind: String,
+    registration_access_token: Option<String>,
+    registration_client_uri: Option<String>,
+    created_at: Timestamp,
+    extra: Extra,
+}
+
+#[derive(Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TokensV1 {
+    issuer: IssuerId,
+    resource: ResourceUri,
+    access_token: String,
+    token_type: String,
+    expires_at: Option<Timestamp>,
+    refresh_token: Option<String>,
+    scopes: Vec<String>,
+    obtained_at: Timestamp,
+    extra: Extra,
+}
+
+#[derive(Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct BindingV1 {
+    resource: ResourceUri,
+    issuer: IssuerId,
+    resource_metadata: Extra,
+    authorization_server_metadata: Extra,
+    bound_at: Timestamp,
+    extra: Extra,
+}
+
+#[derive(Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PendingV1 {
+    state: String,
+    pkce_verifier: String,
+    issuer: IssuerId,
+    resource: ResourceUri,
+    client_id: String,
+    redirect_uri: String,
+    scopes: Vec<String>,
+    created_at: Timestamp,
+    expires_at: Timestamp,
+    extra: Extra,
+}
+
+fn expose(secret: &Option<SecretString>) -> Option<String> {
+    secret.as_ref().map(|s| s.expose_secret().to_owned())
+}
+
+fn encode<T: Serialize>(key: &RecordKey, record: T) -> Result<Vec<u8>, StoreError> {
+    let envelope = Envelope {
+        schema: SCHEMA_VERSION,
+        kind: key.kind().as_str().to_owned(),
+        record,
+    };
+    let bytes = serde_json::to_vec(&envelope).map_err(|e| StoreError::Corrupt {
+        key: key.to_string(),
+        reason: format!("cannot encode record: {e}"),
+    })?;
+    if bytes.len() > MAX_RECORD_BYTES {
+        return Err(StoreError::TooLarge {
+            key: key.to_string(),
+            size: bytes.len(),
+            limit: MAX_RECORD_BYTES,
+        });
+    }
+    Ok(bytes)
+}
+
+fn corrupt(key: &RecordKey, reason: impl Into<String>) -> StoreError {
+    StoreError::Corrupt {
+        key: key.to_string(),
+        reason: reason.into(),
+    }
+}
+
+fn decode<T: for<'de> Deserialize<'de>>(key: &RecordKey, bytes: &[u8]) -> Result<T, StoreError> {
+    let header: Header = serde_json::from_slice(bytes).map_err(|e| {
+        // serde_json's message names a line/column and an expectation, never the content.
+        corrupt(
+            key,
+            format!("not an mcp-auth record ({})", e.classify_name()),
+        )
+    })?;
+    if header.schema > SCHEMA_VERSION {
+        return Err(corrupt(
+            key,
+            format!(
+                "written in record schema {} by a newer mcp-auth (this one reads up to {SCHEMA_VERSION}); upgrade",
+                header.schema
+            ),
+        ));
+    }
+    if header.schema != SCHEMA_VERSION {
+        return Err(corrupt(
+            key,
+            format!("unknown record schema {}", header.schema),
+        ));
+    }
+    if header.kind != key.kind().as_str() {
+        return Err(corrupt(
+            key,
+            format!(
+                "holds a {:?} record, expected {}",
+                header.kind,
+                key.kind().as_str()
+            ),
+        ));
+    }
+    let envelope: Envelope<T> = serde_json::from_slice(bytes).map_err(|e| {
+        corrupt(
+            key,
+            format!(
+                "invalid {} record ({})",
+                key.kind().as_str(),
+                e.classify_name()
+            ),
+        )
+    })?;
+    Ok(envelope.record)
+}
+
+trait ClassifyName {
+    fn classify_name(&self) -> &'static str;
+}
+
+impl ClassifyName for serde_json::Error {
+    fn classify_name(&self) -> &'static str {
+        use serde_json::error::Category;
+        match self.classify() {
+            Category::Io => "I/O error",
+            Category::Syntax => "malformed JSON",
+            Category::Data => "missing, unknown or mistyped field",
+            Category::Eof => "truncated JSON",
+        }
+    }
+}
+
+/// Encodes a registration (stored under `RecordKey::Registration(registration.issuer)`).
+pub fn encode_registration(registration: &ClientRegistration) -> Result<Vec<u8>, StoreError> {
+    let key = RecordKey::Registration(registration.issuer.clone());
+    encode(
+        &key,
+        RegistrationV1 {
+            issuer: registration.issuer.clone(),
+            client_id: registration.client_id.clone(),
+            client_secret: expose(&registration.client_secret),
+            client_secret_expires_at: registration.client_secret_expires_at,
+            client_id_issued_at: registration.client_id_issued_at,
+            token_endpoint_auth_method: registration.token_endpoint_auth_method.clone(),
+            redirect_uris: registration.redirect_uris.clone(),
+            grant_types: registration.grant_types.clone(),
+            kind: registration.kind.as_str().to_owned(),
+            registration_access_token: expose(&registration.registration_access_token),
+            registration_client_uri: registration.registration_client_uri.clone(),
+            created_at: registration.created_at,
+            extra: registration.extra.clone(),
+        },
+    )
+}
+
+/// Decodes a registration read from under `issuer`'s key.
+pub fn decode_registration(
+    issuer: &IssuerId,
+    bytes: &[u8],
+) -> Result<ClientRegistration, StoreError> {
+    let key = RecordKey::Registration(issuer.clone());
+    let r: RegistrationV1 = decode(&key, bytes)?;
+    if &r.issuer != issuer {
+        return Err(corrupt(&key, "record belongs to another issuer"));
+    }
+    let kind = RegistrationKind::parse(&r.kind)
+        .ok_or_else(|| corrupt(&key, format!("unknown registration kind {:?}", r.kind)))?;
+    Ok(ClientRegistration {
+        issuer: r.issuer,
+        client_id: r.client_id,
+        client_secret: r.client_secret.map(SecretString::from),
+        client_secret_expires_at: r.client_secret_expires_at,
+        client_id_issued_at: r.client_id_issued_at,
+        token_endpoint_auth_method: r.token_endpoint_auth_method,
+        redirect_uris: r.redirect_uris,
+        grant_types: r.grant_types,
+        kind,
+        registration_access_token: r.registration_access_token.map(SecretString::from),
+        registration_client_uri: r.registration_client_uri,
+        created_at: r.created_at,
+        extra: r.extra,
+    })
+}
+
+/// Encodes a token set stored under `key`.
+pub fn encode_tokens(key: &TokenKey, tokens: &TokenSet) -> Result<Vec<u8>, StoreError> {
+    encode(
+        &RecordKey::Tokens(key.clone()),
+        TokensV1 {
+            issuer: key.issuer.clone(),
+            resource: key.resource.clone(),
+            access_token: tokens.access_token.expose_secret().to_owned(),
+            token_type: tokens.token_type.clone(),
+            expires_at: tokens.expires_at,
+            refresh_token: expose(&tokens.refresh_token),
+            scopes: tokens.scopes.clone(),
+            obtained_at: tokens.obtained_at,
+            extra: tokens.extra.clone(),
+        },
+    )
+}
+
+/// Decodes a token set read from under `key`.
+pub fn decode_tokens(key: &TokenKey, bytes: &[u8]) -> Result<TokenSet, StoreError> {
+    let record_key = RecordKey::Tokens(key.clone());
+    let t: TokensV1 = decode(&record_key, bytes)?;
+    if t.issuer != key.issuer || t.resource != key.resource {
+        return Err(corrupt(
+            &record_key,
+            "record belongs to another issuer or resource",
+        ));
+    }
+    Ok(TokenSet {
+        access_token: SecretString::from(t.access_token),
+        token_type: t.token_type,
+        expires_at: t.expires_at,
+        refresh_token: t.refresh_token.map(SecretString::from),
+        scopes: t.scopes,
+        obtained_at: t.obtained_at,
+        extra: t.extra,
+    })
+}
+
+/// Encodes a binding (stored under `RecordKey::Binding(binding.resource)`).
+pub fn encode_binding(binding: &ResourceBinding) -> Result<Vec<u8>, StoreError> {
+    encode(
+        &RecordKey::Binding(binding.resource.clone()),
+        BindingV1 {
+            resource: binding.resource.clone(),
+            issuer: binding.issuer.clone(),
+            resource_metadata: binding.resource_metadata.clone(),
+            authorization_server_metadata: binding.authorization_server_metadata.clone(),
+            bound_at: binding.bound_at,
+            extra: binding.extra.clone(),
+        },
+    )
+}
+
+/// Decodes a binding read from under `resource`'s key.
+pub fn decode_binding(resource: &ResourceUri, bytes: &[u8]) -> Result<ResourceBinding, StoreError> {
+    let key = RecordKey::Binding(resource.clone());
+    let b: BindingV1 = decode(&key, bytes)?;
+    if &b.resource != resource {
+        return Err(corrupt(&key, "record belongs to another resource"));
+    }
+    Ok(ResourceBinding {
+        resource: b.resource,
+        issuer: b.issuer,
+        resource_metadata: b.resource_metadata,
+        authorization_server_metadata: b.authorization_server_metadata,
+        bound_at: b.bound_at,
+        extra: b.extra,
+    })
+}
+
+/// Encodes a pending authorization (stored under `RecordKey::Pending(pending.state)`).
+pub fn encode_pending(pending: &PendingAuthorization) -> Result<Vec<u8>, StoreError> {
+    encode(
+        &RecordKey::Pending(pending.state.clone()),
+        PendingV1 {
+            state: pending.state.clone(),
+            pkce_verifier: pending.pkce_verifier.expose_secret().to_owned(),
+            issuer: pending.issuer.clone(),
+            resource: pending.resource.clone(),
+            client_id: pending.client_id.clone(),
+            redirect_uri: pending.redirect_uri.clone(),
+            scopes: pending.scopes.clone(),
+            created_at: pending.created_at,
+            expires_at: pending.expires_at,
+            extra: pending.extra.clone(),
+        },
+    )
+}
+
+/// Decodes a pending authorization read from under `state`'s key.
+pub fn decode_pending(state: &str, bytes: &[u8]) -> Result<PendingAuthorization, StoreError> {
+    let key = RecordKey::Pending(state.to_owned());
+    let p: PendingV1 = decode(&key, bytes)?;
+    if p.state != state {
+        return Err(corrupt(&key, "record belongs to another state"));
+    }
+    Ok(PendingAuthorization {
+        state: p.state,
+        pkce_verifier: SecretString::from(p.pkce_verifier),
+        issuer: p.issuer,
+        resource: p.resource,
+        client_id: p.client_id,
+        redirect_uri: p.redirect_uri,
+        scopes: p.scopes,
+        created_at: p.created_at,
+        expires_at: p.expires_at,
+        extra: p.extra,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn issuer() -> IssuerId {
+        IssuerId::new("https://as.example/t").unwrap()
+    }
+
+    #[test]
+    fn registration_encoding_is_deterministic_and_roundtrips() {
+        let mut reg = ClientRegistration::new(issuer(), "c1", RegistrationKind::Dynamic);
+        reg.client_secret = Some(SecretString::from("s3cret"));
+        reg.extra.insert("zeta".into(), 1.into());
+        reg.extra.insert("alpha".into(), "x".into());
+        let a = encode_registration(&reg).unwrap();
+        let b = encode_registration(&decode_registration(&issuer(), &a).unwrap()).unwrap();
+        assert_eq!(a, b);
+        let text = String::from_utf8(a).unwrap();
+        assert!(text.starts_with(r#"{"schema":1,"type":"registration","record":{"issuer":"#));
+        assert!(text.find("alpha") < text.find("zeta"));
+    }
+
+    #[test]
+    fn decoding_rejects_misplaced_future_and_garbage_records() {
+        let reg = ClientRegistration::new(issuer(), "c1", RegistrationKind::Dynamic);
+        let bytes = encode_registration(&reg).unwrap();
+        let other = IssuerId::new("https://as.example/t/").unwrap();
+        assert!(matches!(
+            decode_registration(&other, &bytes),
+            Err(StoreError::Corrupt { .. })
+        ));
+        let future = String::from_utf8(bytes.clone())
+            .unwrap()
+            .replace(r#""schema":1"#, r#""schema":2"#);
+        let err = decode_registration(&issuer(), future.as_bytes()).unwrap_err();
+        assert!(err.to_string().contains("newer mcp-auth"), "{err}");
+        for garbage in [
+            &b""[..],
+            b"\xff\xfe",
+            b"{}",
+            b"[1,2]",
+            b"{\"schema\":1,\"type\":\"tokens\",\"record\":{}}",
+        ] {
+            assert!(matches!(
+                decode_registration(&issuer(), garbage),
+                Err(StoreError::Corrupt { .. })
+            ));
+        }
+    }
+
+    #[test]
+    fn corrupt_error_never_echoes_content() {
+        let err = decode_registration(
+            &issuer(),
+            b"{\"schema\":1,\"type\":\"registration\",\"record\":{\"client_secret\":\"hunter2\"}}",
+        )
+        .unwrap_err();
+        assert!(!format!("{err} {err:?}").contains("hunter2"));
+    }
+
+    #[test]
+    fn record_keys_roundtrip() {
+        let keys = [
+            RecordKey::Registration(issuer()),
+            RecordKey::Tokens(TokenKey::new(
+                issuer(),
+                ResourceUri::new("https://mcp.example/a").unwrap(),
+            )),
+            RecordKey::Binding(ResourceUri::new("https://mcp.example/a").unwrap()),
+            RecordKey::Pending("st/at:e".into()),
+        ];
+        for key in keys {
+            let s = key.storage_key();
+            assert_eq!(RecordKey::from_storage_key(&s), Some(key));
+        }
+        assert_eq!(RecordKey::from_storage_key("registration/XYZ"), None);
+        assert_eq!(RecordKey::from_storage_key("other/abc"), None);
+    }
+
+    #[test]
+    fn oversized_records_are_refused() {
+        let mut reg = ClientRegistration::new(issuer(), "c1", RegistrationKind::Dynamic);
+        reg.extra
+            .insert("big".into(), "x".repeat(MAX_RECORD_BYTES).into());
+        assert!(matches!(
+            encode_registration(&reg),
+            Err(StoreError::TooLarge { .. })
+        ));
+    }
+}

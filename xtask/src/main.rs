@@ -1,0 +1,203 @@
+//! Project automation. `cargo xtask test-all` is the one command that proves the workspace:
+//! formatting, lints, docs, every test and doc test, with the services they need started here.
+
+mod services;
+
+use std::env;
+use std::path::{Path, PathBuf};
+use std::process::{Command, ExitCode};
+use std::time::{Duration, Instant};
+
+const USAGE: &str = "\
+usage: cargo xtask <command>
+
+commands:
+  test-all [--keep-going]   fmt check, clippy -D warnings, docs, nextest, doc tests
+                            (starts the services the tests need; --keep-going runs every
+                            step and reports all failures at the end)
+  help                      this text
+";
+
+fn main() -> ExitCode {
+    let args: Vec<String> = env::args().skip(1).collect();
+    let result = match args.first().map(String::as_str) {
+        Some("test-all") => test_all(&args[1..]),
+        Some("help" | "--help" | "-h") | None => {
+            print!("{USAGE}");
+            Ok(())
+        }
+        Some(other) => Err(format!("unknown command {other:?}\n\n{USAGE}")),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(message) => {
+            eprintln!("xtask: {message}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// The workspace root (xtask lives one level below it).
+fn project_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .map(Path::to_path_buf)
+        .unwrap_or_else(|| PathBuf::from("."))
+}
+
+/// `$CARGO` when run through cargo, so the same toolchain is used throughout.
+fn cargo() -> String {
+    env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned())
+}
+
+/// One step of `test-all`: a command, the environment it needs, and what to tell the developer
+/// when it fails.
+struct Step {
+    name: &'static str,
+    args: Vec<&'static str>,
+    env: Vec<(String, String)>,
+    on_failure: &'static str,
+}
+
+impl Step {
+    fn new(name: &'static str, args: &[&'static str], on_failure: &'static str) -> Self {
+        Self {
+            name,
+            args: args.to_vec(),
+            env: Vec::new(),
+            on_failure,
+        }
+    }
+
+    fn env(mut self, key: &str, value: &str) -> Self {
+        self.env.push((key.to_owned(), value.to_owned()));
+        self
+    }
+
+    fn run(&self) -> Result<Duration, String> {
+        println!("\n==> {}: cargo {}", self.name, self.args.join(" "));
+        let started = Instant::now();
+        let status = Command::new(cargo())
+            .args(&self.args)
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
+            .current_dir(project_root())
+            .status()
+            .map_err(|e| format!("cannot run cargo: {e}"))?;
+        if status.success() {
+            Ok(started.elapsed())
+        } else {
+            Err(format!(
+                "{} failed ({status}): {}",
+                self.name, self.on_failure
+            ))
+        }
+    }
+}
+
+fn test_all(args: &[String]) -> Result<(), String> {
+    let mut keep_going = false;
+    for arg in args {
+        match arg.as_str() {
+            "--keep-going" | "-k" => keep_going = true,
+            other => return Err(format!("test-all: unknown option {other:?}\n\n{USAGE}")),
+        }
+    }
+    ensure_nextest()?;
+
+    let steps = vec![
+        Step::new(
+            "format",
+            &["fmt", "--all", "--", "--check"],
+            "run `cargo fmt --all` and commit the result",
+        ),
+        Step::new(
+            "clippy",
+            &[
+                "clippy",
+                "--workspace",
+                "--all-targets",
+                "--all-features",
+                "--",
+                "-D",
+                "warnings",
+            ],
+            "fix the lints above (warnings are errors)",
+        ),
+        Step::new(
+            "docs",
+            &["doc", "--workspace", "--all-features", "--no-deps"],
+            "fix the rustdoc warnings above (broken links, missing docs)",
+        )
+        .env("RUSTDOCFLAGS", "-D warnings"),
+        Step::new(
+            "tests",
+            &[
+                "nextest",
+                "run",
+                "--workspace",
+                "--all-features",
+                "--no-fail-fast",
+            ],
+            "a test failed; rerun it alone with `cargo nextest run -E 'test(NAME)' --all-features`",
+        ),
+        Step::new(
+            "doc tests",
+            &["test", "--doc", "--workspace", "--all-features"],
+            "a documentation example failed to compile or run",
+        ),
+    ];
+
+    let mut passed = Vec::new();
+    let mut failed = Vec::new();
+    for step in &steps {
+        match step.run() {
+            Ok(took) => passed.push((step.name, took)),
+            Err(message) => {
+                eprintln!("\nxtask: {message}");
+                failed.push((step.name, message));
+                if !keep_going {
+                    break;
+                }
+            }
+        }
+    }
+
+    println!("\n==> summary");
+    for (name, took) in &passed {
+        println!("  ok    {name} ({:.1}s)", took.as_secs_f64());
+    }
+    for (name, message) in &failed {
+        println!("  FAIL  {name}: {message}");
+    }
+    let skipped = steps.len() - passed.len() - failed.len();
+    if skipped > 0 {
+        println!("  ({skipped} step(s) not run; use --keep-going to run every step)");
+    }
+    if failed.is_empty() {
+        println!("all {} steps passed", passed.len());
+        Ok(())
+    } else {
+        Err(format!("{} step(s) failed", failed.len()))
+    }
+}
+
+/// cargo-nextest ships with this machine's toolchain; install it if a machine lacks it.
+fn ensure_nextest() -> Result<(), String> {
+    let present = Command::new(cargo())
+        .args(["nextest", "--version"])
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if present {
+        return Ok(());
+    }
+    println!("==> installing cargo-nextest (not found)");
+    let status = Command::new(cargo())
+        .args(["install", "cargo-nextest", "--locked"])
+        .status()
+        .map_err(|e| format!("cannot run cargo install: {e}"))?;
+    if status.success() {
+        Ok(())
+    } else {
+        Err("cargo install cargo-nextest failed; install it by hand".to_owned())
+    }
+}

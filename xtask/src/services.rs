@@ -1,0 +1,175 @@
+//! Starting the real services tests talk to: a free loopback port, a child process, a readiness
+//! wait, and a stop that runs on every exit path (the child is killed when its handle drops,
+//! including after a failed step or a panic).
+//!
+//! Backend issues wire their services (Redis, moto, keyrings) into `test-all` through these.
+#![allow(dead_code)] // Used by the backend crates' services as they land.
+
+use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
+use std::process::{Child, Command, Stdio};
+use std::thread;
+use std::time::{Duration, Instant};
+
+/// A TCP port on 127.0.0.1 that was free a moment ago (the OS picks it).
+pub(crate) fn free_port() -> Result<u16, String> {
+    let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
+        .map_err(|e| format!("cannot bind a loopback port: {e}"))?;
+    listener
+        .local_addr()
+        .map(|a| a.port())
+        .map_err(|e| format!("cannot read the bound port: {e}"))
+}
+
+/// True when something accepts TCP connections on 127.0.0.1:`port`.
+pub(crate) fn port_open(port: u16) -> bool {
+    let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, port));
+    TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok()
+}
+
+/// Installs Debian packages when `command` is not on the PATH (CI machines start bare).
+pub(crate) fn ensure_installed(command: &str, packages: &[&str]) -> Result<(), String> {
+    if which(command) {
+        return Ok(());
+    }
+    println!("==> installing {} (for {command})", packages.join(" "));
+    let update = Command::new("apt-get")
+        .args(["update", "-qq"])
+        .status()
+        .map_err(|e| format!("cannot run apt-get: {e}"))?;
+    if !update.success() {
+        return Err("apt-get update failed".to_owned());
+    }
+    let install = Command::new("apt-get")
+        .args(["install", "-y", "-qq", "--no-install-recommends"])
+        .args(packages)
+        .env("DEBIAN_FRONTEND", "noninteractive")
+        .status()
+        .map_err(|e| format!("cannot run apt-get: {e}"))?;
+    if !install.success() || !which(command) {
+        return Err(format!(
+            "installing {} did not provide {command}",
+            packages.join(" ")
+        ));
+    }
+    Ok(())
+}
+
+/// True when `command` is found on the PATH.
+pub(crate) fn which(command: &str) -> bool {
+    std::env::var_os("PATH")
+        .is_some_and(|path| std::env::split_paths(&path).any(|dir| dir.join(command).is_file()))
+}
+
+/// A running service; killed and reaped when dropped.
+pub(crate) struct Service {
+    name: String,
+    child: Child,
+}
+
+impl Service {
+    /// Spawns `command` and waits up to `timeout` for `ready` to return true. If the process exits
+    /// or never becomes ready, it is killed and an error says which.
+    pub(crate) fn start(
+        name: &str,
+        mut command: Command,
+        timeout: Duration,
+        mut ready: impl FnMut() -> bool,
+    ) -> Result<Self, String> {
+        command.stdin(Stdio::null());
+        let child = command
+            .spawn()
+            .map_err(|e| format!("cannot start {name}: {e}"))?;
+        let mut service = Self {
+            name: name.to_owned(),
+            child,
+        };
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Ok(Some(status)) = service.child.try_wait() {
+                return Err(format!("{name} exited during startup ({status})"));
+            }
+            if ready() {
+                return Ok(service);
+            }
+            if Instant::now() >= deadline {
+                return Err(format!(
+                    "{name} was not ready after {:.1}s",
+                    timeout.as_secs_f64()
+                ));
+            }
+            thread::sleep(Duration::from_millis(25));
+        }
+    }
+
+    /// The service's process id.
+    pub(crate) fn id(&self) -> u32 {
+        self.child.id()
+    }
+}
+
+impl Drop for Service {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+        }
+        let _ = self.child.wait();
+        println!("==> stopped {}", self.name);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn free_port_is_bindable() {
+        let port = free_port().unwrap();
+        assert!(TcpListener::bind((Ipv4Addr::LOCALHOST, port)).is_ok());
+    }
+
+    #[test]
+    fn service_is_ready_then_stopped_on_drop() {
+        let port = free_port().unwrap();
+        let mut cmd = Command::new("python3");
+        cmd.args([
+            "-m",
+            "http.server",
+            "--bind",
+            "127.0.0.1",
+            &port.to_string(),
+        ])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+        let service = Service::start("http.server", cmd, Duration::from_secs(20), || {
+            port_open(port)
+        })
+        .unwrap();
+        assert!(port_open(port));
+        let pid = service.id();
+        drop(service);
+        assert!(!port_open(port));
+        assert!(
+            !std::path::Path::new(&format!("/proc/{pid}/status")).exists() || {
+                // A reaped pid may be reused, but not as our server.
+                !port_open(port)
+            }
+        );
+    }
+
+    #[test]
+    fn failed_startup_is_reported() {
+        let mut cmd = Command::new("sh");
+        cmd.args(["-c", "exit 3"]);
+        let err = Service::start("failing", cmd, Duration::from_secs(5), || false)
+            .err()
+            .unwrap();
+        assert!(err.contains("exited during startup"), "{err}");
+        let cmd = Command::new("sleep");
+        let mut cmd = cmd;
+        cmd.arg("30");
+        let err = Service::start("slow", cmd, Duration::from_millis(100), || false)
+            .err()
+            .unwrap();
+        assert!(err.contains("not ready"), "{err}");
+    }
+}
