@@ -21,6 +21,8 @@ pub use model::{
     ClientRegistration, Extra, PendingAuthorization, RegistrationKind, ResourceBinding, TokenSet,
 };
 pub use secrecy::{ExposeSecret, SecretString};
+/// JSON values held in `extra` maps and metadata.
+pub use serde_json::Value as JsonValue;
 pub use store::{
     BindingStore, CredentialStore, Expect, PendingAuthorizationStore, RefreshLease,
     RegistrationStore, StoreCapabilities, StoreInfo, TokenStore, Version, Versioned,

@@ -1,0 +1,683 @@
+#![doc = include_str!("../README.md")]
+#![forbid(unsafe_code)]
+#![deny(missing_docs)]
+
+mod schema;
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use async_trait::async_trait;
+use mcp_auth_core::record::{self, RecordKey, RecordKind};
+use mcp_auth_core::{
+    BindingStore, ClientRegistration, Expect, IssuerId, Namespace, PendingAuthorization,
+    PendingAuthorizationStore, RefreshLease, RegistrationStore, ResourceBinding, ResourceUri,
+    StoreCapabilities, StoreError, StoreInfo, Timestamp, TokenKey, TokenSet, TokenStore, Version,
+    Versioned,
+};
+use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
+
+const BACKEND: &str = "sqlite";
+
+/// How long a writer waits for another process's write lock before giving up with
+/// [`StoreError::Unavailable`].
+pub const DEFAULT_BUSY_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Errors specific to this backend, carried as the source of a [`StoreError`].
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum SqliteStoreError {
+    /// The platform has no data directory (no `$HOME`, no `$XDG_DATA_HOME`).
+    #[error("no platform data directory; pass an explicit database path")]
+    NoDataDir,
+    /// The database was written by a newer version of this crate.
+    #[error(
+        "database {path} has schema version {found}, newer than this mcp-auth supports ({supported}); upgrade mcp-auth"
+    )]
+    NewerSchema {
+        /// Database path.
+        path: PathBuf,
+        /// `PRAGMA user_version` found.
+        found: i64,
+        /// Newest version this crate writes.
+        supported: i64,
+    },
+    /// Preparing the database file or directory failed.
+    #[error("cannot prepare {path}: {source}")]
+    Io {
+        /// The path.
+        path: PathBuf,
+        /// The I/O error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// A blocking task was cancelled or panicked.
+    #[error("database task failed: {0}")]
+    Task(String),
+}
+
+/// Options for [`SqliteStore::open_with`].
+#[derive(Clone, Debug)]
+pub struct SqliteOptions {
+    /// The tenant.
+    pub namespace: Namespace,
+    /// How long to wait for another process's lock (see [`DEFAULT_BUSY_TIMEOUT`]).
+    pub busy_timeout: Duration,
+}
+
+impl Default for SqliteOptions {
+    fn default() -> Self {
+        Self {
+            namespace: Namespace::default(),
+            busy_timeout: DEFAULT_BUSY_TIMEOUT,
+        }
+    }
+}
+
+struct Shared {
+    path: PathBuf,
+    conn: Mutex<Connection>,
+}
+
+/// A credential store in one SQLite file, safe to share between processes.
+///
+/// WAL journal, one connection per store handle (clones and [`SqliteStore::with_namespace`] share
+/// it), every write in a `BEGIN IMMEDIATE` transaction, blocking work off the async executor.
+#[derive(Clone)]
+pub struct SqliteStore {
+    shared: Arc<Shared>,
+    namespace: Namespace,
+}
+
+impl fmt::Debug for SqliteStore {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SqliteStore")
+            .field("path", &self.shared.path)
+            .field("namespace", &self.namespace)
+            .finish_non_exhaustive()
+    }
+}
+
+impl SqliteStore {
+    /// The default database path: `<platform data dir>/mcp-auth/credentials.db` (on Linux
+    /// `$XDG_DATA_HOME/mcp-auth/credentials.db`, else `~/.local/share/mcp-auth/credentials.db`).
+    pub fn default_path() -> Result<PathBuf, StoreError> {
+        dirs::data_dir()
+            .map(|d| d.join("mcp-auth").join("credentials.db"))
+            .ok_or_else(|| StoreError::backend(BACKEND, SqliteStoreError::NoDataDir))
+    }
+
+    /// Opens (creating if needed) the database at [`SqliteStore::default_path`], default
+    /// namespace.
+    pub async fn open_default() -> Result<Self, StoreError> {
+        Self::open(Self::default_path()?).await
+    }
+
+    /// Opens (creating if needed) the database at `path`, default namespace.
+    pub async fn open(path: impl Into<PathBuf>) -> Result<Self, StoreError> {
+        Self::open_with(path, SqliteOptions::default()).await
+    }
+
+    /// Opens (creating if needed) the database at `path` with `options`. A new file is created
+    /// with mode 0600 and a new parent directory with mode 0700.
+    pub async fn open_with(
+        path: impl Into<PathBuf>,
+        options: SqliteOptions,
+    ) -> Result<Self, StoreError> {
+        let path = path.into();
+        let busy = options.busy_timeout;
+        let conn = run_blocking({
+            let path = path.clone();
+            move || schema::open_connection(&path, busy)
+        })
+        .await?;
+        Ok(Self {
+            shared: Arc::new(Shared {
+                path,
+                conn: Mutex::new(conn),
+            }),
+            namespace: options.namespace,
+        })
+    }
+
+    /// The same database, seen through another (isolated) namespace.
+    pub fn with_namespace(&self, namespace: Namespace) -> Self {
+        Self {
+            shared: Arc::clone(&self.shared),
+            namespace,
+        }
+    }
+
+    /// The database file.
+    pub fn path(&self) -> &Path {
+        &self.shared.path
+    }
+
+    /// This store's namespace.
+    pub fn namespace(&self) -> &Namespace {
+        &self.namespace
+    }
+
+    /// Runs `f` on the connection, off the async executor.
+    async fn with_conn<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&mut Connection, &str) -> Result<T, StoreError> + Send + 'static,
+    ) -> Result<T, StoreError> {
+        let shared = Arc::clone(&self.shared);
+        let namespace = self.namespace.as_str().to_owned();
+        run_blocking(move || {
+            let mut conn = shared.conn.lock().unwrap_or_else(PoisonError::into_inner);
+            f(&mut conn, &namespace)
+        })
+        .await
+    }
+
+    async fn get_raw(&self, key: RecordKey) -> Result<Option<(Vec<u8>, Version)>, StoreError> {
+        self.with_conn(move |conn, ns| {
+            let mut stmt = conn
+                .prepare_cached(
+                    "SELECT value, version FROM records WHERE namespace = ?1 AND key = ?2",
+                )
+                .map_err(|e| map_err(e, &key))?;
+            stmt.query_row(params![ns, key.storage_key()], |row| {
+                Ok((row.get::<_, Vec<u8>>(0)?, row.get::<_, i64>(1)?))
+            })
+            .optional()
+            .map_err(|e| map_err(e, &key))
+            .map(|found| found.map(|(bytes, v)| (bytes, Version::new(v.to_string()))))
+        })
+        .await
+    }
+
+    async fn put_raw(
+        &self,
+        key: RecordKey,
+        issuer: Option<String>,
+        bytes: Vec<u8>,
+        expires_at: Option<i64>,
+        expect: Expect,
+    ) -> Result<Version, StoreError> {
+        self.with_conn(move |conn, ns| {
+            let storage_key = key.storage_key();
+            let tx = conn
+                .transaction_with_behavior(TransactionBehavior::Immediate)
+                .map_err(|e| map_err(e, &key))?;
+            let current = current_version(&tx, ns, &storage_key).map_err(|e| map_err(e, &key))?;
+            if !expect.holds(current.as_ref()) {
+                return Err(StoreError::Conflict {
+                    key: key.to_string(),
+                });
+            }
+            let version = schema::next_version(&tx).map_err(|e| map_err(e, &key))?;
+            tx.prepare_cached(
+                "INSERT INTO records (namespace, key, kind, issuer, value, version, expires_at)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)
+                 ON CONFLICT (namespace, key) DO UPDATE SET
+                   kind = excluded.kind, issuer = excluded.issuer, value = excluded.value,
+                   version = excluded.version, expires_at = excluded.expires_at",
+            )
+            .and_then(|mut stmt| {
+                stmt.execute(params![
+                    ns,
+                    storage_key,
+                    key.kind().as_str(),
+                    issuer,
+                    bytes,
+                    version,
+                    expires_at
+                ])
+            })
+            .map_err(|e| map_err(e, &key))?;
+            tx.commit().map_err(|e| map_err(e, &key))?;
+            Ok(Version::new(version.to_string()))
+        })
+        .await
+    }
+
+    async fn delete_raw(&self, key: RecordKey, expect: Expect) -> Result<bool, StoreError> {
+        self.with_conn(move |conn, ns| {
+            let storage_key = key.storage_key();
+            let tx = conn
+                .transaction_with_behavior(TransactionBehavior::Immediate)
+                .map_err(|e| map_err(e, &key))?;
+            let current = current_version(&tx, ns, &storage_key).map_err(|e| map_err(e, &key))?;
+            if !matches!(expect, Expect::Any) && !expect.holds(current.as_ref()) {
+                return Err(StoreError::Conflict {
+                    key: key.to_string(),
+                });
+            }
+            let deleted = tx
+                .prepare_cached("DELETE FROM records WHERE namespace = ?1 AND key = ?2")
+                .and_then(|mut stmt| stmt.execute(params![ns, storage_key]))
+                .map_err(|e| map_err(e, &key))?;
+            tx.commit().map_err(|e| map_err(e, &key))?;
+            Ok(deleted > 0)
+        })
+        .await
+    }
+
+    async fn list_raw(&self, kind: RecordKind) -> Result<Vec<RecordKey>, StoreError> {
+        self.with_conn(move |conn, ns| {
+            let what = format!("{} list", kind.as_str());
+            let mut stmt = conn
+                .prepare_cached("SELECT key FROM records WHERE namespace = ?1 AND kind = ?2")
+                .map_err(|e| map_err_named(e, &what))?;
+            let rows = stmt
+                .query_map(params![ns, kind.as_str()], |row| row.get::<_, String>(0))
+                .map_err(|e| map_err_named(e, &what))?;
+            let mut keys = Vec::new();
+            for row in rows {
+                let raw = row.map_err(|e| map_err_named(e, &what))?;
+                let key = RecordKey::from_storage_key(&raw).ok_or_else(|| StoreError::Corrupt {
+                    key: raw.clone(),
+                    reason: "unrecognised storage key".to_owned(),
+                })?;
+                keys.push(key);
+            }
+            Ok(keys)
+        })
+        .await
+    }
+}
+
+fn current_version(
+    conn: &Connection,
+    ns: &str,
+    storage_key: &str,
+) -> rusqlite::Result<Option<Version>> {
+    conn.prepare_cached("SELECT version FROM records WHERE namespace = ?1 AND key = ?2")?
+        .query_row(params![ns, storage_key], |row| row.get::<_, i64>(0))
+        .optional()
+        .map(|v| v.map(|v| Version::new(v.to_string())))
+}
+
+/// Runs blocking work on tokio's blocking pool when inside a tokio runtime, inline otherwise
+/// (so the store also works under other executors instead of panicking).
+async fn run_blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, StoreError> + Send + 'static,
+) -> Result<T, StoreError> {
+    match tokio::runtime::Handle::try_current() {
+        Ok(handle) => handle
+            .spawn_blocking(f)
+            .await
+            .map_err(|e| StoreError::backend(BACKEND, SqliteStoreError::Task(e.to_string())))?,
+        Err(_) => f(),
+    }
+}
+
+/// Maps a SQLite error to the store error a caller can act on.
+fn map_err(e: rusqlite::Error, key: &RecordKey) -> StoreError {
+    map_err_named(e, &key.to_string())
+}
+
+fn map_err_named(e: rusqlite::Error, what: &str) -> StoreError {
+    use rusqlite::ErrorCode;
+    match e.sqlite_error_code() {
+        Some(ErrorCode::DatabaseBusy | ErrorCode::DatabaseLocked) => {
+            StoreError::unavailable(BACKEND, e)
+        }
+        Some(
+            ErrorCode::PermissionDenied
+            | ErrorCode::ReadOnly
+            | ErrorCode::CannotOpen
+            | ErrorCode::AuthorizationForStatementDenied,
+        ) => StoreError::PermissionDenied {
+            backend: BACKEND,
+            source: Box::new(e),
+        },
+        Some(ErrorCode::DatabaseCorrupt | ErrorCode::NotADatabase) => StoreError::Corrupt {
+            key: what.to_owned(),
+            reason: format!("the database file is damaged: {e}"),
+        },
+        Some(ErrorCode::DiskFull) | Some(ErrorCode::SystemIoFailure) => {
+            StoreError::unavailable(BACKEND, e)
+        }
+        _ => match e {
+            rusqlite::Error::FromSqlConversionFailure(..)
+            | rusqlite::Error::InvalidColumnType(..) => StoreError::Corrupt {
+                key: what.to_owned(),
+                reason: "stored column has the wrong type".to_owned(),
+            },
+            other => StoreError::backend(BACKEND, other),
+        },
+    }
+}
+
+fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+        .unwrap_or(0)
+}
+
+fn ms_to_system_time(ms: i64) -> SystemTime {
+    UNIX_EPOCH + Duration::from_millis(u64::try_from(ms).unwrap_or(0))
+}
+
+impl StoreInfo for SqliteStore {
+    fn backend_name(&self) -> &'static str {
+        BACKEND
+    }
+
+    fn capabilities(&self) -> StoreCapabilities {
+        StoreCapabilities::ALL
+    }
+}
+
+#[async_trait]
+impl RegistrationStore for SqliteStore {
+    async fn get_registration(
+        &self,
+        issuer: &IssuerId,
+    ) -> Result<Option<Versioned<ClientRegistration>>, StoreError> {
+        let found = self
+            .get_raw(RecordKey::Registration(issuer.clone()))
+            .await?;
+        found
+            .map(|(bytes, version)| {
+                Ok(Versioned {
+                    value: record::decode_registration(issuer, &bytes)?,
+                    version,
+                })
+            })
+            .transpose()
+    }
+
+    async fn put_registration(
+        &self,
+        registration: &ClientRegistration,
+        expect: Expect,
+    ) -> Result<Version, StoreError> {
+        let bytes = record::encode_registration(registration)?;
+        self.put_raw(
+            RecordKey::Registration(registration.issuer.clone()),
+            Some(registration.issuer.as_str().to_owned()),
+            bytes,
+            None,
+            expect,
+        )
+        .await
+    }
+
+    async fn delete_registration(
+        &self,
+        issuer: &IssuerId,
+        expect: Expect,
+    ) -> Result<bool, StoreError> {
+        self.delete_raw(RecordKey::Registration(issuer.clone()), expect)
+            .await
+    }
+
+    async fn list_registrations(&self) -> Result<Vec<IssuerId>, StoreError> {
+        Ok(self
+            .list_raw(RecordKind::Registration)
+            .await?
+            .into_iter()
+            .filter_map(|k| match k {
+                RecordKey::Registration(issuer) => Some(issuer),
+                _ => None,
+            })
+            .collect())
+    }
+}
+
+#[async_trait]
+impl TokenStore for SqliteStore {
+    async fn get_tokens(&self, key: &TokenKey) -> Result<Option<Versioned<TokenSet>>, StoreError> {
+        let found = self.get_raw(RecordKey::Tokens(key.clone())).await?;
+        found
+            .map(|(bytes, version)| {
+                Ok(Versioned {
+                    value: record::decode_tokens(key, &bytes)?,
+                    version,
+                })
+            })
+            .transpose()
+    }
+
+    async fn put_tokens(
+        &self,
+        key: &TokenKey,
+        tokens: &TokenSet,
+        expect: Expect,
+    ) -> Result<Version, StoreError> {
+        let bytes = record::encode_tokens(key, tokens)?;
+        self.put_raw(
+            RecordKey::Tokens(key.clone()),
+            Some(key.issuer.as_str().to_owned()),
+            bytes,
+            None,
+            expect,
+        )
+        .await
+    }
+
+    async fn delete_tokens(&self, key: &TokenKey, expect: Expect) -> Result<bool, StoreError> {
+        self.delete_raw(RecordKey::Tokens(key.clone()), expect)
+            .await
+    }
+
+    async fn delete_issuer_tokens(&self, issuer: &IssuerId) -> Result<usize, StoreError> {
+        let issuer = issuer.clone();
+        self.with_conn(move |conn, ns| {
+            let what = format!("tokens of issuer {issuer}");
+            // `issuer` is compared as an exact byte string (BINARY collation).
+            conn.prepare_cached(
+                "DELETE FROM records WHERE namespace = ?1 AND kind = 'tokens' AND issuer = ?2",
+            )
+            .and_then(|mut stmt| stmt.execute(params![ns, issuer.as_str()]))
+            .map_err(|e| map_err_named(e, &what))
+        })
+        .await
+    }
+
+    async fn list_tokens(&self) -> Result<Vec<TokenKey>, StoreError> {
+        Ok(self
+            .list_raw(RecordKind::Tokens)
+            .await?
+            .into_iter()
+            .filter_map(|k| match k {
+                RecordKey::Tokens(key) => Some(key),
+                _ => None,
+            })
+            .collect())
+    }
+
+    async fn try_acquire_refresh_lease(
+        &self,
+        key: &TokenKey,
+        ttl: Duration,
+    ) -> Result<Option<RefreshLease>, StoreError> {
+        let key = key.clone();
+        self.with_conn(move |conn, ns| {
+            let what = format!("refresh lease for {key}");
+            let storage_key = key.storage_key();
+            let tx = conn
+                .transaction_with_behavior(TransactionBehavior::Immediate)
+                .map_err(|e| map_err_named(e, &what))?;
+            let now = now_ms();
+            let held: Option<i64> = tx
+                .prepare_cached(
+                    "SELECT expires_at_ms FROM leases WHERE namespace = ?1 AND key = ?2",
+                )
+                .and_then(|mut s| {
+                    s.query_row(params![ns, storage_key], |r| r.get(0))
+                        .optional()
+                })
+                .map_err(|e| map_err_named(e, &what))?;
+            if held.is_some_and(|expires| expires > now) {
+                return Ok(None);
+            }
+            let lease = RefreshLease::new(key.clone(), ttl);
+            let ttl_ms = i64::try_from(ttl.as_millis()).unwrap_or(i64::MAX);
+            let expires = now.saturating_add(ttl_ms);
+            tx.prepare_cached(
+                "INSERT INTO leases (namespace, key, holder, expires_at_ms) VALUES (?1, ?2, ?3, ?4)
+                 ON CONFLICT (namespace, key) DO UPDATE SET
+                   holder = excluded.holder, expires_at_ms = excluded.expires_at_ms",
+            )
+            .and_then(|mut s| s.execute(params![ns, storage_key, lease.token(), expires]))
+            .map_err(|e| map_err_named(e, &what))?;
+            tx.commit().map_err(|e| map_err_named(e, &what))?;
+            Ok(Some(RefreshLease::from_parts(
+                key,
+                lease.token().to_owned(),
+                ms_to_system_time(expires),
+            )))
+        })
+        .await
+    }
+
+    async fn release_refresh_lease(&self, lease: &RefreshLease) -> Result<bool, StoreError> {
+        let lease = lease.clone();
+        self.with_conn(move |conn, ns| {
+            let what = format!("refresh lease for {}", lease.key());
+            conn.prepare_cached(
+                "DELETE FROM leases WHERE namespace = ?1 AND key = ?2 AND holder = ?3",
+            )
+            .and_then(|mut s| s.execute(params![ns, lease.key().storage_key(), lease.token()]))
+            .map(|n| n > 0)
+            .map_err(|e| map_err_named(e, &what))
+        })
+        .await
+    }
+}
+
+#[async_trait]
+impl BindingStore for SqliteStore {
+    async fn get_binding(
+        &self,
+        resource: &ResourceUri,
+    ) -> Result<Option<Versioned<ResourceBinding>>, StoreError> {
+        let found = self.get_raw(RecordKey::Binding(resource.clone())).await?;
+        found
+            .map(|(bytes, version)| {
+                Ok(Versioned {
+                    value: record::decode_binding(resource, &bytes)?,
+                    version,
+                })
+            })
+            .transpose()
+    }
+
+    async fn put_binding(
+        &self,
+        binding: &ResourceBinding,
+        expect: Expect,
+    ) -> Result<Version, StoreError> {
+        let bytes = record::encode_binding(binding)?;
+        self.put_raw(
+            RecordKey::Binding(binding.resource.clone()),
+            Some(binding.issuer.as_str().to_owned()),
+            bytes,
+            None,
+            expect,
+        )
+        .await
+    }
+
+    async fn delete_binding(
+        &self,
+        resource: &ResourceUri,
+        expect: Expect,
+    ) -> Result<bool, StoreError> {
+        self.delete_raw(RecordKey::Binding(resource.clone()), expect)
+            .await
+    }
+
+    async fn list_bindings(&self) -> Result<Vec<ResourceUri>, StoreError> {
+        Ok(self
+            .list_raw(RecordKind::Binding)
+            .await?
+            .into_iter()
+            .filter_map(|k| match k {
+                RecordKey::Binding(resource) => Some(resource),
+                _ => None,
+            })
+            .collect())
+    }
+}
+
+#[async_trait]
+impl PendingAuthorizationStore for SqliteStore {
+    async fn insert_pending(&self, pending: &PendingAuthorization) -> Result<(), StoreError> {
+        let key = RecordKey::Pending(pending.state.clone());
+        let bytes = record::encode_pending(pending)?;
+        let expires_at = pending.expires_at.unix_seconds();
+        self.with_conn(move |conn, ns| {
+            let tx = conn
+                .transaction_with_behavior(TransactionBehavior::Immediate)
+                .map_err(|e| map_err(e, &key))?;
+            let now = Timestamp::now().unix_seconds();
+            // Expired flows free their state (and are purged here, so the table stays small).
+            tx.prepare_cached(
+                "DELETE FROM records WHERE namespace = ?1 AND kind = 'pending' AND expires_at <= ?2",
+            )
+            .and_then(|mut s| s.execute(params![ns, now]))
+            .map_err(|e| map_err(e, &key))?;
+            let version = schema::next_version(&tx).map_err(|e| map_err(e, &key))?;
+            let inserted = tx
+                .prepare_cached(
+                    "INSERT INTO records (namespace, key, kind, issuer, value, version, expires_at)
+                     VALUES (?1, ?2, 'pending', NULL, ?3, ?4, ?5)
+                     ON CONFLICT (namespace, key) DO NOTHING",
+                )
+                .and_then(|mut s| {
+                    s.execute(params![ns, key.storage_key(), bytes, version, expires_at])
+                })
+                .map_err(|e| map_err(e, &key))?;
+            if inserted == 0 {
+                return Err(StoreError::Conflict {
+                    key: key.to_string(),
+                });
+            }
+            tx.commit().map_err(|e| map_err(e, &key))?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn take_pending(&self, state: &str) -> Result<Option<PendingAuthorization>, StoreError> {
+        let state = state.to_owned();
+        self.with_conn(move |conn, ns| {
+            let key = RecordKey::Pending(state.clone());
+            let tx = conn
+                .transaction_with_behavior(TransactionBehavior::Immediate)
+                .map_err(|e| map_err(e, &key))?;
+            let found: Option<Vec<u8>> = tx
+                .prepare_cached("SELECT value FROM records WHERE namespace = ?1 AND key = ?2")
+                .and_then(|mut s| {
+                    s.query_row(params![ns, key.storage_key()], |r| r.get(0))
+                        .optional()
+                })
+                .map_err(|e| map_err(e, &key))?;
+            let Some(bytes) = found else {
+                return Ok(None);
+            };
+            // Decode before deleting: a corrupt record is reported and left in place.
+            let pending = record::decode_pending(&state, &bytes)?;
+            tx.prepare_cached("DELETE FROM records WHERE namespace = ?1 AND key = ?2")
+                .and_then(|mut s| s.execute(params![ns, key.storage_key()]))
+                .map_err(|e| map_err(e, &key))?;
+            tx.commit().map_err(|e| map_err(e, &key))?;
+            Ok((!pending.expires_at.is_past()).then_some(pending))
+        })
+        .await
+    }
+}
+
+/// Writes raw bytes as a record, bypassing encoding. For conformance tests that plant corrupt
+/// data; not part of the supported API.
+#[doc(hidden)]
+pub async fn write_raw_record(
+    store: &SqliteStore,
+    key: &RecordKey,
+    bytes: &[u8],
+) -> Result<(), StoreError> {
+    store
+        .put_raw(key.clone(), None, bytes.to_vec(), None, Expect::Any)
+        .await
+        .map(|_| ())
+}
