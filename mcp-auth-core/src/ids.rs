@@ -47,11 +47,22 @@ impl InvalidId {
     }
 }
 
+/// Lowercase base32hex (RFC 4648 §7 alphabet, lowercased), no padding.
+fn key_encoding() -> &'static data_encoding::Encoding {
+    static ENCODING: std::sync::OnceLock<data_encoding::Encoding> = std::sync::OnceLock::new();
+    ENCODING.get_or_init(|| {
+        let mut spec = data_encoding::Specification::new();
+        spec.symbols.push_str("0123456789abcdefghijklmnopqrstuv");
+        // The specification is constant and valid, so this never falls back; it avoids a panic
+        // path all the same.
+        spec.encoding()
+            .unwrap_or_else(|_| data_encoding::BASE32HEX_NOPAD.clone())
+    })
+}
+
 /// Encodes bytes as lowercase base32hex without padding: injective, `[0-9a-v]*`.
 pub(crate) fn encode_key(raw: &str) -> String {
-    data_encoding::BASE32HEX_NOPAD
-        .encode(raw.as_bytes())
-        .to_ascii_lowercase()
+    key_encoding().encode(raw.as_bytes())
 }
 
 /// Inverse of [`encode_key`]; `None` when `encoded` is not a key this crate produced.
@@ -59,9 +70,7 @@ pub(crate) fn decode_key(encoded: &str) -> Option<String> {
     if encoded.bytes().any(|b| b.is_ascii_uppercase()) {
         return None;
     }
-    let bytes = data_encoding::BASE32HEX_NOPAD
-        .decode(encoded.to_ascii_uppercase().as_bytes())
-        .ok()?;
+    let bytes = key_encoding().decode(encoded.as_bytes()).ok()?;
     String::from_utf8(bytes).ok()
 }
 

@@ -146,7 +146,7 @@ struct Header {
 #[derive(Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RegistrationV1 {
-    issuer: IssuerId,
+    issuer: String,
     client_id: String,
     client_secret: Option<String>,
     client_secret_expires_at: Option<Timestamp>,
@@ -164,8 +164,9 @@ struct RegistrationV1 {
 #[derive(Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct TokensV1 {
-    issuer: IssuerId,
-    resource: ResourceUri,
+    // Plain strings: decoding compares them with the key it read from, which is already valid.
+    issuer: String,
+    resource: String,
     access_token: String,
     token_type: String,
     expires_at: Option<Timestamp>,
@@ -233,49 +234,51 @@ fn corrupt(key: &RecordKey, reason: impl Into<String>) -> StoreError {
 }
 
 fn decode<T: for<'de> Deserialize<'de>>(key: &RecordKey, bytes: &[u8]) -> Result<T, StoreError> {
-    let header: Header = serde_json::from_slice(bytes).map_err(|e| {
-        // serde_json's message names a line/column and an expectation, never the content.
+    // Happy path: one parse. Only a failure pays for a second look to explain it.
+    match serde_json::from_slice::<Envelope<T>>(bytes) {
+        Ok(envelope)
+            if envelope.schema == SCHEMA_VERSION && envelope.kind == key.kind().as_str() =>
+        {
+            Ok(envelope.record)
+        }
+        Ok(envelope) => Err(explain_header(key, envelope.schema, &envelope.kind)),
+        Err(e) => match serde_json::from_slice::<Header>(bytes) {
+            Ok(header) if header.schema != SCHEMA_VERSION || header.kind != key.kind().as_str() => {
+                Err(explain_header(key, header.schema, &header.kind))
+            }
+            Ok(_) => Err(corrupt(
+                key,
+                format!(
+                    "invalid {} record ({})",
+                    key.kind().as_str(),
+                    e.classify_name()
+                ),
+            )),
+            // serde_json's category names a problem, never the content.
+            Err(e) => Err(corrupt(
+                key,
+                format!("not an mcp-auth record ({})", e.classify_name()),
+            )),
+        },
+    }
+}
+
+fn explain_header(key: &RecordKey, schema: u32, kind: &str) -> StoreError {
+    if schema > SCHEMA_VERSION {
         corrupt(
             key,
-            format!("not an mcp-auth record ({})", e.classify_name()),
+            format!(
+                "written in record schema {schema} by a newer mcp-auth (this one reads up to {SCHEMA_VERSION}); upgrade"
+            ),
         )
-    })?;
-    if header.schema > SCHEMA_VERSION {
-        return Err(corrupt(
-            key,
-            format!(
-                "written in record schema {} by a newer mcp-auth (this one reads up to {SCHEMA_VERSION}); upgrade",
-                header.schema
-            ),
-        ));
-    }
-    if header.schema != SCHEMA_VERSION {
-        return Err(corrupt(
-            key,
-            format!("unknown record schema {}", header.schema),
-        ));
-    }
-    if header.kind != key.kind().as_str() {
-        return Err(corrupt(
-            key,
-            format!(
-                "holds a {:?} record, expected {}",
-                header.kind,
-                key.kind().as_str()
-            ),
-        ));
-    }
-    let envelope: Envelope<T> = serde_json::from_slice(bytes).map_err(|e| {
+    } else if schema != SCHEMA_VERSION {
+        corrupt(key, format!("unknown record schema {schema}"))
+    } else {
         corrupt(
             key,
-            format!(
-                "invalid {} record ({})",
-                key.kind().as_str(),
-                e.classify_name()
-            ),
+            format!("holds a {kind:?} record, expected {}", key.kind().as_str()),
         )
-    })?;
-    Ok(envelope.record)
+    }
 }
 
 trait ClassifyName {
@@ -300,7 +303,7 @@ pub fn encode_registration(registration: &ClientRegistration) -> Result<Vec<u8>,
     encode(
         &key,
         RegistrationV1 {
-            issuer: registration.issuer.clone(),
+            issuer: registration.issuer.as_str().to_owned(),
             client_id: registration.client_id.clone(),
             client_secret: expose(&registration.client_secret),
             client_secret_expires_at: registration.client_secret_expires_at,
@@ -324,13 +327,13 @@ pub fn decode_registration(
 ) -> Result<ClientRegistration, StoreError> {
     let key = RecordKey::Registration(issuer.clone());
     let r: RegistrationV1 = decode(&key, bytes)?;
-    if &r.issuer != issuer {
+    if r.issuer != issuer.as_str() {
         return Err(corrupt(&key, "record belongs to another issuer"));
     }
     let kind = RegistrationKind::parse(&r.kind)
         .ok_or_else(|| corrupt(&key, format!("unknown registration kind {:?}", r.kind)))?;
     Ok(ClientRegistration {
-        issuer: r.issuer,
+        issuer: issuer.clone(),
         client_id: r.client_id,
         client_secret: r.client_secret.map(SecretString::from),
         client_secret_expires_at: r.client_secret_expires_at,
@@ -351,8 +354,8 @@ pub fn encode_tokens(key: &TokenKey, tokens: &TokenSet) -> Result<Vec<u8>, Store
     encode(
         &RecordKey::Tokens(key.clone()),
         TokensV1 {
-            issuer: key.issuer.clone(),
-            resource: key.resource.clone(),
+            issuer: key.issuer.as_str().to_owned(),
+            resource: key.resource.as_str().to_owned(),
             access_token: tokens.access_token.expose_secret().to_owned(),
             token_type: tokens.token_type.clone(),
             expires_at: tokens.expires_at,
@@ -368,7 +371,7 @@ pub fn encode_tokens(key: &TokenKey, tokens: &TokenSet) -> Result<Vec<u8>, Store
 pub fn decode_tokens(key: &TokenKey, bytes: &[u8]) -> Result<TokenSet, StoreError> {
     let record_key = RecordKey::Tokens(key.clone());
     let t: TokensV1 = decode(&record_key, bytes)?;
-    if t.issuer != key.issuer || t.resource != key.resource {
+    if t.issuer != key.issuer.as_str() || t.resource != key.resource.as_str() {
         return Err(corrupt(
             &record_key,
             "record belongs to another issuer or resource",

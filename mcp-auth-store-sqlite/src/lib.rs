@@ -17,7 +17,7 @@ use mcp_auth_core::{
     StoreCapabilities, StoreError, StoreInfo, Timestamp, TokenKey, TokenSet, TokenStore, Version,
     Versioned,
 };
-use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
+use rusqlite::{Connection, OptionalExtension, params};
 
 const BACKEND: &str = "sqlite";
 
@@ -160,16 +160,18 @@ impl SqliteStore {
         &self.namespace
     }
 
-    /// Runs `f` on the connection, off the async executor.
+    /// Runs `f` on the connection without stalling the async executor: through
+    /// `block_in_place` on a multi-threaded tokio runtime (no thread hop for the caller),
+    /// `spawn_blocking` on a current-thread runtime, inline outside tokio.
     async fn with_conn<T: Send + 'static>(
         &self,
         f: impl FnOnce(&mut Connection, &str) -> Result<T, StoreError> + Send + 'static,
     ) -> Result<T, StoreError> {
         let shared = Arc::clone(&self.shared);
-        let namespace = self.namespace.as_str().to_owned();
+        let namespace = self.namespace.clone();
         run_blocking(move || {
             let mut conn = shared.conn.lock().unwrap_or_else(PoisonError::into_inner);
-            f(&mut conn, &namespace)
+            f(&mut conn, namespace.as_str())
         })
         .await
     }
@@ -186,52 +188,74 @@ impl SqliteStore {
             })
             .optional()
             .map_err(|e| map_err(e, &key))
-            .map(|found| found.map(|(bytes, v)| (bytes, Version::new(v.to_string()))))
+            .map(|found| found.map(|(bytes, v)| (bytes, version_of(v))))
         })
         .await
     }
 
+    /// One statement per expectation, each atomic on its own (autocommit), so no transaction
+    /// round trips: `Any` upserts, `Absent` inserts unless present, `Version` updates only the
+    /// row still at that version.
     async fn put_raw(
         &self,
         key: RecordKey,
         issuer: Option<String>,
         bytes: Vec<u8>,
-        expires_at: Option<i64>,
         expect: Expect,
     ) -> Result<Version, StoreError> {
         self.with_conn(move |conn, ns| {
+            let version = new_version();
             let storage_key = key.storage_key();
-            let tx = conn
-                .transaction_with_behavior(TransactionBehavior::Immediate)
-                .map_err(|e| map_err(e, &key))?;
-            let current = current_version(&tx, ns, &storage_key).map_err(|e| map_err(e, &key))?;
-            if !expect.holds(current.as_ref()) {
+            let kind = key.kind().as_str();
+            let changed = match &expect {
+                Expect::Any => conn
+                    .prepare_cached(
+                        "INSERT INTO records (namespace, key, kind, issuer, value, version)
+                         VALUES (?1, ?2, ?3, ?4, ?5, ?6)
+                         ON CONFLICT (namespace, key) DO UPDATE SET
+                           kind = excluded.kind, issuer = excluded.issuer,
+                           value = excluded.value, version = excluded.version",
+                    )
+                    .and_then(|mut s| {
+                        s.execute(params![ns, storage_key, kind, issuer, bytes, version])
+                    }),
+                Expect::Absent => conn
+                    .prepare_cached(
+                        "INSERT INTO records (namespace, key, kind, issuer, value, version)
+                         VALUES (?1, ?2, ?3, ?4, ?5, ?6)
+                         ON CONFLICT (namespace, key) DO NOTHING",
+                    )
+                    .and_then(|mut s| {
+                        s.execute(params![ns, storage_key, kind, issuer, bytes, version])
+                    }),
+                Expect::Version(expected) => match parse_version(expected) {
+                    Some(expected) => conn
+                        .prepare_cached(
+                            "UPDATE records SET kind = ?3, issuer = ?4, value = ?5, version = ?6
+                             WHERE namespace = ?1 AND key = ?2 AND version = ?7",
+                        )
+                        .and_then(|mut s| {
+                            s.execute(params![
+                                ns,
+                                storage_key,
+                                kind,
+                                issuer,
+                                bytes,
+                                version,
+                                expected
+                            ])
+                        }),
+                    // A version this backend never issued cannot be current.
+                    None => Ok(0),
+                },
+            }
+            .map_err(|e| map_err(e, &key))?;
+            if changed == 0 {
                 return Err(StoreError::Conflict {
                     key: key.to_string(),
                 });
             }
-            let version = schema::next_version(&tx).map_err(|e| map_err(e, &key))?;
-            tx.prepare_cached(
-                "INSERT INTO records (namespace, key, kind, issuer, value, version, expires_at)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)
-                 ON CONFLICT (namespace, key) DO UPDATE SET
-                   kind = excluded.kind, issuer = excluded.issuer, value = excluded.value,
-                   version = excluded.version, expires_at = excluded.expires_at",
-            )
-            .and_then(|mut stmt| {
-                stmt.execute(params![
-                    ns,
-                    storage_key,
-                    key.kind().as_str(),
-                    issuer,
-                    bytes,
-                    version,
-                    expires_at
-                ])
-            })
-            .map_err(|e| map_err(e, &key))?;
-            tx.commit().map_err(|e| map_err(e, &key))?;
-            Ok(Version::new(version.to_string()))
+            Ok(version_of(version))
         })
         .await
     }
@@ -239,21 +263,45 @@ impl SqliteStore {
     async fn delete_raw(&self, key: RecordKey, expect: Expect) -> Result<bool, StoreError> {
         self.with_conn(move |conn, ns| {
             let storage_key = key.storage_key();
-            let tx = conn
-                .transaction_with_behavior(TransactionBehavior::Immediate)
-                .map_err(|e| map_err(e, &key))?;
-            let current = current_version(&tx, ns, &storage_key).map_err(|e| map_err(e, &key))?;
-            if !matches!(expect, Expect::Any) && !expect.holds(current.as_ref()) {
-                return Err(StoreError::Conflict {
-                    key: key.to_string(),
-                });
+            match &expect {
+                Expect::Any => conn
+                    .prepare_cached("DELETE FROM records WHERE namespace = ?1 AND key = ?2")
+                    .and_then(|mut s| s.execute(params![ns, storage_key]))
+                    .map(|n| n > 0)
+                    .map_err(|e| map_err(e, &key)),
+                Expect::Version(expected) => {
+                    let deleted = match parse_version(expected) {
+                        Some(v) => conn
+                            .prepare_cached(
+                                "DELETE FROM records WHERE namespace = ?1 AND key = ?2 AND version = ?3",
+                            )
+                            .and_then(|mut s| s.execute(params![ns, storage_key, v]))
+                            .map_err(|e| map_err(e, &key))?,
+                        None => 0,
+                    };
+                    if deleted == 0 {
+                        return Err(StoreError::Conflict {
+                            key: key.to_string(),
+                        });
+                    }
+                    Ok(true)
+                }
+                // "Delete only if absent": nothing to delete, but a present record conflicts.
+                Expect::Absent => {
+                    let present = conn
+                        .prepare_cached("SELECT 1 FROM records WHERE namespace = ?1 AND key = ?2")
+                        .and_then(|mut s| {
+                            s.query_row(params![ns, storage_key], |_| Ok(())).optional()
+                        })
+                        .map_err(|e| map_err(e, &key))?;
+                    if present.is_some() {
+                        return Err(StoreError::Conflict {
+                            key: key.to_string(),
+                        });
+                    }
+                    Ok(false)
+                }
             }
-            let deleted = tx
-                .prepare_cached("DELETE FROM records WHERE namespace = ?1 AND key = ?2")
-                .and_then(|mut stmt| stmt.execute(params![ns, storage_key]))
-                .map_err(|e| map_err(e, &key))?;
-            tx.commit().map_err(|e| map_err(e, &key))?;
-            Ok(deleted > 0)
         })
         .await
     }
@@ -282,23 +330,43 @@ impl SqliteStore {
     }
 }
 
-fn current_version(
-    conn: &Connection,
-    ns: &str,
-    storage_key: &str,
-) -> rusqlite::Result<Option<Version>> {
-    conn.prepare_cached("SELECT version FROM records WHERE namespace = ?1 AND key = ?2")?
-        .query_row(params![ns, storage_key], |row| row.get::<_, i64>(0))
-        .optional()
-        .map(|v| v.map(|v| Version::new(v.to_string())))
+/// A fresh random record version. Random rather than counted so that a write needs no extra
+/// statement, and a record deleted and recreated never gets a version seen before (no ABA).
+fn new_version() -> i64 {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static FALLBACK: AtomicU64 = AtomicU64::new(0);
+    let raw = getrandom::u64().unwrap_or_else(|_| {
+        // No OS randomness: time, pid and a counter still make collisions implausible.
+        let nanos = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_nanos() as u64)
+            .unwrap_or(0);
+        nanos ^ (u64::from(std::process::id()) << 40) ^ FALLBACK.fetch_add(1, Ordering::Relaxed)
+    });
+    // SQLite integers are signed; keep the full 64 bits.
+    raw as i64
 }
 
-/// Runs blocking work on tokio's blocking pool when inside a tokio runtime, inline otherwise
-/// (so the store also works under other executors instead of panicking).
+fn version_of(v: i64) -> Version {
+    Version::new(format!("{v:x}"))
+}
+
+fn parse_version(v: &Version) -> Option<i64> {
+    u64::from_str_radix(v.as_str(), 16).ok().map(|u| u as i64)
+}
+
+/// Runs blocking work without stalling other tasks: `block_in_place` on a multi-threaded tokio
+/// runtime (the worker hands its other tasks to another thread; the caller pays no thread hop),
+/// the blocking pool on a current-thread runtime (where `block_in_place` is not allowed), inline
+/// outside tokio (so other executors work instead of panicking).
 async fn run_blocking<T: Send + 'static>(
     f: impl FnOnce() -> Result<T, StoreError> + Send + 'static,
 ) -> Result<T, StoreError> {
-    match tokio::runtime::Handle::try_current() {
+    use tokio::runtime::{Handle, RuntimeFlavor};
+    match Handle::try_current() {
+        Ok(handle) if handle.runtime_flavor() == RuntimeFlavor::MultiThread => {
+            tokio::task::block_in_place(f)
+        }
         Ok(handle) => handle
             .spawn_blocking(f)
             .await
@@ -395,7 +463,6 @@ impl RegistrationStore for SqliteStore {
             RecordKey::Registration(registration.issuer.clone()),
             Some(registration.issuer.as_str().to_owned()),
             bytes,
-            None,
             expect,
         )
         .await
@@ -448,7 +515,6 @@ impl TokenStore for SqliteStore {
             RecordKey::Tokens(key.clone()),
             Some(key.issuer.as_str().to_owned()),
             bytes,
-            None,
             expect,
         )
         .await
@@ -493,39 +559,26 @@ impl TokenStore for SqliteStore {
         let key = key.clone();
         self.with_conn(move |conn, ns| {
             let what = format!("refresh lease for {key}");
-            let storage_key = key.storage_key();
-            let tx = conn
-                .transaction_with_behavior(TransactionBehavior::Immediate)
-                .map_err(|e| map_err_named(e, &what))?;
             let now = now_ms();
-            let held: Option<i64> = tx
-                .prepare_cached(
-                    "SELECT expires_at_ms FROM leases WHERE namespace = ?1 AND key = ?2",
-                )
-                .and_then(|mut s| {
-                    s.query_row(params![ns, storage_key], |r| r.get(0))
-                        .optional()
-                })
-                .map_err(|e| map_err_named(e, &what))?;
-            if held.is_some_and(|expires| expires > now) {
-                return Ok(None);
-            }
-            let lease = RefreshLease::new(key.clone(), ttl);
             let ttl_ms = i64::try_from(ttl.as_millis()).unwrap_or(i64::MAX);
             let expires = now.saturating_add(ttl_ms);
-            tx.prepare_cached(
-                "INSERT INTO leases (namespace, key, holder, expires_at_ms) VALUES (?1, ?2, ?3, ?4)
-                 ON CONFLICT (namespace, key) DO UPDATE SET
-                   holder = excluded.holder, expires_at_ms = excluded.expires_at_ms",
-            )
-            .and_then(|mut s| s.execute(params![ns, storage_key, lease.token(), expires]))
-            .map_err(|e| map_err_named(e, &what))?;
-            tx.commit().map_err(|e| map_err_named(e, &what))?;
-            Ok(Some(RefreshLease::from_parts(
-                key,
-                lease.token().to_owned(),
-                ms_to_system_time(expires),
-            )))
+            let lease = RefreshLease::new(key.clone(), ttl);
+            // One atomic statement: insert a free lease, or take over an expired one; a live
+            // lease held by anyone (in any process) leaves the row unchanged.
+            let acquired = conn
+                .prepare_cached(
+                    "INSERT INTO leases (namespace, key, holder, expires_at_ms) VALUES (?1, ?2, ?3, ?4)
+                     ON CONFLICT (namespace, key) DO UPDATE SET
+                       holder = excluded.holder, expires_at_ms = excluded.expires_at_ms
+                     WHERE leases.expires_at_ms <= ?5",
+                )
+                .and_then(|mut s| {
+                    s.execute(params![ns, key.storage_key(), lease.token(), expires, now])
+                })
+                .map_err(|e| map_err_named(e, &what))?;
+            Ok((acquired > 0).then(|| {
+                RefreshLease::from_parts(key, lease.token().to_owned(), ms_to_system_time(expires))
+            }))
         })
         .await
     }
@@ -572,7 +625,6 @@ impl BindingStore for SqliteStore {
             RecordKey::Binding(binding.resource.clone()),
             Some(binding.issuer.as_str().to_owned()),
             bytes,
-            None,
             expect,
         )
         .await
@@ -607,25 +659,21 @@ impl PendingAuthorizationStore for SqliteStore {
         let bytes = record::encode_pending(pending)?;
         let expires_at = pending.expires_at.unix_seconds();
         self.with_conn(move |conn, ns| {
-            let tx = conn
-                .transaction_with_behavior(TransactionBehavior::Immediate)
-                .map_err(|e| map_err(e, &key))?;
             let now = Timestamp::now().unix_seconds();
-            // Expired flows free their state (and are purged here, so the table stays small).
-            tx.prepare_cached(
+            // Expired flows free their state; purging them here keeps the table small.
+            conn.prepare_cached(
                 "DELETE FROM records WHERE namespace = ?1 AND kind = 'pending' AND expires_at <= ?2",
             )
             .and_then(|mut s| s.execute(params![ns, now]))
             .map_err(|e| map_err(e, &key))?;
-            let version = schema::next_version(&tx).map_err(|e| map_err(e, &key))?;
-            let inserted = tx
+            let inserted = conn
                 .prepare_cached(
                     "INSERT INTO records (namespace, key, kind, issuer, value, version, expires_at)
                      VALUES (?1, ?2, 'pending', NULL, ?3, ?4, ?5)
                      ON CONFLICT (namespace, key) DO NOTHING",
                 )
                 .and_then(|mut s| {
-                    s.execute(params![ns, key.storage_key(), bytes, version, expires_at])
+                    s.execute(params![ns, key.storage_key(), bytes, new_version(), expires_at])
                 })
                 .map_err(|e| map_err(e, &key))?;
             if inserted == 0 {
@@ -633,7 +681,6 @@ impl PendingAuthorizationStore for SqliteStore {
                     key: key.to_string(),
                 });
             }
-            tx.commit().map_err(|e| map_err(e, &key))?;
             Ok(())
         })
         .await
@@ -643,26 +690,30 @@ impl PendingAuthorizationStore for SqliteStore {
         let state = state.to_owned();
         self.with_conn(move |conn, ns| {
             let key = RecordKey::Pending(state.clone());
-            let tx = conn
-                .transaction_with_behavior(TransactionBehavior::Immediate)
-                .map_err(|e| map_err(e, &key))?;
-            let found: Option<Vec<u8>> = tx
-                .prepare_cached("SELECT value FROM records WHERE namespace = ?1 AND key = ?2")
+            let found: Option<(Vec<u8>, i64)> = conn
+                .prepare_cached(
+                    "SELECT value, version FROM records WHERE namespace = ?1 AND key = ?2",
+                )
                 .and_then(|mut s| {
-                    s.query_row(params![ns, key.storage_key()], |r| r.get(0))
-                        .optional()
+                    s.query_row(params![ns, key.storage_key()], |r| {
+                        Ok((r.get(0)?, r.get(1)?))
+                    })
+                    .optional()
                 })
                 .map_err(|e| map_err(e, &key))?;
-            let Some(bytes) = found else {
+            let Some((bytes, version)) = found else {
                 return Ok(None);
             };
             // Decode before deleting: a corrupt record is reported and left in place.
             let pending = record::decode_pending(&state, &bytes)?;
-            tx.prepare_cached("DELETE FROM records WHERE namespace = ?1 AND key = ?2")
-                .and_then(|mut s| s.execute(params![ns, key.storage_key()]))
+            // Delete exactly what was read; if another process redeemed it first, it is theirs.
+            let deleted = conn
+                .prepare_cached(
+                    "DELETE FROM records WHERE namespace = ?1 AND key = ?2 AND version = ?3",
+                )
+                .and_then(|mut s| s.execute(params![ns, key.storage_key(), version]))
                 .map_err(|e| map_err(e, &key))?;
-            tx.commit().map_err(|e| map_err(e, &key))?;
-            Ok((!pending.expires_at.is_past()).then_some(pending))
+            Ok((deleted > 0 && !pending.expires_at.is_past()).then_some(pending))
         })
         .await
     }
@@ -677,7 +728,7 @@ pub async fn write_raw_record(
     bytes: &[u8],
 ) -> Result<(), StoreError> {
     store
-        .put_raw(key.clone(), None, bytes.to_vec(), None, Expect::Any)
+        .put_raw(key.clone(), None, bytes.to_vec(), Expect::Any)
         .await
         .map(|_| ())
 }

@@ -4,7 +4,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use mcp_auth_core::StoreError;
-use rusqlite::{Connection, OpenFlags, Transaction};
+use rusqlite::{Connection, OpenFlags};
 
 use crate::{BACKEND, SqliteStoreError, map_err_named};
 
@@ -31,9 +31,7 @@ const MIGRATIONS: &[&str] = &[
         holder        TEXT    NOT NULL,
         expires_at_ms INTEGER NOT NULL,
         PRIMARY KEY (namespace, key)
-     ) WITHOUT ROWID;
-     CREATE TABLE counters (name TEXT PRIMARY KEY, value INTEGER NOT NULL) WITHOUT ROWID;
-     INSERT INTO counters (name, value) VALUES ('version', 0);",
+     ) WITHOUT ROWID;",
 ];
 
 fn io_err(path: &Path, source: std::io::Error) -> StoreError {
@@ -54,14 +52,14 @@ fn io_err(path: &Path, source: std::io::Error) -> StoreError {
 
 /// Creates the parent directory (0700) and the file (0600) if they do not exist yet.
 fn prepare_file(path: &Path) -> Result<(), StoreError> {
-    if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
-        if !parent.exists() {
-            let mut builder = std::fs::DirBuilder::new();
-            builder.recursive(true);
-            #[cfg(unix)]
-            std::os::unix::fs::DirBuilderExt::mode(&mut builder, 0o700);
-            builder.create(parent).map_err(|e| io_err(parent, e))?;
-        }
+    if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty())
+        && !parent.exists()
+    {
+        let mut builder = std::fs::DirBuilder::new();
+        builder.recursive(true);
+        #[cfg(unix)]
+        std::os::unix::fs::DirBuilderExt::mode(&mut builder, 0o700);
+        builder.create(parent).map_err(|e| io_err(parent, e))?;
     }
     let mut options = std::fs::OpenOptions::new();
     options.read(true).write(true).create(true).truncate(false);
@@ -124,13 +122,4 @@ fn migrate(conn: &mut Connection, path: &Path) -> Result<(), StoreError> {
         .map_err(|e| map_err_named(e, &what))?;
     }
     tx.commit().map_err(|e| map_err_named(e, &what))
-}
-
-/// The next record version: a database-wide counter, so a version is never reused even after a
-/// record is deleted and recreated (no ABA on compare-and-swap).
-pub(crate) fn next_version(tx: &Transaction<'_>) -> rusqlite::Result<i64> {
-    tx.prepare_cached(
-        "UPDATE counters SET value = value + 1 WHERE name = 'version' RETURNING value",
-    )?
-    .query_row([], |r| r.get(0))
 }

@@ -271,7 +271,7 @@ async fn cas_survives_sigkilled_writers_without_losing_acknowledged_updates() {
         .unwrap();
     assert_eq!(integrity, "ok");
 
-    let lines = lines.lock().unwrap();
+    let lines = std::mem::take(&mut *lines.lock().unwrap());
     let mut acked: HashMap<usize, Vec<u64>> = HashMap::new();
     for line in lines.iter() {
         let parts: Vec<&str> = line.split_whitespace().collect();

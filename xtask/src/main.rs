@@ -15,6 +15,9 @@ commands:
   test-all [--keep-going]   fmt check, clippy -D warnings, docs, nextest, doc tests
                             (starts the services the tests need; --keep-going runs every
                             step and reports all failures at the end)
+  bench                     store benchmarks: medians of each store beside the raw
+                            client doing the same work, and their ratio (prints only;
+                            nothing is asserted about time)
   help                      this text
 ";
 
@@ -22,6 +25,7 @@ fn main() -> ExitCode {
     let args: Vec<String> = env::args().skip(1).collect();
     let result = match args.first().map(String::as_str) {
         Some("test-all") => test_all(&args[1..]),
+        Some("bench") => bench(),
         Some("help" | "--help" | "-h") | None => {
             print!("{USAGE}");
             Ok(())
@@ -179,6 +183,25 @@ fn test_all(args: &[String]) -> Result<(), String> {
     } else {
         Err(format!("{} step(s) failed", failed.len()))
     }
+}
+
+/// Runs every store benchmark (release build) and lets each print its table.
+fn bench() -> Result<(), String> {
+    let benches = [Step::new(
+        "sqlite store benchmark",
+        &[
+            "bench",
+            "--package",
+            "mcp-auth-store-sqlite",
+            "--bench",
+            "store",
+        ],
+        "the SQLite benchmark failed to build or run",
+    )];
+    for step in &benches {
+        step.run()?;
+    }
+    Ok(())
 }
 
 /// cargo-nextest ships with this machine's toolchain; install it if a machine lacks it.
