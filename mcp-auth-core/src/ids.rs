@@ -154,6 +154,12 @@ fn parse_http_url(what: &'static str, raw: &str) -> Result<Url, InvalidId> {
 /// ```
 #[derive(Clone)]
 pub struct IssuerId {
+    // Shared: identifiers are cloned into keys, errors and records all the time.
+    inner: std::sync::Arc<ParsedUrl>,
+}
+
+/// An identifier's exact string and its parsed form.
+struct ParsedUrl {
     raw: String,
     url: Url,
 }
@@ -170,23 +176,25 @@ impl IssuerId {
             ));
         }
         let url = parse_http_url("issuer", &issuer)?;
-        Ok(Self { raw: issuer, url })
+        Ok(Self {
+            inner: std::sync::Arc::new(ParsedUrl { raw: issuer, url }),
+        })
     }
 
     /// The issuer exactly as published.
     pub fn as_str(&self) -> &str {
-        &self.raw
+        &self.inner.raw
     }
 
     /// The parsed URL (for building well-known metadata URLs). Equality must use
     /// [`IssuerId::as_str`], never the parsed form.
     pub fn url(&self) -> &Url {
-        &self.url
+        &self.inner.url
     }
 
     /// Injective, backend-safe key (`[0-9a-v]+`) derived from the exact issuer string.
     pub fn storage_key(&self) -> String {
-        encode_key(&self.raw)
+        encode_key(self.as_str())
     }
 
     /// Inverse of [`IssuerId::storage_key`].
@@ -215,8 +223,7 @@ impl IssuerId {
 /// ```
 #[derive(Clone)]
 pub struct ResourceUri {
-    raw: String,
-    url: Url,
+    inner: std::sync::Arc<ParsedUrl>,
 }
 
 impl ResourceUri {
@@ -232,24 +239,26 @@ impl ResourceUri {
             return Err(InvalidId::new("resource URI", raw, "longer than 200 bytes"));
         }
         Ok(Self {
-            raw: canonical,
-            url,
+            inner: std::sync::Arc::new(ParsedUrl {
+                raw: canonical,
+                url,
+            }),
         })
     }
 
     /// The canonical URI.
     pub fn as_str(&self) -> &str {
-        &self.raw
+        &self.inner.raw
     }
 
     /// The parsed URL (its serialisation may carry a trailing `/` that the canonical form drops).
     pub fn url(&self) -> &Url {
-        &self.url
+        &self.inner.url
     }
 
     /// Injective, backend-safe key (`[0-9a-v]+`).
     pub fn storage_key(&self) -> String {
-        encode_key(&self.raw)
+        encode_key(self.as_str())
     }
 
     /// Inverse of [`ResourceUri::storage_key`].
@@ -257,7 +266,7 @@ impl ResourceUri {
         let raw = decode_key(key)
             .ok_or_else(|| InvalidId::new("resource URI", key, "is not a resource storage key"))?;
         let parsed = Self::new(&raw)?;
-        if parsed.raw != raw {
+        if parsed.as_str() != raw {
             return Err(InvalidId::new(
                 "resource URI",
                 key,

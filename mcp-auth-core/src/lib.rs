@@ -3,6 +3,9 @@
 #![deny(missing_docs)]
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
+pub mod binding;
+#[cfg(feature = "engine")]
+pub mod engine;
 mod error;
 mod ids;
 mod memory;
@@ -14,6 +17,11 @@ mod time;
 #[cfg(feature = "conformance")]
 pub mod conformance;
 
+#[cfg(feature = "engine")]
+pub use engine::{
+    AuthError, AuthorizationRequest, Authorizer, Challenge, ClientConfig, HeadlessAuthorizer,
+    HttpPolicy, LoopbackAuthorizer, McpAuth, McpAuthBuilder, PreRegisteredClient,
+};
 pub use error::{BoxError, StoreError};
 pub use ids::{InvalidId, IssuerId, MAX_ID_LEN, Namespace, ResourceUri, TokenKey};
 pub use memory::MemoryStore;

@@ -1,0 +1,482 @@
+//! Discovery: `WWW-Authenticate` challenges, protected resource metadata (RFC 9728) and
+//! authorization server metadata (RFC 8414 / OpenID Connect Discovery).
+
+use serde_json::{Map, Value};
+use tracing::{Instrument, debug, info_span};
+use url::Url;
+
+use super::error::AuthError;
+use super::http::{Http, redact};
+use crate::ids::{IssuerId, ResourceUri};
+
+/// The parts of a `Bearer` challenge the client uses. Unparseable input yields an empty
+/// challenge (the caller then falls back to well-known discovery), never an error or a panic.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Challenge {
+    /// `resource_metadata`: where the protected resource metadata is.
+    pub resource_metadata: Option<String>,
+    /// `scope`: the scopes needed.
+    pub scope: Option<String>,
+    /// `error` (`invalid_token`, `insufficient_scope`, ...).
+    pub error: Option<String>,
+}
+
+impl Challenge {
+    /// Parses a `WWW-Authenticate` header value and returns its `Bearer` challenge (RFC 6750
+    /// §3, RFC 9110 §11.6.1 syntax: `Bearer k=v, k="quoted, value"`). Other schemes in the same
+    /// header are skipped.
+    pub fn parse(header: &str) -> Self {
+        let mut out = Self::default();
+        let mut in_bearer = false;
+        let mut rest = header.trim();
+        while !rest.is_empty() {
+            rest = rest.trim_start_matches([',', ' ', '\t']);
+            // Read a token (scheme or parameter name).
+            let end = rest
+                .find(|c: char| c == '=' || c == ',' || c.is_whitespace())
+                .unwrap_or(rest.len());
+            let token = &rest[..end];
+            rest = rest[end..].trim_start_matches([' ', '\t']);
+            if token.is_empty() {
+                // Stray character: skip it.
+                let mut chars = rest.chars();
+                chars.next();
+                rest = chars.as_str();
+                continue;
+            }
+            if let Some(after_eq) = rest.strip_prefix('=') {
+                let after_eq = after_eq.trim_start_matches([' ', '\t']);
+                let (value, remaining) = if let Some(quoted) = after_eq.strip_prefix('"') {
+                    let mut value = String::new();
+                    let mut chars = quoted.char_indices();
+                    let mut end = quoted.len();
+                    while let Some((i, c)) = chars.next() {
+                        match c {
+                            '\\' => {
+                                if let Some((_, escaped)) = chars.next() {
+                                    value.push(escaped);
+                                }
+                            }
+                            '"' => {
+                                end = i + 1;
+                                break;
+                            }
+                            c => value.push(c),
+                        }
+                    }
+                    (value, &quoted[end.min(quoted.len())..])
+                } else {
+                    let end = after_eq.find(',').unwrap_or(after_eq.len());
+                    // token68 values may end in '='; keep them whole.
+                    (after_eq[..end].trim().to_owned(), &after_eq[end..])
+                };
+                rest = remaining;
+                if in_bearer {
+                    match token.to_ascii_lowercase().as_str() {
+                        "resource_metadata" => out.resource_metadata = Some(value),
+                        "scope" => out.scope = Some(value),
+                        "error" => out.error = Some(value),
+                        _ => {}
+                    }
+                }
+            } else {
+                // A new scheme starts.
+                in_bearer = token.eq_ignore_ascii_case("bearer");
+            }
+        }
+        out
+    }
+
+    /// The challenged scopes, split on spaces.
+    pub fn scopes(&self) -> Vec<String> {
+        self.scope
+            .as_deref()
+            .map(|s| s.split_whitespace().map(str::to_owned).collect())
+            .unwrap_or_default()
+    }
+}
+
+/// Validated protected resource metadata.
+#[derive(Clone, Debug)]
+pub(crate) struct ResourceMetadata {
+    /// The `resource` as published (canonical form).
+    pub(crate) resource: ResourceUri,
+    pub(crate) authorization_servers: Vec<String>,
+    pub(crate) scopes_supported: Option<Vec<String>>,
+    pub(crate) raw: Map<String, Value>,
+}
+
+fn string_list(map: &Map<String, Value>, field: &str) -> Option<Vec<String>> {
+    map.get(field).and_then(Value::as_array).map(|a| {
+        a.iter()
+            .filter_map(Value::as_str)
+            .map(str::to_owned)
+            .collect()
+    })
+}
+
+/// True when `requested` is `published` or lies under it (same origin, path prefix at a segment
+/// boundary): a server may publish its origin as the resource of an `/mcp` endpoint.
+fn resource_covers(published: &ResourceUri, requested: &ResourceUri) -> bool {
+    if published == requested {
+        return true;
+    }
+    let (p, r) = (published.url(), requested.url());
+    if p.origin() != r.origin() || p.query().is_some() {
+        return false;
+    }
+    let base = p.path().trim_end_matches('/');
+    let path = r.path();
+    path.strip_prefix(base)
+        .is_some_and(|rest| rest.is_empty() || rest.starts_with('/'))
+}
+
+impl ResourceMetadata {
+    fn from_json(
+        url: &Url,
+        map: Map<String, Value>,
+        requested: &ResourceUri,
+    ) -> Result<Self, AuthError> {
+        let invalid = |reason: &str| AuthError::InvalidResponse {
+            url: redact(url),
+            reason: reason.to_owned(),
+        };
+        let published = map
+            .get("resource")
+            .and_then(Value::as_str)
+            .ok_or_else(|| invalid("protected resource metadata has no \"resource\""))?;
+        let resource = ResourceUri::new(published).map_err(|_| AuthError::ResourceMismatch {
+            expected: requested.to_string(),
+            found: published.chars().take(200).collect(),
+        })?;
+        if !resource_covers(&resource, requested) {
+            return Err(AuthError::ResourceMismatch {
+                expected: requested.to_string(),
+                found: resource.to_string(),
+            });
+        }
+        let authorization_servers = string_list(&map, "authorization_servers")
+            .filter(|v| !v.is_empty())
+            .ok_or_else(|| invalid("protected resource metadata lists no authorization_servers"))?;
+        Ok(Self {
+            resource,
+            authorization_servers,
+            scopes_supported: string_list(&map, "scopes_supported"),
+            raw: map,
+        })
+    }
+
+    pub(crate) fn from_stored(map: &Map<String, Value>, requested: &ResourceUri) -> Option<Self> {
+        let url = requested.url().clone();
+        Self::from_json(&url, map.clone(), requested).ok()
+    }
+}
+
+/// Fetches protected resource metadata: from the challenge's `resource_metadata` URL when there
+/// is one (R1), else the path-suffixed well-known URL, then the root one (R2).
+pub(crate) async fn discover_resource_metadata(
+    http: &Http,
+    resource: &ResourceUri,
+    challenge_url: Option<&str>,
+) -> Result<ResourceMetadata, AuthError> {
+    let span = info_span!("discover_resource_metadata", resource = %resource);
+    async {
+        let candidates: Vec<Url> = match challenge_url {
+            Some(raw) => {
+                vec![
+                    resource
+                        .url()
+                        .join(raw)
+                        .map_err(|_| AuthError::InvalidResponse {
+                            url: resource.to_string(),
+                            reason: "resource_metadata in WWW-Authenticate is not a URL".to_owned(),
+                        })?,
+                ]
+            }
+            None => well_known_resource_urls(resource),
+        };
+        let mut last = None;
+        for url in &candidates {
+            debug!(url = %redact(url), "fetching protected resource metadata");
+            let fetched = http.get(url, true).await?;
+            if fetched.status == 200 {
+                return ResourceMetadata::from_json(url, fetched.json_object()?, resource);
+            }
+            last = Some(format!("{} returned {}", redact(url), fetched.status));
+        }
+        Err(AuthError::Discovery {
+            url: resource.to_string(),
+            reason: format!(
+                "no protected resource metadata ({})",
+                last.unwrap_or_else(|| "nothing to try".to_owned())
+            ),
+        })
+    }
+    .instrument(span)
+    .await
+}
+
+fn well_known_resource_urls(resource: &ResourceUri) -> Vec<Url> {
+    let base = resource.url();
+    let path = base.path().trim_end_matches('/');
+    let mut urls = Vec::new();
+    let mut origin = base.clone();
+    origin.set_query(None);
+    origin.set_fragment(None);
+    if !path.is_empty() {
+        let mut u = origin.clone();
+        u.set_path(&format!("/.well-known/oauth-protected-resource{path}"));
+        urls.push(u);
+    }
+    let mut root = origin;
+    root.set_path("/.well-known/oauth-protected-resource");
+    urls.push(root);
+    urls
+}
+
+/// The metadata URLs to try for `issuer`, in the MCP-mandated order (R5): with a path,
+/// RFC 8414 path-insertion, OIDC path-insertion, OIDC path-appending; without one, RFC 8414 then
+/// OIDC. A terminating `/` is removed first (RFC 8414 §3.1).
+pub fn metadata_urls(issuer: &IssuerId) -> Vec<Url> {
+    let base = issuer.url();
+    let path = base.path().trim_end_matches('/').to_owned();
+    let mut origin = base.clone();
+    origin.set_query(None);
+    origin.set_fragment(None);
+    let at = |p: &str| {
+        let mut u = origin.clone();
+        u.set_path(p);
+        u
+    };
+    if path.is_empty() {
+        vec![
+            at("/.well-known/oauth-authorization-server"),
+            at("/.well-known/openid-configuration"),
+        ]
+    } else {
+        vec![
+            at(&format!("/.well-known/oauth-authorization-server{path}")),
+            at(&format!("/.well-known/openid-configuration{path}")),
+            at(&format!("{path}/.well-known/openid-configuration")),
+        ]
+    }
+}
+
+/// Validated authorization server metadata.
+#[derive(Clone, Debug)]
+pub(crate) struct ServerMetadata {
+    pub(crate) issuer: IssuerId,
+    pub(crate) authorization_endpoint: Url,
+    pub(crate) token_endpoint: Url,
+    pub(crate) registration_endpoint: Option<Url>,
+    pub(crate) revocation_endpoint: Option<Url>,
+    pub(crate) code_challenge_methods: Option<Vec<String>>,
+    pub(crate) iss_parameter_supported: bool,
+    pub(crate) cimd_supported: bool,
+    pub(crate) scopes_supported: Option<Vec<String>>,
+    pub(crate) raw: Map<String, Value>,
+}
+
+impl ServerMetadata {
+    /// Validates metadata fetched for `issuer` (or stored for it): the `issuer` field must be
+    /// the identical string (RFC 8414 §3.3), and every endpoint must pass the URL policy (R34).
+    pub(crate) fn from_json(
+        http: &Http,
+        source: &Url,
+        issuer: &IssuerId,
+        map: Map<String, Value>,
+    ) -> Result<Self, AuthError> {
+        let published = map.get("issuer").and_then(Value::as_str);
+        if published != Some(issuer.as_str()) {
+            return Err(AuthError::IssuerMismatch {
+                context: "authorization server metadata",
+                expected: issuer.to_string(),
+                found: published.map(|s| s.chars().take(200).collect()),
+            });
+        }
+        let endpoint = |field: &str, required: bool| -> Result<Option<Url>, AuthError> {
+            let Some(raw) = map.get(field) else {
+                return if required {
+                    Err(AuthError::InvalidResponse {
+                        url: redact(source),
+                        reason: format!("metadata has no {field}"),
+                    })
+                } else {
+                    Ok(None)
+                };
+            };
+            let raw = raw.as_str().ok_or_else(|| AuthError::InvalidResponse {
+                url: redact(source),
+                reason: format!("{field} is not a string"),
+            })?;
+            let url = Url::parse(raw).map_err(|_| AuthError::UnsafeUrl {
+                url: raw.chars().take(100).collect(),
+                reason: format!("{field} is not an absolute URL"),
+            })?;
+            http.check_url(&url)?;
+            Ok(Some(url))
+        };
+        let authorization_endpoint = endpoint("authorization_endpoint", true)?;
+        let token_endpoint = endpoint("token_endpoint", true)?;
+        let (Some(authorization_endpoint), Some(token_endpoint)) =
+            (authorization_endpoint, token_endpoint)
+        else {
+            return Err(AuthError::InvalidResponse {
+                url: redact(source),
+                reason: "metadata lacks authorization or token endpoint".to_owned(),
+            });
+        };
+        Ok(Self {
+            issuer: issuer.clone(),
+            authorization_endpoint,
+            token_endpoint,
+            registration_endpoint: endpoint("registration_endpoint", false)?,
+            revocation_endpoint: endpoint("revocation_endpoint", false)?,
+            code_challenge_methods: string_list(&map, "code_challenge_methods_supported"),
+            iss_parameter_supported: map
+                .get("authorization_response_iss_parameter_supported")
+                .and_then(Value::as_bool)
+                .unwrap_or(false),
+            cimd_supported: map
+                .get("client_id_metadata_document_supported")
+                .and_then(Value::as_bool)
+                .unwrap_or(false),
+            scopes_supported: string_list(&map, "scopes_supported"),
+            raw: map,
+        })
+    }
+
+    /// R7/R8: authorization needs advertised `S256`.
+    pub(crate) fn supports_s256(&self) -> bool {
+        self.code_challenge_methods
+            .as_ref()
+            .is_some_and(|m| m.iter().any(|m| m == "S256"))
+    }
+}
+
+/// Fetches and validates the metadata of `issuer`, trying [`metadata_urls`] in order. A
+/// document whose `issuer` differs is an error, not a reason to try the next URL: its data must
+/// not be used (R6).
+pub(crate) async fn discover_server_metadata(
+    http: &Http,
+    issuer: &IssuerId,
+) -> Result<ServerMetadata, AuthError> {
+    let span = info_span!("discover_server_metadata", issuer = %issuer);
+    async {
+        let mut last = None;
+        for url in metadata_urls(issuer) {
+            debug!(url = %redact(&url), "fetching authorization server metadata");
+            let fetched = http.get(&url, true).await?;
+            if fetched.status == 200 {
+                return ServerMetadata::from_json(http, &url, issuer, fetched.json_object()?);
+            }
+            last = Some(format!("{} returned {}", redact(&url), fetched.status));
+        }
+        Err(AuthError::Discovery {
+            url: issuer.to_string(),
+            reason: format!(
+                "no authorization server metadata ({})",
+                last.unwrap_or_default()
+            ),
+        })
+    }
+    .instrument(span)
+    .await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_bearer_challenges() {
+        let c = Challenge::parse(
+            r#"Bearer resource_metadata="https://mcp.example.com/.well-known/oauth-protected-resource/mcp", scope="files:read files:write""#,
+        );
+        assert_eq!(
+            c.resource_metadata.as_deref(),
+            Some("https://mcp.example.com/.well-known/oauth-protected-resource/mcp")
+        );
+        assert_eq!(c.scopes(), vec!["files:read", "files:write"]);
+        let c = Challenge::parse(
+            r#"DPoP algs="ES256", Bearer error="insufficient_scope", scope="a b""#,
+        );
+        assert_eq!(c.error.as_deref(), Some("insufficient_scope"));
+        assert_eq!(c.scopes(), vec!["a", "b"]);
+        let c = Challenge::parse(r#"Basic realm="x", scope="nope""#);
+        assert_eq!(c, Challenge::default());
+        let c = Challenge::parse(r#"bearer scope=unquoted , error="a \"q\" b""#);
+        assert_eq!(c.scope.as_deref(), Some("unquoted"));
+        assert_eq!(c.error.as_deref(), Some(r#"a "q" b"#));
+    }
+
+    #[test]
+    fn malformed_challenges_never_panic() {
+        for raw in [
+            "",
+            "Bearer",
+            "Bearer ,,,",
+            "Bearer =",
+            "Bearer scope=\"unterminated",
+            "Bearer \"\"\"",
+            "=====",
+            "Bearer resource_metadata",
+            "\u{0}\u{1}",
+            "Bearer a=b=c, ,=d",
+            "é=ü, Bearer ☃=\"x\"",
+        ] {
+            let _ = Challenge::parse(raw);
+        }
+    }
+
+    #[test]
+    fn metadata_probe_order() {
+        let with_path = IssuerId::new("https://auth.example.com/tenant1/").unwrap();
+        let urls: Vec<String> = metadata_urls(&with_path)
+            .iter()
+            .map(Url::to_string)
+            .collect();
+        assert_eq!(
+            urls,
+            vec![
+                "https://auth.example.com/.well-known/oauth-authorization-server/tenant1",
+                "https://auth.example.com/.well-known/openid-configuration/tenant1",
+                "https://auth.example.com/tenant1/.well-known/openid-configuration",
+            ]
+        );
+        let root = IssuerId::new("https://auth.example.com").unwrap();
+        let urls: Vec<String> = metadata_urls(&root).iter().map(Url::to_string).collect();
+        assert_eq!(
+            urls,
+            vec![
+                "https://auth.example.com/.well-known/oauth-authorization-server",
+                "https://auth.example.com/.well-known/openid-configuration",
+            ]
+        );
+    }
+
+    #[test]
+    fn resource_coverage() {
+        let r = |s| ResourceUri::new(s).unwrap();
+        assert!(resource_covers(
+            &r("https://a.example/mcp"),
+            &r("https://a.example/mcp")
+        ));
+        assert!(resource_covers(
+            &r("https://a.example"),
+            &r("https://a.example/mcp")
+        ));
+        assert!(!resource_covers(
+            &r("https://a.example/mc"),
+            &r("https://a.example/mcp")
+        ));
+        assert!(!resource_covers(
+            &r("https://b.example"),
+            &r("https://a.example/mcp")
+        ));
+        assert!(!resource_covers(
+            &r("https://a.example/mcp/x"),
+            &r("https://a.example/mcp")
+        ));
+    }
+}

@@ -1,0 +1,176 @@
+//! The engine's error type.
+
+use crate::error::{BoxError, StoreError};
+use crate::ids::IssuerId;
+
+/// What went wrong while authorizing. Variants are meanings a caller can act on; messages never
+/// contain a token, secret, code or verifier.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum AuthError {
+    /// The MCP server moved to another authorization server, and the client's credentials are
+    /// pre-registered with the old one (SEP-2352). Nothing was sent to the new server. Register
+    /// the client with `to` and configure those credentials (with `issuer = to`).
+    #[error(
+        "the MCP server now uses authorization server {to}, but this client's pre-registered credentials belong to {from}; register the client with {to} and configure its credentials"
+    )]
+    AuthorizationServerChanged {
+        /// The AS the credentials belong to.
+        from: IssuerId,
+        /// The AS the MCP server names now.
+        to: IssuerId,
+    },
+    /// An issuer did not match exactly: metadata `issuer` (RFC 8414 §3.3) or the `iss` of an
+    /// authorization response (RFC 9207). The data was discarded.
+    #[error("issuer mismatch in {context}: expected {expected:?}, got {found:?}")]
+    IssuerMismatch {
+        /// Where (`"authorization server metadata"`, `"authorization response"`).
+        context: &'static str,
+        /// The issuer expected.
+        expected: String,
+        /// What was received (`None`: missing).
+        found: Option<String>,
+    },
+    /// Protected resource metadata is for another resource (RFC 9728 §3.3).
+    #[error("protected resource metadata names resource {found:?}, not {expected}")]
+    ResourceMismatch {
+        /// The MCP server URL used.
+        expected: String,
+        /// The PRM `resource`.
+        found: String,
+    },
+    /// The authorization server does not advertise PKCE `S256`; the MCP spec forbids
+    /// proceeding.
+    #[error(
+        "authorization server {issuer} does not advertise PKCE S256 support; refusing to authorize"
+    )]
+    PkceNotSupported {
+        /// The AS.
+        issuer: IssuerId,
+    },
+    /// The authorization response's `state` matched no flow in progress (or it expired or was
+    /// used already).
+    #[error("authorization response state does not match a pending authorization; start again")]
+    StateMismatch,
+    /// The AS refused or failed the authorization (`error` in the redirect).
+    #[error("authorization failed: {error}{}", .description.as_deref().map(|d| format!(" ({d})")).unwrap_or_default())]
+    AuthorizationDenied {
+        /// OAuth `error` code.
+        error: String,
+        /// `error_description`, if any.
+        description: Option<String>,
+    },
+    /// The AS answered an endpoint with an OAuth error.
+    #[error("{endpoint} endpoint of {issuer} returned {error}{}", .description.as_deref().map(|d| format!(" ({d})")).unwrap_or_default())]
+    OAuth {
+        /// The AS.
+        issuer: IssuerId,
+        /// `token`, `registration`, `revocation`.
+        endpoint: &'static str,
+        /// OAuth `error` code (or the HTTP status if there was none).
+        error: String,
+        /// `error_description`, if any.
+        description: Option<String>,
+    },
+    /// The refresh token was rejected (`invalid_grant`). The token record was deleted if it was
+    /// still the one rejected; a new authorization is needed.
+    #[error("the refresh token for {resource} was rejected by {issuer}; log in again")]
+    RefreshRejected {
+        /// The AS.
+        issuer: IssuerId,
+        /// The MCP server.
+        resource: String,
+    },
+    /// No usable tokens, and this call does not start an interactive authorization.
+    #[error("no valid credentials for {resource}; log in first")]
+    LoginRequired {
+        /// The MCP server.
+        resource: String,
+    },
+    /// The server keeps asking for scopes that the client already requested.
+    #[error(
+        "the MCP server requires scopes {scopes:?} that authorization did not grant (gave up after {attempts} attempts)"
+    )]
+    InsufficientScope {
+        /// The scopes required.
+        scopes: Vec<String>,
+        /// Authorization attempts made.
+        attempts: u32,
+    },
+    /// The AS supports none of the registration ways this client can use (no pre-registered
+    /// credentials, no CIMD support, no registration endpoint).
+    #[error(
+        "cannot register with {issuer}: no pre-registered credentials, no Client ID Metadata Document support and no registration endpoint"
+    )]
+    RegistrationNotPossible {
+        /// The AS.
+        issuer: IssuerId,
+    },
+    /// Discovery found no usable metadata.
+    #[error("discovery failed for {url}: {reason}")]
+    Discovery {
+        /// What was being discovered.
+        url: String,
+        /// Why it failed.
+        reason: String,
+    },
+    /// A URL was refused before any request: not http(s), a private or link-local address,
+    /// loopback when not allowed, or a cross-origin redirect.
+    #[error("refused to contact {url}: {reason}")]
+    UnsafeUrl {
+        /// The URL (without query).
+        url: String,
+        /// Why.
+        reason: String,
+    },
+    /// A response was larger than the configured limit.
+    #[error("response from {url} exceeds {limit} bytes")]
+    ResponseTooLarge {
+        /// The URL.
+        url: String,
+        /// The limit.
+        limit: usize,
+    },
+    /// A request took longer than the configured timeout.
+    #[error("request to {url} timed out")]
+    Timeout {
+        /// The URL.
+        url: String,
+    },
+    /// A response could not be understood (malformed JSON, missing fields, bad header).
+    #[error("invalid response from {url}: {reason}")]
+    InvalidResponse {
+        /// The URL.
+        url: String,
+        /// What was wrong (never the body).
+        reason: String,
+    },
+    /// A network failure.
+    #[error("request to {url} failed: {source}")]
+    Http {
+        /// The URL.
+        url: String,
+        /// The transport error.
+        #[source]
+        source: BoxError,
+    },
+    /// The authorizer (browser or headless) could not obtain a callback.
+    #[error("authorization could not be completed: {0}")]
+    Authorizer(String),
+    /// Invalid configuration.
+    #[error("invalid configuration: {0}")]
+    Config(String),
+    /// The credential store failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+impl AuthError {
+    /// True when the user must (re)authorize interactively to continue.
+    pub fn needs_login(&self) -> bool {
+        matches!(
+            self,
+            Self::LoginRequired { .. } | Self::RefreshRejected { .. }
+        )
+    }
+}

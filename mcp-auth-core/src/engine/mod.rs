@@ -1,0 +1,1148 @@
+//! The OAuth engine: one [`McpAuth`] per client, over a [`CredentialStore`].
+//!
+//! - [`McpAuth::access_token`]: a valid token for an MCP server — from the store, refreshed
+//!   (once per deployment, through the store's lease) or, failing both, by authorizing.
+//! - [`McpAuth::handle_unauthorized`]: after a `401`, re-discovers the server's authorization
+//!   server (a migration is always noticed) and applies the SEP-2352 policy
+//!   ([`crate::binding`]).
+//! - [`McpAuth::handle_insufficient_scope`]: after a `403 insufficient_scope`, re-authorizes with
+//!   the union of the old and the challenged scopes, a bounded number of times.
+//! - [`McpAuth::logout`]: deletes a server's tokens and revokes them at its AS.
+
+mod authorizer;
+mod discovery;
+mod error;
+mod http;
+
+use std::collections::{BTreeSet, HashMap};
+use std::fmt;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use base64::Engine as _;
+use secrecy::{ExposeSecret, SecretString};
+use serde_json::{Map, Value, json};
+use sha2::Digest as _;
+use tracing::{Instrument, debug, info_span, warn};
+use url::Url;
+
+pub use authorizer::{AuthorizationRequest, Authorizer, HeadlessAuthorizer, LoopbackAuthorizer};
+pub use discovery::{Challenge, metadata_urls};
+pub use error::AuthError;
+pub use http::HttpPolicy;
+
+use self::discovery::{ResourceMetadata, ServerMetadata};
+use self::http::{Http, redact};
+use crate::binding::{self, BindingAction};
+use crate::error::StoreError;
+use crate::ids::{IssuerId, ResourceUri, TokenKey};
+use crate::model::{
+    ClientRegistration, PendingAuthorization, RegistrationKind, ResourceBinding, TokenSet,
+};
+use crate::store::{CredentialStore, Expect, Versioned};
+use crate::time::Timestamp;
+
+/// Client credentials configured out of band for one authorization server.
+#[derive(Clone)]
+pub struct PreRegisteredClient {
+    /// The client_id.
+    pub client_id: String,
+    /// The secret, for confidential clients.
+    pub client_secret: Option<SecretString>,
+    /// `client_secret_basic`, `client_secret_post` or `none`.
+    pub token_endpoint_auth_method: String,
+    /// The issuer these credentials belong to. Declare it: a server that names another AS is
+    /// then refused before anything is sent. Undeclared credentials bind to the first AS used.
+    pub issuer: Option<IssuerId>,
+}
+
+impl fmt::Debug for PreRegisteredClient {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("PreRegisteredClient")
+            .field("client_id", &self.client_id)
+            .field("client_secret", &self.client_secret)
+            .field(
+                "token_endpoint_auth_method",
+                &self.token_endpoint_auth_method,
+            )
+            .field("issuer", &self.issuer)
+            .finish()
+    }
+}
+
+/// Who the client is and how it registers.
+#[derive(Clone, Debug)]
+#[non_exhaustive]
+pub struct ClientConfig {
+    /// `client_name` for Dynamic Client Registration.
+    pub client_name: String,
+    /// The redirect URI (loopback for native clients, RFC 8252).
+    pub redirect_uri: String,
+    /// `application_type` for Dynamic Client Registration (`native` or `web`).
+    pub application_type: String,
+    /// A Client ID Metadata Document URL: used as the `client_id` at every AS that supports
+    /// CIMD.
+    pub client_metadata_url: Option<String>,
+    /// Pre-registered credentials (highest priority).
+    pub pre_registered: Option<PreRegisteredClient>,
+    /// Refresh this long before the access token expires.
+    pub refresh_margin: Duration,
+    /// TTL of the cross-process refresh lease.
+    pub lease_ttl: Duration,
+    /// Authorizations attempted for the same insufficient scopes before giving up.
+    pub max_step_up_attempts: u32,
+    /// How long a started authorization stays redeemable.
+    pub pending_ttl: Duration,
+}
+
+impl Default for ClientConfig {
+    fn default() -> Self {
+        Self {
+            client_name: "mcp-auth".to_owned(),
+            redirect_uri: "http://127.0.0.1:33418/callback".to_owned(),
+            application_type: "native".to_owned(),
+            client_metadata_url: None,
+            pre_registered: None,
+            refresh_margin: Duration::from_secs(60),
+            lease_ttl: Duration::from_secs(30),
+            max_step_up_attempts: 2,
+            pending_ttl: Duration::from_secs(600),
+        }
+    }
+}
+
+impl ClientConfig {
+    /// Sets the redirect URI.
+    pub fn with_redirect_uri(mut self, uri: impl Into<String>) -> Self {
+        self.redirect_uri = uri.into();
+        self
+    }
+
+    /// Sets a Client ID Metadata Document URL.
+    pub fn with_client_metadata_url(mut self, url: impl Into<String>) -> Self {
+        self.client_metadata_url = Some(url.into());
+        self
+    }
+
+    /// Sets pre-registered credentials.
+    pub fn with_pre_registered(mut self, client: PreRegisteredClient) -> Self {
+        self.pre_registered = Some(client);
+        self
+    }
+
+    /// Sets the client name used for registration.
+    pub fn with_client_name(mut self, name: impl Into<String>) -> Self {
+        self.client_name = name.into();
+        self
+    }
+}
+
+/// The MCP client authorization engine.
+///
+/// Cheap to share (`Arc<McpAuth>`); every method takes `&self`. Credentials live only in the
+/// store, keyed by issuer, so several engines (processes) over one store cooperate.
+pub struct McpAuth {
+    store: Arc<dyn CredentialStore>,
+    http: Http,
+    config: ClientConfig,
+    authorizer: Arc<dyn Authorizer>,
+    refresh_locks: KeyedLocks<TokenKey>,
+    authorize_locks: KeyedLocks<ResourceUri>,
+    registration_locks: KeyedLocks<IssuerId>,
+    step_ups: Mutex<HashMap<ResourceUri, (BTreeSet<String>, u32)>>,
+}
+
+/// One async mutex per key: single-flight for refreshes, authorizations and registrations
+/// inside the process (the store's lease and CAS cover other processes).
+struct KeyedLocks<K>(Mutex<HashMap<K, Arc<tokio::sync::Mutex<()>>>>);
+
+impl<K: std::hash::Hash + Eq + Clone> KeyedLocks<K> {
+    fn new() -> Self {
+        Self(Mutex::default())
+    }
+
+    fn get(&self, key: &K) -> Arc<tokio::sync::Mutex<()>> {
+        let mut locks = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+        Arc::clone(locks.entry(key.clone()).or_default())
+    }
+}
+
+impl fmt::Debug for McpAuth {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("McpAuth")
+            .field("store", &self.store)
+            .field("http", &self.http)
+            .field("config", &self.config)
+            .field("authorizer", &self.authorizer)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Builds an [`McpAuth`].
+#[derive(Debug)]
+pub struct McpAuthBuilder {
+    store: Arc<dyn CredentialStore>,
+    config: ClientConfig,
+    policy: HttpPolicy,
+    authorizer: Option<Arc<dyn Authorizer>>,
+}
+
+impl McpAuthBuilder {
+    /// Who the client is.
+    pub fn client(mut self, config: ClientConfig) -> Self {
+        self.config = config;
+        self
+    }
+
+    /// Timeouts, size limits and the address policy.
+    pub fn http_policy(mut self, policy: HttpPolicy) -> Self {
+        self.policy = policy;
+        self
+    }
+
+    /// How authorization codes are obtained (default: [`HeadlessAuthorizer`]).
+    pub fn authorizer(mut self, authorizer: Arc<dyn Authorizer>) -> Self {
+        self.authorizer = Some(authorizer);
+        self
+    }
+
+    /// Builds the engine.
+    pub fn build(self) -> Result<McpAuth, AuthError> {
+        Url::parse(&self.config.redirect_uri)
+            .map_err(|_| AuthError::Config("redirect_uri is not an absolute URL".to_owned()))?;
+        let http = Http::new(self.policy)?;
+        if let Some(raw) = &self.config.client_metadata_url {
+            // R21: a Client ID Metadata Document URL is https with a path (http only to loopback
+            // when the policy allows it, for tests).
+            let url = Url::parse(raw).map_err(|_| {
+                AuthError::Config("client_metadata_url is not an absolute URL".to_owned())
+            })?;
+            http.check_url(&url)
+                .map_err(|e| AuthError::Config(format!("client_metadata_url: {e}")))?;
+            if url.path() == "/" || url.fragment().is_some() {
+                return Err(AuthError::Config(
+                    "client_metadata_url must have a path and no fragment".to_owned(),
+                ));
+            }
+        }
+        let authorizer = match self.authorizer {
+            Some(a) => a,
+            None => Arc::new(HeadlessAuthorizer::new()?),
+        };
+        Ok(McpAuth {
+            store: self.store,
+            http,
+            config: self.config,
+            authorizer,
+            refresh_locks: KeyedLocks::new(),
+            authorize_locks: KeyedLocks::new(),
+            registration_locks: KeyedLocks::new(),
+            step_ups: Mutex::default(),
+        })
+    }
+}
+
+fn random_urlsafe(bytes: usize) -> String {
+    let mut buf = vec![0u8; bytes];
+    if getrandom::fill(&mut buf).is_err() {
+        // Never hand out a guessable PKCE verifier or state: return nothing, and the caller
+        // fails closed.
+        buf.clear();
+    }
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(&buf)
+}
+
+fn pkce_challenge(verifier: &str) -> String {
+    base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .encode(sha2::Sha256::digest(verifier.as_bytes()))
+}
+
+fn oauth_error(issuer: &IssuerId, endpoint: &'static str, status: u16, body: &[u8]) -> AuthError {
+    let parsed: Option<Map<String, Value>> = serde_json::from_slice(body).ok();
+    let field = |k: &str| {
+        parsed
+            .as_ref()
+            .and_then(|m| m.get(k))
+            .and_then(Value::as_str)
+            .map(|s| s.chars().take(300).collect::<String>())
+    };
+    AuthError::OAuth {
+        issuer: issuer.clone(),
+        endpoint,
+        error: field("error").unwrap_or_else(|| format!("HTTP {status}")),
+        description: field("error_description"),
+    }
+}
+
+impl McpAuth {
+    /// Starts building an engine over `store`.
+    pub fn builder(store: Arc<dyn CredentialStore>) -> McpAuthBuilder {
+        McpAuthBuilder {
+            store,
+            config: ClientConfig::default(),
+            policy: HttpPolicy::default(),
+            authorizer: None,
+        }
+    }
+
+    /// The store.
+    pub fn store(&self) -> &Arc<dyn CredentialStore> {
+        &self.store
+    }
+
+    /// A valid access token for `resource`: cached, else refreshed, else obtained by a new
+    /// authorization through the configured [`Authorizer`].
+    pub async fn access_token(&self, resource: &ResourceUri) -> Result<SecretString, AuthError> {
+        match self.cached_access_token(resource).await {
+            Err(e) if e.needs_login() => {
+                // One authorization per server at a time; whoever waited uses its result.
+                let lock = self.authorize_locks.get(resource);
+                let _guard = lock.lock().await;
+                match self.cached_access_token(resource).await {
+                    Err(e) if e.needs_login() => self.authorize_unlocked(resource).await,
+                    other => other,
+                }
+            }
+            other => other,
+        }
+    }
+
+    /// A valid access token from the store, refreshed if needed; never starts an
+    /// authorization ([`AuthError::LoginRequired`] instead). Makes no request at all while the
+    /// stored token is valid.
+    pub async fn cached_access_token(
+        &self,
+        resource: &ResourceUri,
+    ) -> Result<SecretString, AuthError> {
+        let binding = self.binding(resource).await?;
+        let key = TokenKey::new(binding.issuer.clone(), resource.clone());
+        match self.store.get_tokens(&key).await? {
+            Some(t) if !self.is_stale(&t.value) => Ok(t.value.access_token),
+            Some(_) => self.refresh(&binding, &key).await,
+            None => Err(AuthError::LoginRequired {
+                resource: resource.to_string(),
+            }),
+        }
+    }
+
+    /// Authorizes for `resource` now: discovery, SEP-2352 binding decision, registration,
+    /// authorization code with PKCE, token exchange.
+    pub async fn authorize(&self, resource: &ResourceUri) -> Result<SecretString, AuthError> {
+        let lock = self.authorize_locks.get(resource);
+        let _guard = lock.lock().await;
+        self.authorize_unlocked(resource).await
+    }
+
+    async fn authorize_unlocked(&self, resource: &ResourceUri) -> Result<SecretString, AuthError> {
+        let prm = discovery::discover_resource_metadata(&self.http, resource, None).await?;
+        self.authorize_with(resource, &prm, None, None).await
+    }
+
+    /// The current token record of `resource` under its bound issuer: (issuer, version).
+    async fn token_snapshot(
+        &self,
+        resource: &ResourceUri,
+    ) -> Result<Option<(IssuerId, crate::store::Version)>, AuthError> {
+        let Some(binding) = self.store.get_binding(resource).await? else {
+            return Ok(None);
+        };
+        let key = TokenKey::new(binding.value.issuer.clone(), resource.clone());
+        Ok(self
+            .store
+            .get_tokens(&key)
+            .await?
+            .map(|t| (binding.value.issuer, t.version)))
+    }
+
+    /// Call after the MCP server answered `401`. Re-discovers the protected resource metadata
+    /// (from the challenge's `resource_metadata`, R1), so a move to another authorization server
+    /// is always noticed, then refreshes or re-authorizes. Returns the token to retry with.
+    pub async fn handle_unauthorized(
+        &self,
+        resource: &ResourceUri,
+        www_authenticate: Option<&str>,
+    ) -> Result<SecretString, AuthError> {
+        let challenge = www_authenticate.map(Challenge::parse).unwrap_or_default();
+        let seen = self.token_snapshot(resource).await?;
+        let prm = discovery::discover_resource_metadata(
+            &self.http,
+            resource,
+            challenge.resource_metadata.as_deref(),
+        )
+        .await?;
+        let issuer = self.issuer_from(&prm)?;
+        let lock = self.authorize_locks.get(resource);
+        let _guard = lock.lock().await;
+        // A concurrent caller may have recovered already (new tokens from this very AS).
+        if let Some((bound, version)) = self.token_snapshot(resource).await?
+            && bound == issuer
+            && seen.as_ref().is_none_or(|(_, v)| *v != version)
+            && let Ok(token) = self.cached_access_token(resource).await
+        {
+            return Ok(token);
+        }
+        if let Ok(binding) = self.binding(resource).await
+            && binding.issuer == issuer
+        {
+            // Same AS: the token itself was refused. A refresh may fix it; the version read
+            // here makes concurrent callers refresh once.
+            let key = TokenKey::new(issuer, resource.clone());
+            if let Some(current) = self.store.get_tokens(&key).await?
+                && current.value.refresh_token.is_some()
+            {
+                match self.force_refresh(&binding, &key, current.version).await {
+                    Ok(token) => return Ok(token),
+                    Err(e) if e.needs_login() => {}
+                    Err(e) => return Err(e),
+                }
+            }
+        }
+        self.authorize_with(resource, &prm, Some(&challenge), None)
+            .await
+    }
+
+    /// Call after the MCP server answered `403` with `error="insufficient_scope"`. Authorizes
+    /// again with the previously granted scopes plus the challenged ones (R18); gives up with
+    /// [`AuthError::InsufficientScope`] when the same scopes are demanded again after
+    /// `max_step_up_attempts` authorizations.
+    pub async fn handle_insufficient_scope(
+        &self,
+        resource: &ResourceUri,
+        www_authenticate: &str,
+    ) -> Result<SecretString, AuthError> {
+        let challenge = Challenge::parse(www_authenticate);
+        let required: BTreeSet<String> = challenge.scopes().into_iter().collect();
+        let attempts = {
+            let mut step_ups = self.step_ups.lock().unwrap_or_else(PoisonError::into_inner);
+            let entry = step_ups
+                .entry(resource.clone())
+                .or_insert((BTreeSet::new(), 0));
+            if entry.0 != required {
+                *entry = (required.clone(), 0);
+            }
+            entry.1 += 1;
+            entry.1
+        };
+        if attempts > self.config.max_step_up_attempts {
+            return Err(AuthError::InsufficientScope {
+                scopes: required.into_iter().collect(),
+                attempts: attempts - 1,
+            });
+        }
+        let mut scopes: BTreeSet<String> = required;
+        if let Ok(binding) = self.binding(resource).await {
+            let key = TokenKey::new(binding.issuer, resource.clone());
+            if let Some(current) = self.store.get_tokens(&key).await? {
+                scopes.extend(current.value.scopes);
+            }
+        }
+        let prm = discovery::discover_resource_metadata(
+            &self.http,
+            resource,
+            challenge.resource_metadata.as_deref(),
+        )
+        .await?;
+        self.authorize_with(
+            resource,
+            &prm,
+            Some(&challenge),
+            Some(scopes.into_iter().collect()),
+        )
+        .await
+    }
+
+    /// Deletes the tokens and binding of `resource` and revokes its tokens at the AS when it has
+    /// a revocation endpoint (best effort: a failed revocation is logged, the local deletion
+    /// stands). The registration is kept.
+    pub async fn logout(&self, resource: &ResourceUri) -> Result<(), AuthError> {
+        let Some(binding) = self.store.get_binding(resource).await? else {
+            return Ok(());
+        };
+        let binding = binding.value;
+        let key = TokenKey::new(binding.issuer.clone(), resource.clone());
+        let tokens = self.store.get_tokens(&key).await?;
+        if let Some(tokens) = &tokens
+            && let Ok(meta) = self.stored_metadata(&binding)
+            && let Some(endpoint) = &meta.revocation_endpoint
+            && let Some(registration) = self.store.get_registration(&binding.issuer).await?
+        {
+            let mut to_revoke = vec![("refresh_token", tokens.value.refresh_token.clone())];
+            to_revoke.push(("access_token", Some(tokens.value.access_token.clone())));
+            for (hint, token) in to_revoke {
+                let Some(token) = token else { continue };
+                let mut form = vec![
+                    ("token", token.expose_secret().to_owned()),
+                    ("token_type_hint", hint.to_owned()),
+                ];
+                let basic = client_auth(&registration.value, &mut form);
+                let form_refs: Vec<(&str, &str)> =
+                    form.iter().map(|(k, v)| (*k, v.as_str())).collect();
+                let basic_refs = basic.as_ref().map(|(a, b)| (a.as_str(), b.as_str()));
+                if let Err(e) = self.http.post_form(endpoint, &form_refs, basic_refs).await {
+                    warn!(error = %e, "token revocation failed; local tokens are deleted anyway");
+                }
+            }
+        }
+        self.store.delete_tokens(&key, Expect::Any).await?;
+        self.store.delete_binding(resource, Expect::Any).await?;
+        Ok(())
+    }
+
+    // -----------------------------------------------------------------------------------------
+
+    fn is_stale(&self, tokens: &TokenSet) -> bool {
+        tokens.expires_within(self.config.refresh_margin)
+    }
+
+    async fn binding(&self, resource: &ResourceUri) -> Result<ResourceBinding, AuthError> {
+        self.store
+            .get_binding(resource)
+            .await?
+            .map(|b| b.value)
+            .ok_or_else(|| AuthError::LoginRequired {
+                resource: resource.to_string(),
+            })
+    }
+
+    fn stored_metadata(&self, binding: &ResourceBinding) -> Result<ServerMetadata, AuthError> {
+        let source = binding.issuer.url().clone();
+        ServerMetadata::from_json(
+            &self.http,
+            &source,
+            &binding.issuer,
+            binding.authorization_server_metadata.clone(),
+        )
+    }
+
+    fn issuer_from(&self, prm: &ResourceMetadata) -> Result<IssuerId, AuthError> {
+        // R3: the AS comes only from the PRM. The first listed is used.
+        let raw = &prm.authorization_servers[0];
+        let issuer = IssuerId::new(raw.as_str()).map_err(|e| AuthError::Discovery {
+            url: prm.resource.to_string(),
+            reason: format!("authorization server {e}"),
+        })?;
+        // R35: refuse private/link-local issuers before any request goes there.
+        self.http.check_url(issuer.url())?;
+        Ok(issuer)
+    }
+
+    /// Refreshes unless someone else already did. Single-flight inside the process (a mutex per
+    /// token key) and across processes (the store's lease).
+    async fn refresh(
+        &self,
+        binding: &ResourceBinding,
+        key: &TokenKey,
+    ) -> Result<SecretString, AuthError> {
+        let lock = self.refresh_locks.get(key);
+        let _guard = lock.lock().await;
+        self.refresh_locked(binding, key, |t| !self.is_stale(&t.value))
+            .await
+    }
+
+    /// Refreshes because the server refused the token stored at version `rejected`, unless the
+    /// record has changed since.
+    async fn force_refresh(
+        &self,
+        binding: &ResourceBinding,
+        key: &TokenKey,
+        rejected: crate::store::Version,
+    ) -> Result<SecretString, AuthError> {
+        let lock = self.refresh_locks.get(key);
+        let _guard = lock.lock().await;
+        self.refresh_locked(binding, key, |t| {
+            t.version != rejected && !self.is_stale(&t.value)
+        })
+        .await
+    }
+
+    async fn refresh_locked(
+        &self,
+        binding: &ResourceBinding,
+        key: &TokenKey,
+        usable: impl Fn(&Versioned<TokenSet>) -> bool,
+    ) -> Result<SecretString, AuthError> {
+        let login = || AuthError::LoginRequired {
+            resource: key.resource.to_string(),
+        };
+        let deadline = tokio::time::Instant::now() + self.config.lease_ttl * 2;
+        loop {
+            let current = self.store.get_tokens(key).await?.ok_or_else(login)?;
+            if usable(&current) {
+                return Ok(current.value.access_token);
+            }
+            if current.value.refresh_token.is_none() {
+                return Err(login());
+            }
+            let Some(lease) = self
+                .store
+                .try_acquire_refresh_lease(key, self.config.lease_ttl)
+                .await?
+            else {
+                // Another process is refreshing: wait for its result.
+                if tokio::time::Instant::now() > deadline {
+                    return Err(AuthError::Store(StoreError::Unavailable {
+                        backend: self.store.backend_name(),
+                        source: "the refresh lease stayed held past twice its TTL".into(),
+                    }));
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            };
+            // Re-read under the lease: the previous holder may have just saved new tokens.
+            let result = match self.store.get_tokens(key).await {
+                Ok(Some(fresh)) if usable(&fresh) => Ok(fresh.value.access_token),
+                Ok(Some(current)) => self.refresh_with(binding, key, current).await,
+                Ok(None) => Err(login()),
+                Err(e) => Err(e.into()),
+            };
+            let released = self.store.release_refresh_lease(&lease).await;
+            let token = result?;
+            if let Err(e) = released {
+                warn!(error = %e, "could not release the refresh lease; it will expire");
+            }
+            return Ok(token);
+        }
+    }
+
+    /// One refresh-token grant (R14: with `resource`; R33: rotation saved by CAS).
+    async fn refresh_with(
+        &self,
+        binding: &ResourceBinding,
+        key: &TokenKey,
+        current: Versioned<TokenSet>,
+    ) -> Result<SecretString, AuthError> {
+        let meta = self.stored_metadata(binding)?;
+        let registration = self
+            .store
+            .get_registration(&binding.issuer)
+            .await?
+            .ok_or_else(|| AuthError::LoginRequired {
+                resource: key.resource.to_string(),
+            })?
+            .value;
+        let Some(refresh_token) = current.value.refresh_token.clone() else {
+            return Err(AuthError::LoginRequired {
+                resource: key.resource.to_string(),
+            });
+        };
+        let resource_param =
+            ResourceMetadata::from_stored(&binding.resource_metadata, &key.resource)
+                .map(|p| p.resource)
+                .unwrap_or_else(|| key.resource.clone());
+        let mut form = vec![
+            ("grant_type", "refresh_token".to_owned()),
+            ("refresh_token", refresh_token.expose_secret().to_owned()),
+            ("resource", resource_param.to_string()),
+        ];
+        let span = info_span!("refresh_token", issuer = %binding.issuer, resource = %key.resource);
+        let response = self
+            .token_request(&meta, &registration, &mut form)
+            .instrument(span)
+            .await;
+        match response {
+            Ok(body) => {
+                let tokens = parse_token_response(&meta, &body, Some(&current.value), &[])?;
+                match self
+                    .store
+                    .put_tokens(key, &tokens, Expect::Version(current.version))
+                    .await
+                {
+                    Ok(_) => Ok(tokens.access_token),
+                    // Someone saved newer tokens meanwhile (our lease had expired): theirs win.
+                    Err(StoreError::Conflict { .. }) => match self.store.get_tokens(key).await? {
+                        Some(t) => Ok(t.value.access_token),
+                        None => Err(AuthError::LoginRequired {
+                            resource: key.resource.to_string(),
+                        }),
+                    },
+                    // The AS may have rotated the refresh token already: never swallow this.
+                    Err(e) => Err(e.into()),
+                }
+            }
+            Err(AuthError::OAuth { error, .. }) if error == "invalid_grant" => {
+                // Delete only the exact record that was rejected; a newer one stays.
+                match self
+                    .store
+                    .delete_tokens(key, Expect::Version(current.version))
+                    .await
+                {
+                    Ok(_) | Err(StoreError::Conflict { .. }) => {}
+                    Err(e) => return Err(e.into()),
+                }
+                Err(AuthError::RefreshRejected {
+                    issuer: binding.issuer.clone(),
+                    resource: key.resource.to_string(),
+                })
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    /// POSTs to the token endpoint with the registration's client authentication; returns the
+    /// JSON body of a 200 response or the OAuth error.
+    async fn token_request(
+        &self,
+        meta: &ServerMetadata,
+        registration: &ClientRegistration,
+        form: &mut Vec<(&'static str, String)>,
+    ) -> Result<Map<String, Value>, AuthError> {
+        let basic = client_auth(registration, form);
+        let form_refs: Vec<(&str, &str)> = form.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        let basic_refs = basic.as_ref().map(|(a, b)| (a.as_str(), b.as_str()));
+        let fetched = self
+            .http
+            .post_form(&meta.token_endpoint, &form_refs, basic_refs)
+            .await?;
+        if fetched.status != 200 {
+            return Err(oauth_error(
+                &meta.issuer,
+                "token",
+                fetched.status,
+                &fetched.body,
+            ));
+        }
+        fetched.json_object()
+    }
+
+    /// The full authorization for `resource` at the AS named by `prm`, after the SEP-2352
+    /// decision.
+    async fn authorize_with(
+        &self,
+        resource: &ResourceUri,
+        prm: &ResourceMetadata,
+        challenge: Option<&Challenge>,
+        explicit_scopes: Option<Vec<String>>,
+    ) -> Result<SecretString, AuthError> {
+        let issuer = self.issuer_from(prm)?;
+        let span = info_span!("authorize", resource = %resource, issuer = %issuer);
+        async {
+            self.apply_binding_policy(resource, &issuer).await?;
+            let meta = discovery::discover_server_metadata(&self.http, &issuer).await?;
+            if !meta.supports_s256() {
+                return Err(AuthError::PkceNotSupported {
+                    issuer: issuer.clone(),
+                });
+            }
+            let registration = self.ensure_registration(&meta).await?;
+            let scopes = select_scopes(prm, &meta, challenge, explicit_scopes);
+
+            let verifier = random_urlsafe(32);
+            let state = random_urlsafe(24);
+            if verifier.len() < 43 || state.len() < 32 {
+                return Err(AuthError::Config(
+                    "the operating system gave no randomness for PKCE and state".to_owned(),
+                ));
+            }
+            let mut pending = PendingAuthorization::new(
+                state.clone(),
+                SecretString::from(verifier.clone()),
+                issuer.clone(),
+                resource.clone(),
+                registration.client_id.clone(),
+                self.config.redirect_uri.clone(),
+                self.config.pending_ttl,
+            );
+            pending.scopes = scopes.clone();
+            self.store.insert_pending(&pending).await?;
+
+            let mut url = meta.authorization_endpoint.clone();
+            {
+                let mut q = url.query_pairs_mut();
+                q.append_pair("response_type", "code")
+                    .append_pair("client_id", &registration.client_id)
+                    .append_pair("redirect_uri", &self.config.redirect_uri)
+                    .append_pair("code_challenge", &pkce_challenge(&verifier))
+                    .append_pair("code_challenge_method", "S256")
+                    .append_pair("state", &state)
+                    .append_pair("resource", prm.resource.as_str());
+                if !scopes.is_empty() {
+                    q.append_pair("scope", &scopes.join(" "));
+                }
+            }
+            debug!(endpoint = %redact(&meta.authorization_endpoint), "starting authorization");
+            let callback = self
+                .authorizer
+                .authorize(AuthorizationRequest {
+                    url,
+                    redirect_uri: self.config.redirect_uri.clone(),
+                })
+                .await?;
+            self.complete(resource, prm, &meta, &registration, &callback)
+                .await
+        }
+        .instrument(span)
+        .await
+    }
+
+    /// SEP-2352: compares the discovered issuer with the bound one and acts on the difference.
+    async fn apply_binding_policy(
+        &self,
+        resource: &ResourceUri,
+        issuer: &IssuerId,
+    ) -> Result<(), AuthError> {
+        // Declared pre-registered credentials never reach another AS.
+        if let Some(pre) = &self.config.pre_registered
+            && let Some(declared) = &pre.issuer
+            && declared != issuer
+        {
+            return Err(AuthError::AuthorizationServerChanged {
+                from: declared.clone(),
+                to: issuer.clone(),
+            });
+        }
+        let bound = match self.store.get_binding(resource).await? {
+            Some(b) => {
+                let kind = self
+                    .store
+                    .get_registration(&b.value.issuer)
+                    .await?
+                    .map(|r| r.value.kind)
+                    .unwrap_or(RegistrationKind::Dynamic);
+                Some((b.value.issuer, kind))
+            }
+            None => None,
+        };
+        match binding::decide(bound.as_ref().map(|(i, k)| (i, *k)), issuer) {
+            BindingAction::Bind | BindingAction::Unchanged => Ok(()),
+            BindingAction::Refuse { from, to } => {
+                Err(AuthError::AuthorizationServerChanged { from, to })
+            }
+            BindingAction::SwitchAndRegister { from }
+            | BindingAction::SwitchKeepClientId { from } => {
+                debug!(from = %from, to = %issuer, "authorization server changed; dropping the old server's tokens");
+                self.store
+                    .delete_tokens(&TokenKey::new(from, resource.clone()), Expect::Any)
+                    .await?;
+                Ok(())
+            }
+        }
+    }
+
+    /// The registration to use at this AS: the stored one, else pre-registered > CIMD > DCR
+    /// (R20).
+    async fn ensure_registration(
+        &self,
+        meta: &ServerMetadata,
+    ) -> Result<ClientRegistration, AuthError> {
+        let issuer = &meta.issuer;
+        let lock = self.registration_locks.get(issuer);
+        let _guard = lock.lock().await;
+        let existing = self.store.get_registration(issuer).await?;
+        if let Some(existing) = &existing
+            && !existing.value.secret_expired()
+        {
+            return Ok(existing.value.clone());
+        }
+        let registration = if let Some(pre) = &self.config.pre_registered {
+            // Undeclared pre-registered credentials bind to the first AS they are used with.
+            for other in self.store.list_registrations().await.unwrap_or_default() {
+                if &other != issuer
+                    && let Some(r) = self.store.get_registration(&other).await?
+                    && r.value.kind == RegistrationKind::PreRegistered
+                    && r.value.client_id == pre.client_id
+                {
+                    return Err(AuthError::AuthorizationServerChanged {
+                        from: other,
+                        to: issuer.clone(),
+                    });
+                }
+            }
+            let mut r = ClientRegistration::new(
+                issuer.clone(),
+                pre.client_id.clone(),
+                RegistrationKind::PreRegistered,
+            );
+            r.client_secret = pre.client_secret.clone();
+            r.token_endpoint_auth_method = pre.token_endpoint_auth_method.clone();
+            r.redirect_uris = vec![self.config.redirect_uri.clone()];
+            r
+        } else if let (Some(url), true) = (&self.config.client_metadata_url, meta.cimd_supported) {
+            let mut r = ClientRegistration::new(
+                issuer.clone(),
+                url.clone(),
+                RegistrationKind::MetadataDocument,
+            );
+            r.redirect_uris = vec![self.config.redirect_uri.clone()];
+            r
+        } else if let Some(endpoint) = &meta.registration_endpoint {
+            self.register(meta, endpoint).await?
+        } else {
+            return Err(AuthError::RegistrationNotPossible {
+                issuer: issuer.clone(),
+            });
+        };
+        // Another process may have registered meanwhile: keep the first registration saved.
+        let expect = match existing {
+            Some(old) => Expect::Version(old.version),
+            None => Expect::Absent,
+        };
+        match self.store.put_registration(&registration, expect).await {
+            Ok(_) => Ok(registration),
+            Err(StoreError::Conflict { .. }) => match self.store.get_registration(issuer).await? {
+                Some(theirs) => Ok(theirs.value),
+                None => Err(AuthError::Store(StoreError::Conflict {
+                    key: format!("registration(issuer={issuer})"),
+                })),
+            },
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Dynamic Client Registration (RFC 7591), using the values the AS returns.
+    async fn register(
+        &self,
+        meta: &ServerMetadata,
+        endpoint: &Url,
+    ) -> Result<ClientRegistration, AuthError> {
+        let span = info_span!("register", issuer = %meta.issuer);
+        async {
+            let body = json!({
+                "client_name": self.config.client_name,
+                "redirect_uris": [self.config.redirect_uri],
+                "grant_types": ["authorization_code", "refresh_token"],
+                "response_types": ["code"],
+                "token_endpoint_auth_method": "client_secret_basic",
+                "application_type": self.config.application_type,
+            });
+            let fetched = self.http.post_json(endpoint, &body).await?;
+            if !(200..300).contains(&fetched.status) {
+                return Err(oauth_error(
+                    &meta.issuer,
+                    "registration",
+                    fetched.status,
+                    &fetched.body,
+                ));
+            }
+            let mut map = fetched.json_object()?;
+            let invalid = |reason: &str| AuthError::InvalidResponse {
+                url: redact(endpoint),
+                reason: reason.to_owned(),
+            };
+            let client_id = map
+                .remove("client_id")
+                .and_then(|v| v.as_str().map(str::to_owned))
+                .filter(|s| !s.is_empty())
+                .ok_or_else(|| invalid("registration response has no client_id"))?;
+            let mut r =
+                ClientRegistration::new(meta.issuer.clone(), client_id, RegistrationKind::Dynamic);
+            let take_str = |map: &mut Map<String, Value>, k: &str| {
+                map.remove(k).and_then(|v| v.as_str().map(str::to_owned))
+            };
+            let take_time = |map: &mut Map<String, Value>, k: &str| {
+                map.remove(k)
+                    .and_then(|v| v.as_i64())
+                    .filter(|t| *t > 0)
+                    .map(Timestamp::from_unix_seconds)
+            };
+            r.client_secret = take_str(&mut map, "client_secret").map(SecretString::from);
+            r.client_secret_expires_at = take_time(&mut map, "client_secret_expires_at");
+            r.client_id_issued_at = take_time(&mut map, "client_id_issued_at");
+            r.token_endpoint_auth_method = take_str(&mut map, "token_endpoint_auth_method")
+                .unwrap_or_else(|| {
+                    if r.client_secret.is_some() {
+                        "client_secret_basic".to_owned()
+                    } else {
+                        "none".to_owned()
+                    }
+                });
+            let list = |map: &mut Map<String, Value>, k: &str| -> Vec<String> {
+                map.remove(k)
+                    .and_then(|v| v.as_array().cloned())
+                    .unwrap_or_default()
+                    .iter()
+                    .filter_map(|v| v.as_str().map(str::to_owned))
+                    .collect()
+            };
+            r.redirect_uris = list(&mut map, "redirect_uris");
+            r.grant_types = list(&mut map, "grant_types");
+            r.registration_access_token =
+                take_str(&mut map, "registration_access_token").map(SecretString::from);
+            r.registration_client_uri = take_str(&mut map, "registration_client_uri");
+            r.extra = map;
+            Ok(r)
+        }
+        .instrument(span)
+        .await
+    }
+
+    /// Validates the authorization response (state R13, `iss` R9–R12) and exchanges the code.
+    async fn complete(
+        &self,
+        resource: &ResourceUri,
+        prm: &ResourceMetadata,
+        meta: &ServerMetadata,
+        registration: &ClientRegistration,
+        callback: &Url,
+    ) -> Result<SecretString, AuthError> {
+        let params: HashMap<String, String> = callback.query_pairs().into_owned().collect();
+        let state = params.get("state").ok_or(AuthError::StateMismatch)?;
+        let pending = self
+            .store
+            .take_pending(state)
+            .await?
+            .ok_or(AuthError::StateMismatch)?;
+        if &pending.resource != resource {
+            return Err(AuthError::StateMismatch);
+        }
+        // R9/R10/R11: compare `iss` with the issuer recorded for this very flow, exactly.
+        match params.get("iss") {
+            Some(iss) if iss != pending.issuer.as_str() => {
+                // R12: error fields of a response from the wrong issuer are not trusted.
+                return Err(AuthError::IssuerMismatch {
+                    context: "authorization response",
+                    expected: pending.issuer.to_string(),
+                    found: Some(iss.chars().take(200).collect()),
+                });
+            }
+            None if meta.iss_parameter_supported => {
+                return Err(AuthError::IssuerMismatch {
+                    context: "authorization response",
+                    expected: pending.issuer.to_string(),
+                    found: None,
+                });
+            }
+            _ => {}
+        }
+        if let Some(error) = params.get("error") {
+            return Err(AuthError::AuthorizationDenied {
+                error: error.chars().take(100).collect(),
+                description: params
+                    .get("error_description")
+                    .map(|d| d.chars().take(300).collect()),
+            });
+        }
+        let code = params
+            .get("code")
+            .ok_or_else(|| AuthError::InvalidResponse {
+                url: redact(callback),
+                reason: "authorization response has neither code nor error".to_owned(),
+            })?;
+        let mut form = vec![
+            ("grant_type", "authorization_code".to_owned()),
+            ("code", code.clone()),
+            ("redirect_uri", pending.redirect_uri.clone()),
+            (
+                "code_verifier",
+                pending.pkce_verifier.expose_secret().to_owned(),
+            ),
+            ("resource", prm.resource.to_string()),
+        ];
+        let span = info_span!("token_exchange", issuer = %meta.issuer);
+        let body = self
+            .token_request(meta, registration, &mut form)
+            .instrument(span)
+            .await?;
+        let tokens = parse_token_response(meta, &body, None, &pending.scopes)?;
+        let key = TokenKey::new(meta.issuer.clone(), resource.clone());
+        self.store.put_tokens(&key, &tokens, Expect::Any).await?;
+        // The binding is recorded only now, after a successful token acquisition.
+        let mut binding = ResourceBinding::new(resource.clone(), meta.issuer.clone());
+        binding.resource_metadata = prm.raw.clone();
+        binding.authorization_server_metadata = meta.raw.clone();
+        self.store.put_binding(&binding, Expect::Any).await?;
+        Ok(tokens.access_token)
+    }
+}
+
+/// Adds the registration's client authentication (R25: only ever this AS's own credentials).
+/// Returns HTTP Basic credentials when the method is `client_secret_basic`.
+fn client_auth(
+    registration: &ClientRegistration,
+    form: &mut Vec<(&'static str, String)>,
+) -> Option<(String, String)> {
+    let secret = registration
+        .client_secret
+        .as_ref()
+        .map(|s| s.expose_secret().to_owned());
+    match (registration.token_endpoint_auth_method.as_str(), secret) {
+        ("client_secret_basic", Some(secret)) => Some((registration.client_id.clone(), secret)),
+        ("client_secret_post", Some(secret)) => {
+            form.push(("client_id", registration.client_id.clone()));
+            form.push(("client_secret", secret));
+            None
+        }
+        _ => {
+            form.push(("client_id", registration.client_id.clone()));
+            None
+        }
+    }
+}
+
+/// R16/R17/R19: explicit scopes, else the challenge's, else every PRM `scopes_supported`, else
+/// none; challenged scopes are always included; `offline_access` only when the AS lists it.
+fn select_scopes(
+    prm: &ResourceMetadata,
+    meta: &ServerMetadata,
+    challenge: Option<&Challenge>,
+    explicit: Option<Vec<String>>,
+) -> Vec<String> {
+    let challenged = challenge.map(Challenge::scopes).unwrap_or_default();
+    let mut scopes: Vec<String> = match explicit {
+        Some(s) => s,
+        None if !challenged.is_empty() => challenged.clone(),
+        None => prm.scopes_supported.clone().unwrap_or_default(),
+    };
+    for s in challenged {
+        if !scopes.contains(&s) {
+            scopes.push(s);
+        }
+    }
+    if !scopes.is_empty()
+        && !scopes.iter().any(|s| s == "offline_access")
+        && meta
+            .scopes_supported
+            .as_ref()
+            .is_some_and(|s| s.iter().any(|s| s == "offline_access"))
+    {
+        scopes.push("offline_access".to_owned());
+    }
+    scopes
+}
+
+/// Builds the stored token set from a token response. An omitted refresh token keeps the
+/// previous one (never overwritten with nothing); an omitted scope means the requested ones.
+fn parse_token_response(
+    meta: &ServerMetadata,
+    body: &Map<String, Value>,
+    previous: Option<&TokenSet>,
+    requested_scopes: &[String],
+) -> Result<TokenSet, AuthError> {
+    let invalid = |reason: &str| AuthError::InvalidResponse {
+        url: redact(&meta.token_endpoint),
+        reason: reason.to_owned(),
+    };
+    let access = body
+        .get("access_token")
+        .and_then(Value::as_str)
+        .filter(|s| !s.is_empty())
+        .ok_or_else(|| invalid("token response has no access_token"))?;
+    let token_type = body
+        .get("token_type")
+        .and_then(Value::as_str)
+        .ok_or_else(|| invalid("token response has no token_type"))?;
+    let mut tokens = TokenSet::new(SecretString::from(access.to_owned()));
+    tokens.token_type = token_type.to_owned();
+    tokens.expires_at = body
+        .get("expires_in")
+        .and_then(Value::as_u64)
+        .map(|s| Timestamp::now().saturating_add(Duration::from_secs(s)));
+    tokens.refresh_token = match body.get("refresh_token").and_then(Value::as_str) {
+        Some(r) if !r.is_empty() => Some(SecretString::from(r.to_owned())),
+        _ => previous.and_then(|p| p.refresh_token.clone()),
+    };
+    tokens.scopes = match body.get("scope").and_then(Value::as_str) {
+        Some(s) => s.split_whitespace().map(str::to_owned).collect(),
+        None => previous
+            .map(|p| p.scopes.clone())
+            .unwrap_or_else(|| requested_scopes.to_vec()),
+    };
+    for (k, v) in body {
+        if !matches!(
+            k.as_str(),
+            "access_token" | "token_type" | "expires_in" | "refresh_token" | "scope"
+        ) {
+            tokens.extra.insert(k.clone(), v.clone());
+        }
+    }
+    Ok(tokens)
+}

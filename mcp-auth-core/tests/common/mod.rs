@@ -1,0 +1,142 @@
+//! Shared fixtures for the engine tests: testkit servers, an engine over a store, and an MCP
+//! client call that behaves like a real host (bearer header, 401/403 handling).
+#![allow(
+    dead_code,
+    unreachable_pub,
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic
+)]
+
+use std::sync::Arc;
+
+use mcp_auth_core::{
+    AuthError, ClientConfig, CredentialStore, ExposeSecret, HttpPolicy, McpAuth, MemoryStore,
+    ResourceUri, SecretString,
+};
+use mcp_auth_testkit::{AuthServer, AuthServerConfig, McpServer, McpServerConfig};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+pub const REDIRECT: &str = "http://127.0.0.1:33418/callback";
+
+pub async fn auth_server(configure: impl FnOnce(&mut AuthServerConfig)) -> AuthServer {
+    let mut config = AuthServerConfig::default();
+    configure(&mut config);
+    AuthServer::start(config).await.unwrap()
+}
+
+pub async fn mcp_server(
+    servers: Vec<AuthServer>,
+    configure: impl FnOnce(&mut McpServerConfig),
+) -> McpServer {
+    let mut config = McpServerConfig {
+        authorization_servers: servers,
+        ..McpServerConfig::default()
+    };
+    configure(&mut config);
+    McpServer::start(config).await.unwrap()
+}
+
+pub fn resource(mcp: &McpServer) -> ResourceUri {
+    ResourceUri::new(mcp.url()).unwrap()
+}
+
+pub fn engine_with(store: Arc<dyn CredentialStore>, config: ClientConfig) -> McpAuth {
+    McpAuth::builder(store)
+        .client(config.with_redirect_uri(REDIRECT))
+        .http_policy(HttpPolicy::allowing_loopback())
+        .build()
+        .unwrap()
+}
+
+pub fn engine(store: Arc<dyn CredentialStore>) -> McpAuth {
+    engine_with(store, ClientConfig::default())
+}
+
+pub fn memory() -> Arc<dyn CredentialStore> {
+    Arc::new(MemoryStore::new())
+}
+
+/// One MCP request with the token in the `Authorization` header. Returns the status and the
+/// `WWW-Authenticate` header.
+pub async fn call(mcp: &McpServer, token: &SecretString) -> (u16, Option<String>) {
+    let client = reqwest::Client::builder().no_proxy().build().unwrap();
+    let response = client
+        .post(mcp.url())
+        .bearer_auth(token.expose_secret())
+        .json(&serde_json::json!({"jsonrpc": "2.0", "id": 1, "method": "tools/list"}))
+        .send()
+        .await
+        .unwrap();
+    let header = response
+        .headers()
+        .get("www-authenticate")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned);
+    (response.status().as_u16(), header)
+}
+
+/// What a host does: get a token, call, and on 401/403 let the engine recover, then retry.
+pub async fn call_with_recovery(auth: &McpAuth, mcp: &McpServer) -> Result<u16, AuthError> {
+    let resource = resource(mcp);
+    let mut token = auth.access_token(&resource).await?;
+    for _ in 0..4 {
+        let (status, header) = call(mcp, &token).await;
+        match status {
+            401 => {
+                token = auth
+                    .handle_unauthorized(&resource, header.as_deref())
+                    .await?
+            }
+            403 => {
+                token = auth
+                    .handle_insufficient_scope(&resource, header.as_deref().unwrap_or(""))
+                    .await?
+            }
+            other => return Ok(other),
+        }
+    }
+    Ok(0)
+}
+
+/// Serves one fixed JSON document at every path on a loopback port (a Client ID Metadata
+/// Document host). Returns its URL with `path`.
+pub async fn serve_document(
+    path: &str,
+    make_body: impl Fn(&str) -> String + Send + 'static,
+) -> String {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}{path}", listener.local_addr().unwrap());
+    let body = make_body(&url);
+    tokio::spawn(async move {
+        loop {
+            let Ok((mut socket, _)) = listener.accept().await else {
+                return;
+            };
+            let body = body.clone();
+            tokio::spawn(async move {
+                let mut buf = vec![0u8; 8192];
+                let _ = socket.read(&mut buf).await;
+                let response = format!(
+                    "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                    body.len()
+                );
+                let _ = socket.write_all(response.as_bytes()).await;
+            });
+        }
+    });
+    url
+}
+
+/// A CIMD document for `url` (client_id == its own URL).
+pub fn cimd_document(url: &str) -> String {
+    serde_json::json!({
+        "client_id": url,
+        "client_name": "mcp-auth tests",
+        "redirect_uris": [REDIRECT],
+        "grant_types": ["authorization_code", "refresh_token"],
+        "response_types": ["code"],
+        "token_endpoint_auth_method": "none",
+    })
+    .to_string()
+}

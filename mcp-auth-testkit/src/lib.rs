@@ -1,0 +1,12 @@
+#![doc = include_str!("../README.md")]
+#![forbid(unsafe_code)]
+#![deny(missing_docs)]
+
+mod auth_server;
+mod mcp_server;
+mod util;
+
+pub use auth_server::{
+    AsRequest, AuthServer, AuthServerConfig, Endpoint, Misbehavior, RegisteredClient, TokenInfo,
+};
+pub use mcp_server::{McpMisbehavior, McpRequest, McpServer, McpServerConfig, PrmLocation};

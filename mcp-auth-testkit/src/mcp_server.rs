@@ -1,0 +1,472 @@
+//! The mock protected MCP server (OAuth resource server).
+
+use std::fmt;
+use std::sync::{Arc, Mutex};
+
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::State;
+use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, Uri, header};
+use axum::response::{IntoResponse, Response};
+use serde_json::{Value, json};
+
+use crate::auth_server::{AuthServer, TokenInfo};
+use crate::util::{Params, json_response, lock, method_not_allowed, not_found, quote};
+
+const PRM_PREFIX: &str = "/.well-known/oauth-protected-resource";
+
+/// Where the protected resource metadata (RFC 9728) is served.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum PrmLocation {
+    /// `/.well-known/oauth-protected-resource{mcp_path}` (path-suffixed, RFC 9728 §3.1).
+    PathSuffixed,
+    /// `/.well-known/oauth-protected-resource`
+    Root,
+    /// Any custom path, e.g. `"/meta/prm.json"` (only discoverable through the
+    /// `WWW-Authenticate` header).
+    Custom(String),
+}
+
+/// A deliberate protocol violation the [`McpServer`] commits.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum McpMisbehavior {
+    /// Behave correctly.
+    None,
+    /// PRM `resource` is a different URL than the server's
+    /// (`http://127.0.0.1:PORT/not-this-server`).
+    PrmResourceMismatch,
+    /// PRM `authorization_servers` = `[this string]`.
+    PrmAuthorizationServer(String),
+    /// Every 401 carries this raw `WWW-Authenticate` header value.
+    RawWwwAuthenticate(String),
+    /// PRM body is this raw text.
+    RawPrm(String),
+    /// PRM body padded (with a long string field) to this many bytes.
+    HugePrm(usize),
+}
+
+/// Configuration of an [`McpServer`].
+#[derive(Clone, Debug)]
+pub struct McpServerConfig {
+    /// Authorization servers listed in the PRM; tokens are accepted only from these.
+    pub authorization_servers: Vec<AuthServer>,
+    /// Path of the MCP endpoint (default `"/mcp"`).
+    pub path: String,
+    /// `scopes_supported` in the PRM.
+    pub scopes_supported: Option<Vec<String>>,
+    /// Scopes every request needs; a valid token lacking one gets `403 insufficient_scope`
+    /// naming the required scopes.
+    pub required_scopes: Vec<String>,
+    /// `scope=` in the 401 `WWW-Authenticate` challenge (`None` → omitted).
+    pub challenge_scope: Option<String>,
+    /// Include `resource_metadata="<PRM URL>"` in challenges (default `true`).
+    pub resource_metadata_in_header: bool,
+    /// Where the PRM is served (default [`PrmLocation::PathSuffixed`]).
+    pub prm_location: PrmLocation,
+}
+
+impl Default for McpServerConfig {
+    fn default() -> Self {
+        Self {
+            authorization_servers: Vec::new(),
+            path: "/mcp".to_string(),
+            scopes_supported: None,
+            required_scopes: Vec::new(),
+            challenge_scope: None,
+            resource_metadata_in_header: true,
+            prm_location: PrmLocation::PathSuffixed,
+        }
+    }
+}
+
+/// One request the MCP server received.
+#[derive(Clone, Debug)]
+pub struct McpRequest {
+    /// HTTP method.
+    pub method: String,
+    /// Request path (without query).
+    pub path: String,
+    /// Token from `Authorization: Bearer`.
+    pub bearer: Option<String>,
+    /// `access_token=...` appeared in the query string.
+    pub token_in_query: bool,
+    /// Status code of the response.
+    pub status: u16,
+    /// Issuer of the presented token per introspection at any AS this server was ever
+    /// configured with (`None` if unknown).
+    pub token_issuer: Option<String>,
+    /// The request was for protected resource metadata (any well-known or custom PRM path).
+    pub is_prm: bool,
+}
+
+struct McpState {
+    current: Vec<AuthServer>,
+    all: Vec<AuthServer>,
+    required_scopes: Vec<String>,
+    misbehavior: McpMisbehavior,
+    requests: Vec<McpRequest>,
+}
+
+struct McpInner {
+    base_url: String,
+    path: String,
+    prm_path: String,
+    scopes_supported: Option<Vec<String>>,
+    challenge_scope: Option<String>,
+    resource_metadata_in_header: bool,
+    state: Mutex<McpState>,
+}
+
+/// A protected MCP server (resource server) on `127.0.0.1` (cheap to clone; clones share
+/// state).
+#[derive(Clone)]
+pub struct McpServer {
+    inner: Arc<McpInner>,
+}
+
+impl fmt::Debug for McpServer {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let st = lock(&self.inner.state);
+        let issuers: Vec<String> = st.current.iter().map(AuthServer::issuer).collect();
+        f.debug_struct("McpServer")
+            .field("url", &self.url())
+            .field("prm_url", &self.prm_url())
+            .field("authorization_servers", &issuers)
+            .field("required_scopes", &st.required_scopes)
+            .field("misbehavior", &st.misbehavior)
+            .finish_non_exhaustive()
+    }
+}
+
+fn push_unique(all: &mut Vec<AuthServer>, servers: &[AuthServer]) {
+    for s in servers {
+        if !all.iter().any(|a| a.issuer() == s.issuer()) {
+            all.push(s.clone());
+        }
+    }
+}
+
+impl McpServer {
+    /// Binds `127.0.0.1:0` and starts serving on the current Tokio runtime.
+    pub async fn start(config: McpServerConfig) -> std::io::Result<McpServer> {
+        let listener = tokio::net::TcpListener::bind(("127.0.0.1", 0)).await?;
+        let port = listener.local_addr()?.port();
+        let base_url = format!("http://127.0.0.1:{port}");
+        let path = if config.path.starts_with('/') {
+            config.path.clone()
+        } else {
+            format!("/{}", config.path)
+        };
+        let prm_path = match &config.prm_location {
+            PrmLocation::PathSuffixed if path == "/" => PRM_PREFIX.to_string(),
+            PrmLocation::PathSuffixed => format!("{PRM_PREFIX}{path}"),
+            PrmLocation::Root => PRM_PREFIX.to_string(),
+            PrmLocation::Custom(p) if p.starts_with('/') => p.clone(),
+            PrmLocation::Custom(p) => format!("/{p}"),
+        };
+        let mut all = Vec::new();
+        push_unique(&mut all, &config.authorization_servers);
+        let inner = Arc::new(McpInner {
+            base_url,
+            path,
+            prm_path,
+            scopes_supported: config.scopes_supported,
+            challenge_scope: config.challenge_scope,
+            resource_metadata_in_header: config.resource_metadata_in_header,
+            state: Mutex::new(McpState {
+                current: config.authorization_servers,
+                all,
+                required_scopes: config.required_scopes,
+                misbehavior: McpMisbehavior::None,
+                requests: Vec::new(),
+            }),
+        });
+        let app = Router::new()
+            .fallback(handle)
+            .with_state(Arc::clone(&inner));
+        tokio::spawn(async move {
+            let _ = axum::serve(listener, app).await;
+        });
+        Ok(McpServer { inner })
+    }
+
+    /// The resource URL: `http://127.0.0.1:PORT{path}`.
+    pub fn url(&self) -> String {
+        self.inner.url()
+    }
+
+    /// `http://127.0.0.1:PORT`
+    pub fn base_url(&self) -> String {
+        self.inner.base_url.clone()
+    }
+
+    /// The URL the PRM is served at.
+    pub fn prm_url(&self) -> String {
+        self.inner.prm_url()
+    }
+
+    /// Migration at run time: the PRM lists these ASes from now on, and tokens are accepted
+    /// only if issued by one of them.
+    pub fn set_authorization_servers(&self, servers: Vec<AuthServer>) {
+        let mut st = lock(&self.inner.state);
+        push_unique(&mut st.all, &servers);
+        st.current = servers;
+    }
+
+    /// Replaces the scopes every request needs.
+    pub fn set_required_scopes(&self, scopes: Vec<String>) {
+        lock(&self.inner.state).required_scopes = scopes;
+    }
+
+    /// Replaces the current misbehavior ([`McpMisbehavior::None`] restores correct behavior).
+    pub fn set_misbehavior(&self, m: McpMisbehavior) {
+        lock(&self.inner.state).misbehavior = m;
+    }
+
+    /// Every request received so far, in order.
+    pub fn requests(&self) -> Vec<McpRequest> {
+        lock(&self.inner.state).requests.clone()
+    }
+
+    /// Forgets the request log.
+    pub fn clear_requests(&self) {
+        lock(&self.inner.state).requests.clear();
+    }
+}
+
+async fn handle(
+    State(inner): State<Arc<McpInner>>,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let path = uri.path().to_string();
+    let query = Params::parse(uri.query().unwrap_or("").as_bytes());
+    let token_in_query = query.map.contains_key("access_token");
+    let bearer = parse_bearer(&headers);
+    let bearer_token = match &bearer {
+        Bearer::Token(t) => Some(t.clone()),
+        _ => None,
+    };
+    let presented = bearer_token
+        .as_deref()
+        .or_else(|| query.get("access_token"));
+    let info = presented.and_then(|t| inner.introspect(t));
+    let is_prm =
+        path == inner.prm_path || path == PRM_PREFIX || path.starts_with(&format!("{PRM_PREFIX}/"));
+
+    let resp = if path == inner.prm_path {
+        if method == Method::GET {
+            inner.prm()
+        } else {
+            method_not_allowed("GET")
+        }
+    } else if path == inner.path {
+        if matches!(method, Method::GET | Method::POST | Method::DELETE) {
+            inner.mcp(token_in_query, &bearer, info.as_ref(), &body)
+        } else {
+            method_not_allowed("GET, POST, DELETE")
+        }
+    } else {
+        not_found()
+    };
+
+    let log = McpRequest {
+        method: method.to_string(),
+        path,
+        bearer: bearer_token,
+        token_in_query,
+        status: resp.status().as_u16(),
+        token_issuer: info.map(|i| i.issuer),
+        is_prm,
+    };
+    lock(&inner.state).requests.push(log);
+    resp
+}
+
+enum Bearer {
+    Absent,
+    Malformed,
+    Token(String),
+}
+
+fn parse_bearer(headers: &HeaderMap) -> Bearer {
+    let mut values = headers.get_all(header::AUTHORIZATION).iter();
+    let Some(v) = values.next() else {
+        return Bearer::Absent;
+    };
+    if values.next().is_some() {
+        return Bearer::Malformed;
+    }
+    let Ok(v) = v.to_str() else {
+        return Bearer::Malformed;
+    };
+    let Some((scheme, token)) = v.split_once(' ') else {
+        return Bearer::Malformed;
+    };
+    if !scheme.eq_ignore_ascii_case("bearer") {
+        // Another scheme: no bearer token presented.
+        return Bearer::Absent;
+    }
+    let token = token.trim();
+    // RFC 6750 §2.1 b64token.
+    let b64token = !token.is_empty()
+        && token.trim_end_matches('=').bytes().all(|b| {
+            b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~' | b'+' | b'/')
+        });
+    if b64token {
+        Bearer::Token(token.to_string())
+    } else {
+        Bearer::Malformed
+    }
+}
+
+impl McpInner {
+    fn url(&self) -> String {
+        format!("{}{}", self.base_url, self.path)
+    }
+
+    fn prm_url(&self) -> String {
+        format!("{}{}", self.base_url, self.prm_path)
+    }
+
+    fn introspect(&self, token: &str) -> Option<TokenInfo> {
+        let all = lock(&self.state).all.clone();
+        all.iter().find_map(|a| a.introspect(token))
+    }
+
+    fn prm(&self) -> Response {
+        let (current, misbehavior) = {
+            let st = lock(&self.state);
+            (st.current.clone(), st.misbehavior.clone())
+        };
+        let resource = if misbehavior == McpMisbehavior::PrmResourceMismatch {
+            format!("{}/not-this-server", self.base_url)
+        } else {
+            self.url()
+        };
+        let servers: Vec<String> = match &misbehavior {
+            McpMisbehavior::PrmAuthorizationServer(s) => vec![s.clone()],
+            _ => current.iter().map(AuthServer::issuer).collect(),
+        };
+        let mut doc = serde_json::Map::new();
+        doc.insert("resource".into(), json!(resource));
+        doc.insert("authorization_servers".into(), json!(servers));
+        if let Some(s) = &self.scopes_supported {
+            doc.insert("scopes_supported".into(), json!(s));
+        }
+        doc.insert("bearer_methods_supported".into(), json!(["header"]));
+        match misbehavior {
+            McpMisbehavior::RawPrm(text) => {
+                let mut resp = (StatusCode::OK, text).into_response();
+                resp.headers_mut().insert(
+                    header::CONTENT_TYPE,
+                    HeaderValue::from_static("application/json"),
+                );
+                resp
+            }
+            McpMisbehavior::HugePrm(n) => {
+                doc.insert("x_padding".into(), json!(""));
+                let base = serde_json::to_vec(&doc).map(|v| v.len()).unwrap_or(0);
+                let pad = n.saturating_sub(base);
+                doc.insert("x_padding".into(), json!("a".repeat(pad)));
+                json_response(StatusCode::OK, &Value::Object(doc))
+            }
+            _ => json_response(StatusCode::OK, &Value::Object(doc)),
+        }
+    }
+
+    fn challenge_401(&self, error: Option<&str>) -> String {
+        let mut parts = Vec::new();
+        if let Some(e) = error {
+            parts.push(format!("error={}", quote(e)));
+        }
+        if self.resource_metadata_in_header {
+            parts.push(format!("resource_metadata={}", quote(&self.prm_url())));
+        }
+        if let Some(s) = &self.challenge_scope {
+            parts.push(format!("scope={}", quote(s)));
+        }
+        if parts.is_empty() {
+            "Bearer".to_string()
+        } else {
+            format!("Bearer {}", parts.join(", "))
+        }
+    }
+
+    fn unauthorized(&self, error: Option<&str>, misbehavior: &McpMisbehavior) -> Response {
+        let value = match misbehavior {
+            McpMisbehavior::RawWwwAuthenticate(raw) => raw.clone(),
+            _ => self.challenge_401(error),
+        };
+        let body = json!({ "error": error.unwrap_or("unauthorized") });
+        let mut resp = json_response(StatusCode::UNAUTHORIZED, &body);
+        if let Ok(v) = HeaderValue::from_str(&value) {
+            resp.headers_mut().insert(header::WWW_AUTHENTICATE, v);
+        }
+        resp
+    }
+
+    fn mcp(
+        &self,
+        token_in_query: bool,
+        bearer: &Bearer,
+        info: Option<&TokenInfo>,
+        body: &Bytes,
+    ) -> Response {
+        let (current_issuers, required, misbehavior) = {
+            let st = lock(&self.state);
+            let issuers: Vec<String> = st.current.iter().map(AuthServer::issuer).collect();
+            (issuers, st.required_scopes.clone(), st.misbehavior.clone())
+        };
+        if token_in_query {
+            // RFC 6750 §2.3 URI query parameter method is not supported.
+            return self.unauthorized(Some("invalid_request"), &misbehavior);
+        }
+        match bearer {
+            Bearer::Absent => return self.unauthorized(None, &misbehavior),
+            Bearer::Malformed => return self.unauthorized(Some("invalid_request"), &misbehavior),
+            Bearer::Token(_) => {}
+        }
+        let url = self.url();
+        let valid = info.is_some_and(|i| {
+            !i.expired
+                && !i.revoked
+                && current_issuers.contains(&i.issuer)
+                && i.resource.as_deref() == Some(url.as_str())
+        });
+        let Some(info) = info.filter(|_| valid) else {
+            return self.unauthorized(Some("invalid_token"), &misbehavior);
+        };
+        if required.iter().any(|s| !info.scopes.contains(s)) {
+            let mut parts = vec![
+                "error=\"insufficient_scope\"".to_string(),
+                format!("scope={}", quote(&required.join(" "))),
+            ];
+            if self.resource_metadata_in_header {
+                parts.push(format!("resource_metadata={}", quote(&self.prm_url())));
+            }
+            let mut resp = json_response(
+                StatusCode::FORBIDDEN,
+                &json!({ "error": "insufficient_scope" }),
+            );
+            if let Ok(v) = HeaderValue::from_str(&format!("Bearer {}", parts.join(", "))) {
+                resp.headers_mut().insert(header::WWW_AUTHENTICATE, v);
+            }
+            return resp;
+        }
+        let reply = match serde_json::from_slice::<Value>(body) {
+            Ok(Value::Object(m))
+                if m.get("jsonrpc").and_then(Value::as_str) == Some("2.0")
+                    && m.contains_key("id")
+                    && m.contains_key("method") =>
+            {
+                json!({ "jsonrpc": "2.0", "id": m.get("id").cloned().unwrap_or(Value::Null), "result": {} })
+            }
+            _ => json!({ "ok": true }),
+        };
+        json_response(StatusCode::OK, &reply)
+    }
+}
