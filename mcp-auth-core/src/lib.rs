@@ -64,8 +64,3 @@ pub(crate) fn random_hex(bytes: usize) -> String {
             s
         })
 }
-
-// The workspace README's examples are compiled and run as this crate's doc tests.
-#[cfg(doctest)]
-#[doc = include_str!("../../README.md")]
-struct WorkspaceReadme;

@@ -732,3 +732,9 @@ pub async fn write_raw_record(
         .await
         .map(|_| ())
 }
+
+// The workspace README's examples use this crate and the core: they are compiled as this crate's
+// doc tests.
+#[cfg(doctest)]
+#[doc = include_str!("../../README.md")]
+struct WorkspaceReadme;
