@@ -214,14 +214,10 @@ impl RegistrationStore for MemoryStore {
         &self,
         issuer: &IssuerId,
     ) -> Result<Option<Versioned<ClientRegistration>>, StoreError> {
-        self.get_raw(&RecordKey::Registration(issuer.clone()))
-            .map(|(bytes, version)| {
-                Ok(Versioned {
-                    value: record::decode_registration(issuer, &bytes)?,
-                    version,
-                })
-            })
-            .transpose()
+        record::versioned(
+            self.get_raw(&RecordKey::Registration(issuer.clone())),
+            |bytes| record::decode_registration(issuer, bytes),
+        )
     }
 
     async fn put_registration(
@@ -249,10 +245,7 @@ impl RegistrationStore for MemoryStore {
         Ok(self
             .list_raw(RecordKind::Registration)?
             .into_iter()
-            .filter_map(|k| match k {
-                RecordKey::Registration(issuer) => Some(issuer),
-                _ => None,
-            })
+            .filter_map(RecordKey::into_registration)
             .collect())
     }
 }
@@ -260,14 +253,9 @@ impl RegistrationStore for MemoryStore {
 #[async_trait]
 impl TokenStore for MemoryStore {
     async fn get_tokens(&self, key: &TokenKey) -> Result<Option<Versioned<TokenSet>>, StoreError> {
-        self.get_raw(&RecordKey::Tokens(key.clone()))
-            .map(|(bytes, version)| {
-                Ok(Versioned {
-                    value: record::decode_tokens(key, &bytes)?,
-                    version,
-                })
-            })
-            .transpose()
+        record::versioned(self.get_raw(&RecordKey::Tokens(key.clone())), |bytes| {
+            record::decode_tokens(key, bytes)
+        })
     }
 
     async fn put_tokens(
@@ -298,10 +286,7 @@ impl TokenStore for MemoryStore {
         Ok(self
             .list_raw(RecordKind::Tokens)?
             .into_iter()
-            .filter_map(|k| match k {
-                RecordKey::Tokens(key) => Some(key),
-                _ => None,
-            })
+            .filter_map(RecordKey::into_tokens)
             .collect())
     }
 
@@ -344,14 +329,10 @@ impl BindingStore for MemoryStore {
         &self,
         resource: &ResourceUri,
     ) -> Result<Option<Versioned<ResourceBinding>>, StoreError> {
-        self.get_raw(&RecordKey::Binding(resource.clone()))
-            .map(|(bytes, version)| {
-                Ok(Versioned {
-                    value: record::decode_binding(resource, &bytes)?,
-                    version,
-                })
-            })
-            .transpose()
+        record::versioned(
+            self.get_raw(&RecordKey::Binding(resource.clone())),
+            |bytes| record::decode_binding(resource, bytes),
+        )
     }
 
     async fn put_binding(
@@ -379,10 +360,7 @@ impl BindingStore for MemoryStore {
         Ok(self
             .list_raw(RecordKind::Binding)?
             .into_iter()
-            .filter_map(|k| match k {
-                RecordKey::Binding(resource) => Some(resource),
-                _ => None,
-            })
+            .filter_map(RecordKey::into_binding)
             .collect())
     }
 }

@@ -18,6 +18,7 @@ use crate::ids::{IssuerId, ResourceUri, TokenKey, decode_key, encode_key};
 use crate::model::{
     ClientRegistration, Extra, PendingAuthorization, RegistrationKind, ResourceBinding, TokenSet,
 };
+use crate::store::{Version, Versioned};
 use crate::time::Timestamp;
 
 /// The record format version written by this library.
@@ -107,6 +108,48 @@ impl RecordKey {
             RecordKind::Pending => Self::Pending(decode_key(id)?),
         })
     }
+}
+
+impl RecordKey {
+    /// The issuer of a registration key.
+    pub fn into_registration(self) -> Option<IssuerId> {
+        match self {
+            Self::Registration(issuer) => Some(issuer),
+            _ => None,
+        }
+    }
+
+    /// The token key of a tokens key.
+    pub fn into_tokens(self) -> Option<TokenKey> {
+        match self {
+            Self::Tokens(key) => Some(key),
+            _ => None,
+        }
+    }
+
+    /// The resource of a binding key.
+    pub fn into_binding(self) -> Option<ResourceUri> {
+        match self {
+            Self::Binding(resource) => Some(resource),
+            _ => None,
+        }
+    }
+}
+
+/// Turns a backend's raw read (`None`, or the bytes with their version) into a typed, versioned
+/// record with `decode` — the one line every backend's `get_*` needs.
+pub fn versioned<T>(
+    found: Option<(Vec<u8>, Version)>,
+    decode: impl FnOnce(&[u8]) -> Result<T, StoreError>,
+) -> Result<Option<Versioned<T>>, StoreError> {
+    found
+        .map(|(bytes, version)| {
+            Ok(Versioned {
+                value: decode(&bytes)?,
+                version,
+            })
+        })
+        .transpose()
 }
 
 impl fmt::Display for RecordKey {

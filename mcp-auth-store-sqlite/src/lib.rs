@@ -440,17 +440,11 @@ impl RegistrationStore for SqliteStore {
         &self,
         issuer: &IssuerId,
     ) -> Result<Option<Versioned<ClientRegistration>>, StoreError> {
-        let found = self
-            .get_raw(RecordKey::Registration(issuer.clone()))
-            .await?;
-        found
-            .map(|(bytes, version)| {
-                Ok(Versioned {
-                    value: record::decode_registration(issuer, &bytes)?,
-                    version,
-                })
-            })
-            .transpose()
+        record::versioned(
+            self.get_raw(RecordKey::Registration(issuer.clone()))
+                .await?,
+            |bytes| record::decode_registration(issuer, bytes),
+        )
     }
 
     async fn put_registration(
@@ -482,10 +476,7 @@ impl RegistrationStore for SqliteStore {
             .list_raw(RecordKind::Registration)
             .await?
             .into_iter()
-            .filter_map(|k| match k {
-                RecordKey::Registration(issuer) => Some(issuer),
-                _ => None,
-            })
+            .filter_map(RecordKey::into_registration)
             .collect())
     }
 }
@@ -493,15 +484,10 @@ impl RegistrationStore for SqliteStore {
 #[async_trait]
 impl TokenStore for SqliteStore {
     async fn get_tokens(&self, key: &TokenKey) -> Result<Option<Versioned<TokenSet>>, StoreError> {
-        let found = self.get_raw(RecordKey::Tokens(key.clone())).await?;
-        found
-            .map(|(bytes, version)| {
-                Ok(Versioned {
-                    value: record::decode_tokens(key, &bytes)?,
-                    version,
-                })
-            })
-            .transpose()
+        record::versioned(
+            self.get_raw(RecordKey::Tokens(key.clone())).await?,
+            |bytes| record::decode_tokens(key, bytes),
+        )
     }
 
     async fn put_tokens(
@@ -544,10 +530,7 @@ impl TokenStore for SqliteStore {
             .list_raw(RecordKind::Tokens)
             .await?
             .into_iter()
-            .filter_map(|k| match k {
-                RecordKey::Tokens(key) => Some(key),
-                _ => None,
-            })
+            .filter_map(RecordKey::into_tokens)
             .collect())
     }
 
@@ -604,15 +587,10 @@ impl BindingStore for SqliteStore {
         &self,
         resource: &ResourceUri,
     ) -> Result<Option<Versioned<ResourceBinding>>, StoreError> {
-        let found = self.get_raw(RecordKey::Binding(resource.clone())).await?;
-        found
-            .map(|(bytes, version)| {
-                Ok(Versioned {
-                    value: record::decode_binding(resource, &bytes)?,
-                    version,
-                })
-            })
-            .transpose()
+        record::versioned(
+            self.get_raw(RecordKey::Binding(resource.clone())).await?,
+            |bytes| record::decode_binding(resource, bytes),
+        )
     }
 
     async fn put_binding(
@@ -644,10 +622,7 @@ impl BindingStore for SqliteStore {
             .list_raw(RecordKind::Binding)
             .await?
             .into_iter()
-            .filter_map(|k| match k {
-                RecordKey::Binding(resource) => Some(resource),
-                _ => None,
-            })
+            .filter_map(RecordKey::into_binding)
             .collect())
     }
 }
