@@ -139,23 +139,33 @@ async fn r08_r14_r22_r23_authorization_request_shape() {
     assert!(token.form.contains_key("code_verifier"));
 }
 
-/// R15: the canonical URI has no trailing slash and a lowercase host.
+/// R15: the client's own key for a server is its canonical URI (lowercase scheme and host, no
+/// bare trailing slash); the `resource` parameter is the server's published PRM `resource`,
+/// byte for byte (RFC 9728 §3.3 and the conformance check `resource-parameter-matches-prm`), so
+/// the server decides which form it expects.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn r15_canonical_resource() {
     let as1 = auth_server(|_| {}).await;
     let mcp = mcp_server(vec![as1.clone()], |c| c.path = "/".into()).await;
     let r = mcp_auth_core::ResourceUri::new(mcp.url().replace("http://", "HTTP://")).unwrap();
     assert!(!r.as_str().ends_with('/'));
+    assert!(r.as_str().starts_with("http://127.0.0.1:"));
     engine(memory()).access_token(&r).await.unwrap();
     let authorize = as1
         .requests()
         .into_iter()
         .find(|r| r.endpoint == Endpoint::Authorize)
         .unwrap();
-    assert!(
-        !authorize.query["resource"].ends_with('/'),
-        "{}",
-        authorize.query["resource"]
+    let prm = mcp
+        .requests()
+        .into_iter()
+        .find(|r| r.is_prm && r.status == 200)
+        .unwrap();
+    let published = mcp.url();
+    assert_eq!(
+        authorize.query["resource"], published,
+        "PRM fetched at {}",
+        prm.path
     );
 }
 

@@ -99,8 +99,12 @@ impl Challenge {
 /// Validated protected resource metadata.
 #[derive(Clone, Debug)]
 pub(crate) struct ResourceMetadata {
-    /// The `resource` as published (canonical form).
+    /// The `resource` (canonical form), for comparisons.
     pub(crate) resource: ResourceUri,
+    /// The `resource` exactly as published: what is sent as the `resource` parameter.
+    pub(crate) resource_raw: String,
+    /// Synthesised for a 2025-03-26 server without protected resource metadata.
+    pub(crate) legacy: bool,
     pub(crate) authorization_servers: Vec<String>,
     pub(crate) scopes_supported: Option<Vec<String>>,
     pub(crate) raw: Map<String, Value>,
@@ -160,10 +164,37 @@ impl ResourceMetadata {
             .ok_or_else(|| invalid("protected resource metadata lists no authorization_servers"))?;
         Ok(Self {
             resource,
+            resource_raw: published.to_owned(),
+            legacy: map
+                .get("x-mcp-auth-legacy")
+                .and_then(Value::as_bool)
+                .unwrap_or(false),
             authorization_servers,
             scopes_supported: string_list(&map, "scopes_supported"),
             raw: map,
         })
+    }
+
+    /// 2025-03-26 servers publish no protected resource metadata: their own origin is the
+    /// authorization server. The synthesised document is marked so it is recognisable when
+    /// stored.
+    pub(crate) fn legacy(requested: &ResourceUri) -> Self {
+        let origin = requested.url().origin().ascii_serialization();
+        let mut raw = Map::new();
+        raw.insert("resource".to_owned(), Value::String(requested.to_string()));
+        raw.insert(
+            "authorization_servers".to_owned(),
+            Value::from(vec![origin.clone()]),
+        );
+        raw.insert("x-mcp-auth-legacy".to_owned(), Value::Bool(true));
+        Self {
+            resource: requested.clone(),
+            resource_raw: requested.to_string(),
+            legacy: true,
+            authorization_servers: vec![origin],
+            scopes_supported: None,
+            raw,
+        }
     }
 
     pub(crate) fn from_stored(map: &Map<String, Value>, requested: &ResourceUri) -> Option<Self> {
@@ -344,6 +375,32 @@ impl ServerMetadata {
             scopes_supported: string_list(&map, "scopes_supported"),
             raw: map,
         })
+    }
+
+    /// 2025-03-26 default endpoints for a server with no metadata at all (`/authorize`,
+    /// `/token`, `/register` on the issuer's origin). PKCE S256 is mandatory there.
+    pub(crate) fn legacy_defaults(http: &Http, issuer: &IssuerId) -> Result<Self, AuthError> {
+        let origin = issuer.url().origin().ascii_serialization();
+        let mut map = Map::new();
+        map.insert("issuer".to_owned(), Value::String(issuer.to_string()));
+        for (field, path) in [
+            ("authorization_endpoint", "/authorize"),
+            ("token_endpoint", "/token"),
+            ("registration_endpoint", "/register"),
+        ] {
+            map.insert(field.to_owned(), Value::String(format!("{origin}{path}")));
+        }
+        map.insert(
+            "code_challenge_methods_supported".to_owned(),
+            Value::from(vec!["S256"]),
+        );
+        map.insert("x-mcp-auth-legacy".to_owned(), Value::Bool(true));
+        Self::from_json(http, issuer.url(), issuer, map)
+    }
+
+    /// The token endpoint authentication methods the AS lists, if it does.
+    pub(crate) fn auth_methods(&self) -> Option<Vec<String>> {
+        string_list(&self.raw, "token_endpoint_auth_methods_supported")
     }
 
     /// R7/R8: authorization needs advertised `S256`.

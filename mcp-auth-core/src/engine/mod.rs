@@ -93,6 +93,57 @@ pub struct ClientConfig {
     pub max_step_up_attempts: u32,
     /// How long a started authorization stays redeemable.
     pub pending_ttl: Duration,
+    /// Machine-to-machine credentials (SEP-1046): when set, tokens come from the
+    /// `client_credentials` grant instead of an interactive authorization.
+    pub client_credentials: Option<ClientCredentials>,
+    /// Talk to 2025-03-26 servers that publish no protected resource metadata: their origin is
+    /// taken as the authorization server (default true).
+    pub legacy_discovery: bool,
+}
+
+/// Credentials for the `client_credentials` grant (SEP-1046).
+#[derive(Clone)]
+pub struct ClientCredentials {
+    /// The client_id.
+    pub client_id: String,
+    /// How the client authenticates.
+    pub auth: ClientCredentialsAuth,
+    /// The issuer these credentials belong to, if known (checked like pre-registered ones).
+    pub issuer: Option<IssuerId>,
+}
+
+/// Client authentication for the `client_credentials` grant.
+#[derive(Clone)]
+#[non_exhaustive]
+pub enum ClientCredentialsAuth {
+    /// `client_secret_basic`.
+    Secret(SecretString),
+    /// `private_key_jwt` (RFC 7523): a signed assertion with `iss = sub = client_id` and
+    /// `aud` = the issuer.
+    PrivateKeyJwt {
+        /// PKCS#8 PEM private key.
+        private_key_pem: SecretString,
+        /// JWS algorithm: `ES256`, `ES384`, `RS256`, `PS256`, `EdDSA`.
+        algorithm: String,
+        /// Optional `kid` header.
+        key_id: Option<String>,
+    },
+}
+
+impl fmt::Debug for ClientCredentials {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let auth = match &self.auth {
+            ClientCredentialsAuth::Secret(_) => "client_secret_basic".to_owned(),
+            ClientCredentialsAuth::PrivateKeyJwt { algorithm, .. } => {
+                format!("private_key_jwt({algorithm})")
+            }
+        };
+        f.debug_struct("ClientCredentials")
+            .field("client_id", &self.client_id)
+            .field("auth", &auth)
+            .field("issuer", &self.issuer)
+            .finish()
+    }
 }
 
 impl Default for ClientConfig {
@@ -107,6 +158,8 @@ impl Default for ClientConfig {
             lease_ttl: Duration::from_secs(30),
             max_step_up_attempts: 2,
             pending_ttl: Duration::from_secs(600),
+            client_credentials: None,
+            legacy_discovery: true,
         }
     }
 }
@@ -127,6 +180,12 @@ impl ClientConfig {
     /// Sets pre-registered credentials.
     pub fn with_pre_registered(mut self, client: PreRegisteredClient) -> Self {
         self.pre_registered = Some(client);
+        self
+    }
+
+    /// Uses the `client_credentials` grant with these credentials.
+    pub fn with_client_credentials(mut self, credentials: ClientCredentials) -> Self {
+        self.client_credentials = Some(credentials);
         self
     }
 
@@ -334,8 +393,26 @@ impl McpAuth {
     }
 
     async fn authorize_unlocked(&self, resource: &ResourceUri) -> Result<SecretString, AuthError> {
-        let prm = discovery::discover_resource_metadata(&self.http, resource, None).await?;
+        let prm = self.resource_metadata(resource, None).await?;
         self.authorize_with(resource, &prm, None, None).await
+    }
+
+    /// PRM from the challenge URL or the well-known locations; for a 2025-03-26 server that has
+    /// none at all (and no challenge URL), the synthesised legacy document.
+    async fn resource_metadata(
+        &self,
+        resource: &ResourceUri,
+        challenge_url: Option<&str>,
+    ) -> Result<ResourceMetadata, AuthError> {
+        match discovery::discover_resource_metadata(&self.http, resource, challenge_url).await {
+            Err(AuthError::Discovery { .. })
+                if challenge_url.is_none() && self.config.legacy_discovery =>
+            {
+                debug!(resource = %resource, "no protected resource metadata; using the 2025-03-26 fallback");
+                Ok(ResourceMetadata::legacy(resource))
+            }
+            other => other,
+        }
     }
 
     /// The current token record of `resource` under its bound issuer: (issuer, version).
@@ -364,12 +441,9 @@ impl McpAuth {
     ) -> Result<SecretString, AuthError> {
         let challenge = www_authenticate.map(Challenge::parse).unwrap_or_default();
         let seen = self.token_snapshot(resource).await?;
-        let prm = discovery::discover_resource_metadata(
-            &self.http,
-            resource,
-            challenge.resource_metadata.as_deref(),
-        )
-        .await?;
+        let prm = self
+            .resource_metadata(resource, challenge.resource_metadata.as_deref())
+            .await?;
         let issuer = self.issuer_from(&prm)?;
         let lock = self.authorize_locks.get(resource);
         let _guard = lock.lock().await;
@@ -627,12 +701,12 @@ impl McpAuth {
         };
         let resource_param =
             ResourceMetadata::from_stored(&binding.resource_metadata, &key.resource)
-                .map(|p| p.resource)
-                .unwrap_or_else(|| key.resource.clone());
+                .map(|p| p.resource_raw)
+                .unwrap_or_else(|| key.resource.to_string());
         let mut form = vec![
             ("grant_type", "refresh_token".to_owned()),
             ("refresh_token", refresh_token.expose_secret().to_owned()),
-            ("resource", resource_param.to_string()),
+            ("resource", resource_param),
         ];
         let span = info_span!("refresh_token", issuer = %binding.issuer, resource = %key.resource);
         let response = self
@@ -717,7 +791,24 @@ impl McpAuth {
         let span = info_span!("authorize", resource = %resource, issuer = %issuer);
         async {
             self.apply_binding_policy(resource, &issuer).await?;
-            let meta = discovery::discover_server_metadata(&self.http, &issuer).await?;
+            let meta = match discovery::discover_server_metadata(&self.http, &issuer).await {
+                Err(AuthError::Discovery { .. }) if prm.legacy => {
+                    ServerMetadata::legacy_defaults(&self.http, &issuer)?
+                }
+                other => other?,
+            };
+            if let Some(credentials) = &self.config.client_credentials {
+                return self
+                    .client_credentials_grant(
+                        resource,
+                        prm,
+                        &meta,
+                        credentials,
+                        challenge,
+                        explicit_scopes,
+                    )
+                    .await;
+            }
             if !meta.supports_s256() {
                 return Err(AuthError::PkceNotSupported {
                     issuer: issuer.clone(),
@@ -754,7 +845,7 @@ impl McpAuth {
                     .append_pair("code_challenge", &pkce_challenge(&verifier))
                     .append_pair("code_challenge_method", "S256")
                     .append_pair("state", &state)
-                    .append_pair("resource", prm.resource.as_str());
+                    .append_pair("resource", &prm.resource_raw);
                 if !scopes.is_empty() {
                     q.append_pair("scope", &scopes.join(" "));
                 }
@@ -896,12 +987,22 @@ impl McpAuth {
     ) -> Result<ClientRegistration, AuthError> {
         let span = info_span!("register", issuer = %meta.issuer);
         async {
+            // A native client is public (PKCE protects the code): ask for `none` when the AS
+            // allows it, else the first secret-based method it lists (RFC 7591's default when
+            // it lists none).
+            let requested_method = match meta.auth_methods() {
+                Some(methods) => ["none", "client_secret_basic", "client_secret_post"]
+                    .into_iter()
+                    .find(|m| methods.iter().any(|s| s == m))
+                    .unwrap_or("client_secret_basic"),
+                None => "client_secret_basic",
+            };
             let body = json!({
                 "client_name": self.config.client_name,
                 "redirect_uris": [self.config.redirect_uri],
                 "grant_types": ["authorization_code", "refresh_token"],
                 "response_types": ["code"],
-                "token_endpoint_auth_method": "client_secret_basic",
+                "token_endpoint_auth_method": requested_method,
                 "application_type": self.config.application_type,
             });
             let fetched = self.http.post_json(endpoint, &body).await?;
@@ -937,12 +1038,14 @@ impl McpAuth {
             r.client_secret = take_str(&mut map, "client_secret").map(SecretString::from);
             r.client_secret_expires_at = take_time(&mut map, "client_secret_expires_at");
             r.client_id_issued_at = take_time(&mut map, "client_id_issued_at");
+            // The AS's answer wins; when it says nothing, what was asked for (RFC 7591 §3.2.1),
+            // except that a secret-based method without a secret means a public client.
             r.token_endpoint_auth_method = take_str(&mut map, "token_endpoint_auth_method")
                 .unwrap_or_else(|| {
-                    if r.client_secret.is_some() {
-                        "client_secret_basic".to_owned()
-                    } else {
+                    if requested_method != "none" && r.client_secret.is_none() {
                         "none".to_owned()
+                    } else {
+                        requested_method.to_owned()
                     }
                 });
             let list = |map: &mut Map<String, Value>, k: &str| -> Vec<String> {
@@ -1025,7 +1128,7 @@ impl McpAuth {
                 "code_verifier",
                 pending.pkce_verifier.expose_secret().to_owned(),
             ),
-            ("resource", prm.resource.to_string()),
+            ("resource", prm.resource_raw.clone()),
         ];
         let span = info_span!("token_exchange", issuer = %meta.issuer);
         let body = self
@@ -1042,6 +1145,132 @@ impl McpAuth {
         self.store.put_binding(&binding, Expect::Any).await?;
         Ok(tokens.access_token)
     }
+}
+
+impl McpAuth {
+    /// SEP-1046: the `client_credentials` grant, with `client_secret_basic` or `private_key_jwt`
+    /// client authentication. The credentials are recorded as this issuer's pre-registered
+    /// registration, so a move to another AS is refused like any pre-registered client's.
+    async fn client_credentials_grant(
+        &self,
+        resource: &ResourceUri,
+        prm: &ResourceMetadata,
+        meta: &ServerMetadata,
+        credentials: &ClientCredentials,
+        challenge: Option<&Challenge>,
+        explicit_scopes: Option<Vec<String>>,
+    ) -> Result<SecretString, AuthError> {
+        if let Some(declared) = &credentials.issuer
+            && declared != &meta.issuer
+        {
+            return Err(AuthError::AuthorizationServerChanged {
+                from: declared.clone(),
+                to: meta.issuer.clone(),
+            });
+        }
+        let mut registration = ClientRegistration::new(
+            meta.issuer.clone(),
+            credentials.client_id.clone(),
+            RegistrationKind::PreRegistered,
+        );
+        let mut form: Vec<(&'static str, String)> = vec![
+            ("grant_type", "client_credentials".to_owned()),
+            ("resource", prm.resource_raw.clone()),
+        ];
+        let scopes = select_scopes(prm, meta, challenge, explicit_scopes)
+            .into_iter()
+            .filter(|s| s != "offline_access")
+            .collect::<Vec<_>>();
+        if !scopes.is_empty() {
+            form.push(("scope", scopes.join(" ")));
+        }
+        match &credentials.auth {
+            ClientCredentialsAuth::Secret(secret) => {
+                registration.client_secret = Some(secret.clone());
+                registration.token_endpoint_auth_method = "client_secret_basic".to_owned();
+            }
+            ClientCredentialsAuth::PrivateKeyJwt {
+                private_key_pem,
+                algorithm,
+                key_id,
+            } => {
+                registration.token_endpoint_auth_method = "private_key_jwt".to_owned();
+                let assertion = client_assertion(
+                    &credentials.client_id,
+                    meta.issuer.as_str(),
+                    private_key_pem,
+                    algorithm,
+                    key_id.as_deref(),
+                )?;
+                form.push(("client_id", credentials.client_id.clone()));
+                form.push((
+                    "client_assertion_type",
+                    "urn:ietf:params:oauth:client-assertion-type:jwt-bearer".to_owned(),
+                ));
+                form.push(("client_assertion", assertion));
+            }
+        }
+        self.store
+            .put_registration(&registration, Expect::Any)
+            .await?;
+        let span = info_span!("client_credentials", issuer = %meta.issuer);
+        let body = self
+            .token_request(meta, &registration, &mut form)
+            .instrument(span)
+            .await?;
+        let tokens = parse_token_response(meta, &body, None, &scopes)?;
+        let key = TokenKey::new(meta.issuer.clone(), resource.clone());
+        self.store.put_tokens(&key, &tokens, Expect::Any).await?;
+        let mut binding = ResourceBinding::new(resource.clone(), meta.issuer.clone());
+        binding.resource_metadata = prm.raw.clone();
+        binding.authorization_server_metadata = meta.raw.clone();
+        self.store.put_binding(&binding, Expect::Any).await?;
+        Ok(tokens.access_token)
+    }
+}
+
+/// An RFC 7523 client assertion: `iss = sub = client_id`, `aud` = the issuer, 60 s lifetime,
+/// random `jti`.
+fn client_assertion(
+    client_id: &str,
+    audience: &str,
+    private_key_pem: &SecretString,
+    algorithm: &str,
+    key_id: Option<&str>,
+) -> Result<String, AuthError> {
+    use jsonwebtoken::{Algorithm, EncodingKey, Header};
+    let pem = private_key_pem.expose_secret().as_bytes();
+    let (alg, key) = match algorithm {
+        "ES256" => (Algorithm::ES256, EncodingKey::from_ec_pem(pem)),
+        "ES384" => (Algorithm::ES384, EncodingKey::from_ec_pem(pem)),
+        "RS256" => (Algorithm::RS256, EncodingKey::from_rsa_pem(pem)),
+        "PS256" => (Algorithm::PS256, EncodingKey::from_rsa_pem(pem)),
+        "EdDSA" => (Algorithm::EdDSA, EncodingKey::from_ed_pem(pem)),
+        other => {
+            return Err(AuthError::Config(format!(
+                "unsupported client assertion algorithm {other:?} (use ES256, ES384, RS256, PS256 or EdDSA)"
+            )));
+        }
+    };
+    // The key error names the format problem, never the key.
+    let key = key.map_err(|e| {
+        AuthError::Config(format!(
+            "private key is not a usable PEM for {algorithm}: {e}"
+        ))
+    })?;
+    let mut header = Header::new(alg);
+    header.kid = key_id.map(str::to_owned);
+    let now = Timestamp::now().unix_seconds();
+    let claims = json!({
+        "iss": client_id,
+        "sub": client_id,
+        "aud": audience,
+        "iat": now,
+        "exp": now + 60,
+        "jti": random_urlsafe(16),
+    });
+    jsonwebtoken::encode(&header, &claims, &key)
+        .map_err(|e| AuthError::Config(format!("cannot sign the client assertion: {e}")))
 }
 
 /// Adds the registration's client authentication (R25: only ever this AS's own credentials).
