@@ -460,13 +460,51 @@ impl McpInner {
         let reply = match serde_json::from_slice::<Value>(body) {
             Ok(Value::Object(m))
                 if m.get("jsonrpc").and_then(Value::as_str) == Some("2.0")
+                    && m.contains_key("method")
+                    && !m.contains_key("id") =>
+            {
+                // A JSON-RPC notification: accepted, no body (MCP streamable HTTP).
+                return StatusCode::ACCEPTED.into_response();
+            }
+            Ok(Value::Object(m))
+                if m.get("jsonrpc").and_then(Value::as_str) == Some("2.0")
                     && m.contains_key("id")
                     && m.contains_key("method") =>
             {
-                json!({ "jsonrpc": "2.0", "id": m.get("id").cloned().unwrap_or(Value::Null), "result": {} })
+                let id = m.get("id").cloned().unwrap_or(Value::Null);
+                let method = m.get("method").and_then(Value::as_str).unwrap_or_default();
+                json!({ "jsonrpc": "2.0", "id": id, "result": mcp_result(method, m.get("params")) })
             }
             _ => json!({ "ok": true }),
         };
         json_response(StatusCode::OK, &reply)
+    }
+}
+
+/// Minimal MCP results so real MCP clients can talk to the server: `initialize` (echoing the
+/// client's protocol version), `tools/list` with one `echo` tool, `tools/call` answering `ok`;
+/// any other method gets an empty result.
+fn mcp_result(method: &str, params: Option<&Value>) -> Value {
+    match method {
+        "initialize" => {
+            let version = params
+                .and_then(|p| p.get("protocolVersion"))
+                .and_then(Value::as_str)
+                .unwrap_or("2025-11-25");
+            json!({
+                "protocolVersion": version,
+                "capabilities": { "tools": {} },
+                "serverInfo": { "name": "mcp-auth-testkit", "version": env!("CARGO_PKG_VERSION") },
+            })
+        }
+        "tools/list" => json!({
+            "tools": [{
+                "name": "echo",
+                "description": "Answers ok",
+                "inputSchema": { "type": "object" },
+            }]
+        }),
+        "tools/call" => json!({ "content": [{ "type": "text", "text": "ok" }], "isError": false }),
+        _ => json!({}),
     }
 }
