@@ -1,6 +1,8 @@
 //! Project automation. `cargo xtask test-all` is the one command that proves the workspace:
-//! formatting, lints, docs, every test and doc test, with the services they need started here.
+//! formatting, lints, docs, every test and doc test, with the services they need started here,
+//! and last the official MCP conformance suite (`cargo xtask conformance`).
 
+mod conformance;
 mod services;
 
 use std::env;
@@ -12,9 +14,27 @@ const USAGE: &str = "\
 usage: cargo xtask <command>
 
 commands:
-  test-all [--keep-going]   fmt check, clippy -D warnings, docs, nextest, doc tests
-                            (starts the services the tests need; --keep-going runs every
-                            step and reports all failures at the end)
+  test-all [--keep-going]   fmt check, clippy -D warnings, docs, nextest, doc tests,
+                            conformance (starts the services the tests need; --keep-going
+                            runs every step and reports all failures at the end)
+  conformance [--keep-going]
+                            the official MCP conformance suite, pinned to
+                            @modelcontextprotocol/conformance@0.2.0-alpha.12 on Node 22
+                            (both installed with npm into target/conformance-cache/ on first
+                            use), against `mcp-auth-rmcp --example conformance-client`. Runs:
+                            --requirements 2026-07-28, --suite auth --spec-version 2025-11-25,
+                            --suite backcompat, and each auth extension scenario alone.
+                            Results (checks.json per scenario, runner output) go to
+                            target/conformance-results/<run>/; a table of every scenario is
+                            printed. Fails on a FAILURE check (or no SUCCESS check) in a
+                            scenario that must pass, a scenario that left no results, or a
+                            stale entry in conformance/expected-failures-extensions.yaml
+                            (extension scenarios allowed to fail, in their extension runs
+                            only; remove an entry once it passes). Scenarios the
+                            2026-07-28 requirements do not score are reported, never fatal.
+                            Stops after the first failing run unless --keep-going.
+                            MCP_AUTH_CONFORMANCE_CLIENT=/path/to/client tests that binary
+                            instead of building the example.
   bench                     store benchmarks: medians of each store beside the raw
                             client doing the same work, and their ratio (prints only;
                             nothing is asserted about time)
@@ -25,6 +45,7 @@ fn main() -> ExitCode {
     let args: Vec<String> = env::args().skip(1).collect();
     let result = match args.first().map(String::as_str) {
         Some("test-all") => test_all(&args[1..]),
+        Some("conformance") => conformance::command(&args[1..]),
         Some("bench") => bench(),
         Some("help" | "--help" | "-h") | None => {
             print!("{USAGE}");
@@ -58,16 +79,45 @@ fn cargo() -> String {
 /// when it fails.
 struct Step {
     name: &'static str,
-    args: Vec<&'static str>,
+    action: Action,
     env: Vec<(String, String)>,
     on_failure: &'static str,
+}
+
+/// What a step runs.
+enum Action {
+    /// `cargo <args>`.
+    Cargo(Vec<&'static str>),
+    /// An xtask routine run in this process, shown as `cargo xtask <command>`.
+    Routine {
+        command: &'static str,
+        routine: Box<dyn Fn() -> Result<(), String>>,
+    },
 }
 
 impl Step {
     fn new(name: &'static str, args: &[&'static str], on_failure: &'static str) -> Self {
         Self {
             name,
-            args: args.to_vec(),
+            action: Action::Cargo(args.to_vec()),
+            env: Vec::new(),
+            on_failure,
+        }
+    }
+
+    /// A step that calls `routine` directly (it prints its own progress and reasons).
+    fn routine(
+        name: &'static str,
+        command: &'static str,
+        routine: impl Fn() -> Result<(), String> + 'static,
+        on_failure: &'static str,
+    ) -> Self {
+        Self {
+            name,
+            action: Action::Routine {
+                command,
+                routine: Box::new(routine),
+            },
             env: Vec::new(),
             on_failure,
         }
@@ -79,10 +129,24 @@ impl Step {
     }
 
     fn run(&self) -> Result<Duration, String> {
-        println!("\n==> {}: cargo {}", self.name, self.args.join(" "));
+        let args = match &self.action {
+            Action::Cargo(args) => args,
+            Action::Routine { command, routine } => {
+                println!("\n==> {}: cargo xtask {command}", self.name);
+                let started = Instant::now();
+                return match routine() {
+                    Ok(()) => Ok(started.elapsed()),
+                    Err(message) => Err(format!(
+                        "{} failed ({message}): {}",
+                        self.name, self.on_failure
+                    )),
+                };
+            }
+        };
+        println!("\n==> {}: cargo {}", self.name, args.join(" "));
         let started = Instant::now();
         let status = Command::new(cargo())
-            .args(&self.args)
+            .args(args)
             .envs(self.env.iter().map(|(k, v)| (k, v)))
             .current_dir(project_root())
             .status()
@@ -148,6 +212,17 @@ fn test_all(args: &[String]) -> Result<(), String> {
             "doc tests",
             &["test", "--doc", "--workspace", "--all-features"],
             "a documentation example failed to compile or run",
+        ),
+        Step::routine(
+            "conformance",
+            if keep_going {
+                "conformance --keep-going"
+            } else {
+                "conformance"
+            },
+            move || conformance::run(keep_going),
+            "see the conformance table and problems above; results are in \
+             target/conformance-results/<run>/ (rerun alone with `cargo xtask conformance`)",
         ),
     ];
 

@@ -123,8 +123,13 @@ mod tests {
 
     #[test]
     fn free_port_is_bindable() {
-        let port = free_port().unwrap();
-        assert!(TcpListener::bind((Ipv4Addr::LOCALHOST, port)).is_ok());
+        // Another process may grab the port between the two binds (other tests run in
+        // parallel); three fresh ports all being taken would mean free_port is broken.
+        let bound = (0..3).any(|_| {
+            let port = free_port().unwrap();
+            TcpListener::bind((Ipv4Addr::LOCALHOST, port)).is_ok()
+        });
+        assert!(bound);
     }
 
     #[test]

@@ -387,9 +387,20 @@ impl McpAuth {
     /// Authorizes for `resource` now: discovery, SEP-2352 binding decision, registration,
     /// authorization code with PKCE, token exchange.
     pub async fn authorize(&self, resource: &ResourceUri) -> Result<SecretString, AuthError> {
+        self.authorize_with_scopes(resource, None).await
+    }
+
+    /// [`McpAuth::authorize`] requesting exactly `scopes` (`None`: the server's challenge or
+    /// metadata decides, R16).
+    pub async fn authorize_with_scopes(
+        &self,
+        resource: &ResourceUri,
+        scopes: Option<Vec<String>>,
+    ) -> Result<SecretString, AuthError> {
         let lock = self.authorize_locks.get(resource);
         let _guard = lock.lock().await;
-        self.authorize_unlocked(resource).await
+        let prm = self.resource_metadata(resource, None).await?;
+        self.authorize_with(resource, &prm, None, scopes).await
     }
 
     async fn authorize_unlocked(&self, resource: &ResourceUri) -> Result<SecretString, AuthError> {

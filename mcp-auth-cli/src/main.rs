@@ -1,0 +1,498 @@
+//! `mcp-auth`: log in to MCP servers once, then print fresh tokens for any script or MCP client.
+#![forbid(unsafe_code)]
+#![allow(clippy::print_stdout, clippy::print_stderr)]
+
+mod demo;
+mod store;
+
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand};
+use mcp_auth_core::{
+    AuthError, Authorizer, ClientConfig, CredentialStore, Expect, ExposeSecret, HeadlessAuthorizer,
+    HttpPolicy, IssuerId, LoopbackAuthorizer, McpAuth, Namespace, PreRegisteredClient, ResourceUri,
+    SecretString, TokenKey,
+};
+
+/// Exit code of `token` when a login is needed.
+const EXIT_LOGIN_REQUIRED: u8 = 3;
+
+/// Log in to MCP servers once; get fresh tokens from any script or MCP client.
+#[derive(Parser, Debug)]
+#[command(name = "mcp-auth", version, about)]
+struct Cli {
+    /// Credential store: sqlite:PATH (default: sqlite: at the platform data directory), memory:,
+    /// redis://…, keyring:, aws-sm:…
+    #[arg(long, global = true, env = "MCP_AUTH_STORE")]
+    store: Option<String>,
+    /// Tenant namespace inside the store.
+    #[arg(
+        long,
+        global = true,
+        env = "MCP_AUTH_NAMESPACE",
+        default_value = "default"
+    )]
+    namespace: String,
+    /// Allow plain http and loopback addresses (local test servers only).
+    #[arg(long, global = true, hide = true, env = "MCP_AUTH_INSECURE_LOOPBACK")]
+    insecure_allow_loopback: bool,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Discover, register and authorize with an MCP server (browser flow on a loopback redirect).
+    Login(LoginArgs),
+    /// Print a valid access token for an MCP server (refreshing it when needed), and nothing else.
+    Token {
+        /// The MCP server URL.
+        url: String,
+    },
+    /// Show issuers, registrations, bound servers and token state (never a secret).
+    Status {
+        /// Machine-readable output.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Delete tokens (revoking them at the authorization server when it allows).
+    Logout(LogoutArgs),
+    /// Copy every registration, token and binding from one store to another, and verify the copy.
+    Migrate {
+        /// Source store URL.
+        #[arg(long)]
+        from: String,
+        /// Destination store URL.
+        #[arg(long)]
+        to: String,
+    },
+    /// Run local authorization servers and an MCP server and narrate SEP-2352 in action.
+    Demo,
+}
+
+#[derive(Args, Debug)]
+struct LoginArgs {
+    /// The MCP server URL.
+    url: String,
+    /// Pre-registered client_id.
+    #[arg(long)]
+    client_id: Option<String>,
+    /// Pre-registered client secret (prefer the MCP_AUTH_CLIENT_SECRET environment variable).
+    #[arg(long, env = "MCP_AUTH_CLIENT_SECRET", hide_env_values = true)]
+    client_secret: Option<String>,
+    /// The issuer the pre-registered credentials belong to.
+    #[arg(long)]
+    issuer: Option<String>,
+    /// A Client ID Metadata Document URL to use as client_id where supported.
+    #[arg(long)]
+    client_metadata_url: Option<String>,
+    /// Scopes to request (space or comma separated; default: what the server asks for).
+    #[arg(long)]
+    scope: Option<String>,
+    /// Print the authorization URL instead of opening a browser.
+    #[arg(long)]
+    no_browser: bool,
+    /// Follow the authorization redirect without a browser (auto-approving servers only).
+    #[arg(long, hide = true)]
+    headless: bool,
+}
+
+#[derive(Args, Debug)]
+#[group(required = true, multiple = false)]
+struct LogoutArgs {
+    /// The MCP server URL.
+    url: Option<String>,
+    /// Every server bound to this authorization server.
+    #[arg(long)]
+    issuer: Option<String>,
+    /// Everything in the namespace.
+    #[arg(long)]
+    all: bool,
+}
+
+/// A failure with the exit code it maps to.
+struct Failure {
+    code: u8,
+    message: String,
+}
+
+impl From<String> for Failure {
+    fn from(message: String) -> Self {
+        Self { code: 1, message }
+    }
+}
+
+impl From<AuthError> for Failure {
+    fn from(e: AuthError) -> Self {
+        Self {
+            code: 1,
+            message: e.to_string(),
+        }
+    }
+}
+
+impl From<mcp_auth_core::StoreError> for Failure {
+    fn from(e: mcp_auth_core::StoreError) -> Self {
+        Self {
+            code: 1,
+            message: e.to_string(),
+        }
+    }
+}
+
+impl From<mcp_auth_core::InvalidId> for Failure {
+    fn from(e: mcp_auth_core::InvalidId) -> Self {
+        Self {
+            code: 1,
+            message: e.to_string(),
+        }
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("mcp-auth: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(cli)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(failure) => {
+            eprintln!("mcp-auth: {}", failure.message);
+            ExitCode::from(failure.code)
+        }
+    }
+}
+
+fn policy(cli: &Cli) -> HttpPolicy {
+    if cli.insecure_allow_loopback {
+        HttpPolicy::allowing_loopback()
+    } else {
+        HttpPolicy::default()
+    }
+}
+
+async fn run(cli: Cli) -> Result<(), Failure> {
+    let namespace = Namespace::new(cli.namespace.clone())?;
+    match &cli.command {
+        Command::Demo => demo::run().await.map_err(Failure::from),
+        Command::Migrate { from, to } => migrate(from, to, &namespace).await,
+        Command::Login(args) => {
+            let store = store::open(cli.store.as_deref(), &namespace).await?;
+            login(&cli, args, store).await
+        }
+        Command::Token { url } => {
+            let store = store::open(cli.store.as_deref(), &namespace).await?;
+            let auth = McpAuth::builder(store).http_policy(policy(&cli)).build()?;
+            let resource = ResourceUri::new(url)?;
+            match auth.cached_access_token(&resource).await {
+                Ok(token) => {
+                    println!("{}", token.expose_secret());
+                    Ok(())
+                }
+                Err(e) if e.needs_login() => Err(Failure {
+                    code: EXIT_LOGIN_REQUIRED,
+                    message: format!("{e}\nhint: run `mcp-auth login {url}`"),
+                }),
+                Err(e) => Err(e.into()),
+            }
+        }
+        Command::Status { json } => {
+            let store = store::open(cli.store.as_deref(), &namespace).await?;
+            status(store.as_ref(), *json).await
+        }
+        Command::Logout(args) => {
+            let store = store::open(cli.store.as_deref(), &namespace).await?;
+            logout(&cli, args, store).await
+        }
+    }
+}
+
+async fn login(
+    cli: &Cli,
+    args: &LoginArgs,
+    store: Arc<dyn CredentialStore>,
+) -> Result<(), Failure> {
+    let resource = ResourceUri::new(&args.url)?;
+    // RFC 8252: a loopback redirect on an ephemeral port.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .map_err(|e| format!("cannot pick a loopback port: {e}"))?;
+    let mut config =
+        ClientConfig::default().with_redirect_uri(format!("http://127.0.0.1:{port}/callback"));
+    if let Some(url) = &args.client_metadata_url {
+        config = config.with_client_metadata_url(url.clone());
+    }
+    if let Some(client_id) = &args.client_id {
+        config = config.with_pre_registered(PreRegisteredClient {
+            client_id: client_id.clone(),
+            client_secret: args.client_secret.clone().map(SecretString::from),
+            token_endpoint_auth_method: if args.client_secret.is_some() {
+                "client_secret_basic"
+            } else {
+                "none"
+            }
+            .to_owned(),
+            issuer: args.issuer.as_deref().map(IssuerId::new).transpose()?,
+        });
+    }
+    let authorizer: Arc<dyn Authorizer> = if args.headless {
+        Arc::new(HeadlessAuthorizer::new()?)
+    } else {
+        let no_browser = args.no_browser;
+        Arc::new(LoopbackAuthorizer::new(
+            move |url| {
+                eprintln!("Open this URL to authorize:\n  {url}");
+                if !no_browser && webbrowser::open(url.as_str()).is_err() {
+                    eprintln!("(could not open a browser; open the URL yourself)");
+                }
+            },
+            Duration::from_secs(300),
+        ))
+    };
+    let auth = McpAuth::builder(store)
+        .client(config)
+        .http_policy(policy(cli))
+        .authorizer(authorizer)
+        .build()?;
+    eprintln!("[1/3] Discovering the authorization server of {resource} …");
+    let scopes = args.scope.as_ref().map(|s| {
+        s.split([' ', ','])
+            .filter(|p| !p.is_empty())
+            .map(str::to_owned)
+            .collect::<Vec<_>>()
+    });
+    eprintln!("[2/3] Registering and authorizing …");
+    auth.authorize_with_scopes(&resource, scopes).await?;
+    let binding = auth
+        .store()
+        .get_binding(&resource)
+        .await?
+        .map(|b| b.value.issuer.to_string())
+        .unwrap_or_default();
+    eprintln!("[3/3] Logged in to {resource} (authorization server {binding}).");
+    Ok(())
+}
+
+fn expiry(tokens: &mcp_auth_core::TokenSet) -> String {
+    match tokens.expires_at {
+        None => "no expiry".to_owned(),
+        Some(at) => {
+            let left = at.unix_seconds() - mcp_auth_core::Timestamp::now().unix_seconds();
+            if left <= 0 {
+                "expired".to_owned()
+            } else {
+                format!("in {}m{}s", left / 60, left % 60)
+            }
+        }
+    }
+}
+
+async fn status(store: &dyn CredentialStore, json: bool) -> Result<(), Failure> {
+    let mut issuers = store.list_registrations().await?;
+    let bindings = store.list_bindings().await?;
+    let tokens = store.list_tokens().await?;
+    for key in &tokens {
+        if !issuers.contains(&key.issuer) {
+            issuers.push(key.issuer.clone());
+        }
+    }
+    issuers.sort();
+    let mut rows = Vec::new();
+    for issuer in &issuers {
+        let registration = store.get_registration(issuer).await?.map(|r| r.value);
+        let mut servers = Vec::new();
+        for key in tokens.iter().filter(|k| &k.issuer == issuer) {
+            let t = store.get_tokens(key).await?.map(|t| t.value);
+            let bound = bindings.contains(&key.resource);
+            servers.push(serde_json::json!({
+                "resource": key.resource.as_str(),
+                "bound": bound,
+                "token_expires": t.as_ref().map(expiry),
+                "refresh_available": t.as_ref().is_some_and(|t| t.refresh_token.is_some()),
+            }));
+        }
+        rows.push(serde_json::json!({
+            "issuer": issuer.as_str(),
+            "registration": registration.as_ref().map(|r| r.kind.as_str()),
+            "client_id": registration.as_ref().map(|r| r.client_id.clone()),
+            "servers": servers,
+        }));
+    }
+    if json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&rows).map_err(|e| e.to_string())?
+        );
+        return Ok(());
+    }
+    if rows.is_empty() {
+        println!("No credentials stored. Run `mcp-auth login <mcp-server-url>`.");
+        return Ok(());
+    }
+    println!(
+        "{:<40} {:<18} {:<48} {:<40} {:<14} REFRESH",
+        "ISSUER", "REGISTRATION", "CLIENT_ID", "MCP SERVER", "TOKEN"
+    );
+    for row in &rows {
+        let s = |v: &serde_json::Value| v.as_str().unwrap_or("-").to_owned();
+        let servers = row["servers"].as_array().cloned().unwrap_or_default();
+        if servers.is_empty() {
+            println!(
+                "{:<40} {:<18} {:<48} {:<40} {:<14} -",
+                s(&row["issuer"]),
+                s(&row["registration"]),
+                s(&row["client_id"]),
+                "-",
+                "-"
+            );
+        }
+        for server in servers {
+            println!(
+                "{:<40} {:<18} {:<48} {:<40} {:<14} {}",
+                s(&row["issuer"]),
+                s(&row["registration"]),
+                s(&row["client_id"]),
+                s(&server["resource"]),
+                s(&server["token_expires"]),
+                if server["refresh_available"].as_bool() == Some(true) {
+                    "yes"
+                } else {
+                    "no"
+                }
+            );
+        }
+    }
+    Ok(())
+}
+
+async fn logout(
+    cli: &Cli,
+    args: &LogoutArgs,
+    store: Arc<dyn CredentialStore>,
+) -> Result<(), Failure> {
+    let auth = McpAuth::builder(Arc::clone(&store))
+        .http_policy(policy(cli))
+        .build()?;
+    let bindings = store.list_bindings().await?;
+    let mut targets = Vec::new();
+    if let Some(url) = &args.url {
+        targets.push(ResourceUri::new(url)?);
+    } else {
+        let issuer = args.issuer.as_deref().map(IssuerId::new).transpose()?;
+        for resource in bindings {
+            let bound = store.get_binding(&resource).await?.map(|b| b.value.issuer);
+            if args.all || bound == issuer {
+                targets.push(resource);
+            }
+        }
+    }
+    for resource in &targets {
+        auth.logout(resource).await?;
+        eprintln!("Logged out of {resource}.");
+    }
+    // Tokens left without a binding (e.g. after a migration) go too.
+    for key in store.list_tokens().await? {
+        let matches = args.all
+            || args.issuer.as_deref() == Some(key.issuer.as_str())
+            || args
+                .url
+                .as_deref()
+                .and_then(|u| ResourceUri::new(u).ok())
+                .as_ref()
+                == Some(&key.resource);
+        if matches {
+            store
+                .delete_tokens(
+                    &TokenKey::new(key.issuer.clone(), key.resource.clone()),
+                    Expect::Any,
+                )
+                .await?;
+        }
+    }
+    if targets.is_empty() {
+        eprintln!("Nothing to log out of.");
+    }
+    Ok(())
+}
+
+async fn migrate(from: &str, to: &str, namespace: &Namespace) -> Result<(), Failure> {
+    use mcp_auth_core::record;
+    let source = store::open(Some(from), namespace).await?;
+    let target = store::open(Some(to), namespace).await?;
+    let registrations = source.list_registrations().await?;
+    let tokens = source.list_tokens().await?;
+    let bindings = source.list_bindings().await?;
+    let total = (registrations.len() + tokens.len() + bindings.len()) as u64;
+    let bar = indicatif::ProgressBar::new(total);
+    bar.set_style(
+        indicatif::ProgressStyle::with_template("{bar:40} {pos}/{len} records")
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+    );
+    if total < 50 {
+        bar.set_draw_target(indicatif::ProgressDrawTarget::hidden());
+    }
+    let mismatch = |what: String| {
+        Failure::from(format!(
+            "verification failed: {what} differs after the copy"
+        ))
+    };
+    for issuer in &registrations {
+        if let Some(r) = source.get_registration(issuer).await? {
+            target.put_registration(&r.value, Expect::Any).await?;
+            let copied = target
+                .get_registration(issuer)
+                .await?
+                .ok_or_else(|| mismatch(format!("registration {issuer}")))?;
+            if record::encode_registration(&copied.value)? != record::encode_registration(&r.value)?
+            {
+                return Err(mismatch(format!("registration {issuer}")));
+            }
+        }
+        bar.inc(1);
+    }
+    for key in &tokens {
+        if let Some(t) = source.get_tokens(key).await? {
+            target.put_tokens(key, &t.value, Expect::Any).await?;
+            let copied = target
+                .get_tokens(key)
+                .await?
+                .ok_or_else(|| mismatch(format!("tokens {key}")))?;
+            if record::encode_tokens(key, &copied.value)? != record::encode_tokens(key, &t.value)? {
+                return Err(mismatch(format!("tokens {key}")));
+            }
+        }
+        bar.inc(1);
+    }
+    for resource in &bindings {
+        if let Some(b) = source.get_binding(resource).await? {
+            target.put_binding(&b.value, Expect::Any).await?;
+            let copied = target
+                .get_binding(resource)
+                .await?
+                .ok_or_else(|| mismatch(format!("binding {resource}")))?;
+            if record::encode_binding(&copied.value)? != record::encode_binding(&b.value)? {
+                return Err(mismatch(format!("binding {resource}")));
+            }
+        }
+        bar.inc(1);
+    }
+    bar.finish_and_clear();
+    eprintln!(
+        "Copied and verified {} registrations, {} token sets and {} bindings from {from} to {to}.",
+        registrations.len(),
+        tokens.len(),
+        bindings.len()
+    );
+    Ok(())
+}

@@ -1,0 +1,65 @@
+//! Opening a credential store from a `--store` URL.
+
+use std::sync::Arc;
+
+use mcp_auth_core::{CredentialStore, MemoryStore, Namespace};
+
+/// Opens the store named by `url` (default: SQLite at the platform data directory) in
+/// `namespace`.
+pub(crate) async fn open(
+    url: Option<&str>,
+    namespace: &Namespace,
+) -> Result<Arc<dyn CredentialStore>, String> {
+    let url = url.unwrap_or("sqlite:");
+    if let Some(path) = url.strip_prefix("sqlite:") {
+        return open_sqlite(path, namespace).await;
+    }
+    if url == "memory:" {
+        return Ok(Arc::new(
+            MemoryStore::new().with_namespace(namespace.clone()),
+        ));
+    }
+    let scheme = url.split(':').next().unwrap_or_default();
+    match scheme {
+        "redis" | "rediss" => Err(
+            "this build has no Redis store yet (mcp-auth-store-redis has not landed)".to_owned(),
+        ),
+        "keyring" => Err(
+            "this build has no OS keyring store yet (mcp-auth-store-keyring has not landed)"
+                .to_owned(),
+        ),
+        "aws-sm" => Err(
+            "this build has no AWS Secrets Manager store yet (mcp-auth-store-aws has not landed)"
+                .to_owned(),
+        ),
+        _ => Err(format!(
+            "unknown store {url:?}: use sqlite:PATH (or sqlite: for the default file), memory:, redis://…, keyring: or aws-sm:…"
+        )),
+    }
+}
+
+#[cfg(feature = "sqlite")]
+async fn open_sqlite(
+    path: &str,
+    namespace: &Namespace,
+) -> Result<Arc<dyn CredentialStore>, String> {
+    use mcp_auth_store_sqlite::{SqliteOptions, SqliteStore};
+    let path = if path.is_empty() {
+        SqliteStore::default_path().map_err(|e| e.to_string())?
+    } else {
+        std::path::PathBuf::from(path)
+    };
+    let options = SqliteOptions {
+        namespace: namespace.clone(),
+        ..SqliteOptions::default()
+    };
+    let store = SqliteStore::open_with(&path, options)
+        .await
+        .map_err(|e| format!("cannot open {}: {e}", path.display()))?;
+    Ok(Arc::new(store))
+}
+
+#[cfg(not(feature = "sqlite"))]
+async fn open_sqlite(_: &str, _: &Namespace) -> Result<Arc<dyn CredentialStore>, String> {
+    Err("this build has no SQLite store (enable the `sqlite` feature)".to_owned())
+}

@@ -1,0 +1,345 @@
+//! End-to-end tests of the `mcp-auth` binary against the testkit servers, over real HTTP and
+//! real SQLite files.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::path::Path;
+use std::process::Output;
+
+use mcp_auth_testkit::{AuthServer, AuthServerConfig, Endpoint, McpServer, McpServerConfig};
+
+async fn mcp_auth(store: &Path, args: &[&str]) -> Output {
+    tokio::process::Command::new(env!("CARGO_BIN_EXE_mcp-auth"))
+        .arg("--store")
+        .arg(format!("sqlite:{}", store.display()))
+        .args(args)
+        .env("MCP_AUTH_INSECURE_LOOPBACK", "true")
+        .env_remove("MCP_AUTH_STORE")
+        .output()
+        .await
+        .unwrap()
+}
+
+fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+async fn servers() -> (AuthServer, McpServer) {
+    let as1 = AuthServer::start(AuthServerConfig::default())
+        .await
+        .unwrap();
+    let mcp = McpServer::start(McpServerConfig {
+        authorization_servers: vec![as1.clone()],
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    (as1, mcp)
+}
+
+/// Everything secret the AS ever issued or received.
+fn secrets(as1: &AuthServer) -> Vec<String> {
+    let mut all = as1.issued_tokens();
+    for c in as1.clients() {
+        all.extend(c.client_secret);
+    }
+    all
+}
+
+fn assert_no_secret(as1: &AuthServer, out: &str) {
+    for s in secrets(as1) {
+        assert!(!out.contains(&s), "a secret leaked into output:\n{out}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn login_token_status_logout() {
+    let (as1, mcp) = servers().await;
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("c.db");
+
+    let out = mcp_auth(&db, &["token", &mcp.url()]).await;
+    assert_eq!(
+        out.status.code(),
+        Some(3),
+        "login required has its own exit code"
+    );
+    assert!(
+        text(&out.stderr).contains("mcp-auth login"),
+        "{}",
+        text(&out.stderr)
+    );
+
+    let out = mcp_auth(&db, &["login", &mcp.url(), "--headless"]).await;
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert_no_secret(&as1, &(text(&out.stdout) + &text(&out.stderr)));
+    assert!(text(&out.stderr).contains("Logged in"));
+
+    let out = mcp_auth(&db, &["token", &mcp.url()]).await;
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let token = text(&out.stdout).trim().to_owned();
+    assert_eq!(
+        text(&out.stdout),
+        format!("{token}\n"),
+        "token prints only the token"
+    );
+    assert!(as1.issued_tokens().contains(&token));
+    let probe = reqwest::Client::builder().no_proxy().build().unwrap();
+    let status = probe
+        .post(mcp.url())
+        .bearer_auth(&token)
+        .json(&serde_json::json!({"jsonrpc":"2.0","id":1,"method":"tools/list"}))
+        .send()
+        .await
+        .unwrap()
+        .status();
+    assert_eq!(status, 200);
+
+    let out = mcp_auth(&db, &["status"]).await;
+    assert!(out.status.success());
+    let table = text(&out.stdout);
+    assert!(
+        table.contains(&as1.issuer()) && table.contains("dynamic") && table.contains(&mcp.url()),
+        "{table}"
+    );
+    assert_no_secret(&as1, &table);
+    let out = mcp_auth(&db, &["status", "--json"]).await;
+    let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(json[0]["issuer"], as1.issuer());
+    assert_eq!(json[0]["servers"][0]["refresh_available"], true);
+    assert_no_secret(&as1, &text(&out.stdout));
+
+    let out = mcp_auth(&db, &["logout", &mcp.url()]).await;
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(
+        as1.count(Endpoint::Revoke) >= 1,
+        "logout did not revoke at the AS"
+    );
+    assert_eq!(
+        mcp_auth(&db, &["token", &mcp.url()]).await.status.code(),
+        Some(3)
+    );
+    assert_no_secret(&as1, &(text(&out.stdout) + &text(&out.stderr)));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn login_with_pre_registered_credentials_and_logout_by_issuer() {
+    let as1 = AuthServer::start(AuthServerConfig {
+        dynamic_registration: false,
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    as1.preregister_client(
+        "cli-pre",
+        Some("cli-secret-value"),
+        "client_secret_basic",
+        vec!["http://127.0.0.1/callback".into()],
+    );
+    let mcp = McpServer::start(McpServerConfig {
+        authorization_servers: vec![as1.clone()],
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("c.db");
+    let issuer = as1.issuer();
+    let out = mcp_auth(
+        &db,
+        &[
+            "login",
+            &mcp.url(),
+            "--headless",
+            "--client-id",
+            "cli-pre",
+            "--client-secret",
+            "cli-secret-value",
+            "--issuer",
+            &issuer,
+        ],
+    )
+    .await;
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(!text(&out.stderr).contains("cli-secret-value"));
+    let out = mcp_auth(&db, &["status", "--json"]).await;
+    assert!(!text(&out.stdout).contains("cli-secret-value"));
+    let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(json[0]["registration"], "pre_registered");
+    let out = mcp_auth(&db, &["logout", "--issuer", &issuer]).await;
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert_eq!(
+        mcp_auth(&db, &["token", &mcp.url()]).await.status.code(),
+        Some(3)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn eight_token_processes_refresh_once() {
+    let (as1, mcp) = servers().await;
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("c.db");
+    assert!(
+        mcp_auth(&db, &["login", &mcp.url(), "--headless"])
+            .await
+            .status
+            .success()
+    );
+    // Expire the stored access token (the refresh token stays valid).
+    {
+        use mcp_auth_core::{Expect, IssuerId, ResourceUri, Timestamp, TokenKey, TokenStore};
+        let store = mcp_auth_store_sqlite_open(&db).await;
+        let key = TokenKey::new(
+            IssuerId::new(as1.issuer()).unwrap(),
+            ResourceUri::new(mcp.url()).unwrap(),
+        );
+        let current = store.get_tokens(&key).await.unwrap().unwrap();
+        let mut t = current.value.clone();
+        t.expires_at = Some(Timestamp::from_unix_seconds(1));
+        store
+            .put_tokens(&key, &t, Expect::Version(current.version))
+            .await
+            .unwrap();
+    }
+    as1.clear_requests();
+    let url = mcp.url();
+    let mut handles = Vec::new();
+    for _ in 0..8 {
+        let (db, url) = (db.clone(), url.clone());
+        handles.push(tokio::spawn(async move {
+            mcp_auth(&db, &["token", &url]).await
+        }));
+    }
+    let mut outputs = Vec::new();
+    for h in handles {
+        outputs.push(h.await.unwrap());
+    }
+    let tokens: std::collections::HashSet<String> = outputs
+        .iter()
+        .map(|o| {
+            assert!(o.status.success(), "{}", text(&o.stderr));
+            text(&o.stdout).trim().to_owned()
+        })
+        .collect();
+    assert_eq!(
+        as1.count(Endpoint::Token),
+        1,
+        "{} token requests",
+        as1.count(Endpoint::Token)
+    );
+    assert_eq!(tokens.len(), 1);
+}
+
+async fn mcp_auth_store_sqlite_open(db: &Path) -> mcp_auth_store_sqlite::SqliteStore {
+    mcp_auth_store_sqlite::SqliteStore::open(db).await.unwrap()
+}
+
+fn records(db: &Path) -> Vec<(String, String, Vec<u8>)> {
+    let conn = rusqlite::Connection::open(db).unwrap();
+    let mut stmt = conn
+        .prepare("SELECT namespace, key, value FROM records ORDER BY namespace, key")
+        .unwrap();
+    stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+        .unwrap()
+        .map(Result::unwrap)
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn migrate_round_trip_is_byte_identical_and_idempotent() {
+    let (as1, mcp) = servers().await;
+    let dir = tempfile::tempdir().unwrap();
+    let (a, b, c) = (
+        dir.path().join("a.db"),
+        dir.path().join("b.db"),
+        dir.path().join("c.db"),
+    );
+    assert!(
+        mcp_auth(&a, &["login", &mcp.url(), "--headless"])
+            .await
+            .status
+            .success()
+    );
+    for (from, to) in [(&a, &b), (&b, &c), (&b, &c)] {
+        let out = mcp_auth(
+            &a,
+            &[
+                "migrate",
+                "--from",
+                &format!("sqlite:{}", from.display()),
+                "--to",
+                &format!("sqlite:{}", to.display()),
+            ],
+        )
+        .await;
+        assert!(out.status.success(), "{}", text(&out.stderr));
+        assert!(text(&out.stderr).contains("verified"));
+        assert_no_secret(&as1, &(text(&out.stdout) + &text(&out.stderr)));
+    }
+    let original = records(&a);
+    assert!(original.len() >= 3, "{}", original.len());
+    assert_eq!(records(&c), original, "the round trip changed a record");
+    // The copy works: a token comes out of the migrated store.
+    let out = mcp_auth(&c, &["token", &mcp.url()]).await;
+    assert!(out.status.success(), "{}", text(&out.stderr));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn demo_runs_to_completion() {
+    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_mcp-auth"))
+        .arg("demo")
+        .output()
+        .await
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}\n{}",
+        text(&out.stdout),
+        text(&out.stderr)
+    );
+    let narration = text(&out.stdout);
+    for expected in [
+        "registrations: AS1 1, AS2 1",
+        "refused, as SEP-2352 asks",
+        "new registrations: 0",
+        "requests that reached AS2: 0",
+    ] {
+        assert!(
+            narration.contains(expected),
+            "missing {expected:?} in:\n{narration}"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_input_gets_clear_errors() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("c.db");
+    let out = mcp_auth(&db, &["token", "not a url"]).await;
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        text(&out.stderr).contains("invalid resource URI"),
+        "{}",
+        text(&out.stderr)
+    );
+    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_mcp-auth"))
+        .args(["--store", "ftp://x", "status"])
+        .output()
+        .await
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        text(&out.stderr).contains("unknown store"),
+        "{}",
+        text(&out.stderr)
+    );
+    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_mcp-auth"))
+        .args(["--store", "redis://127.0.0.1", "status"])
+        .output()
+        .await
+        .unwrap();
+    assert!(
+        text(&out.stderr).contains("Redis store"),
+        "{}",
+        text(&out.stderr)
+    );
+}

