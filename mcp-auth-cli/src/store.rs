@@ -21,9 +21,7 @@ pub(crate) async fn open(
     }
     let scheme = url.split(':').next().unwrap_or_default();
     match scheme {
-        "redis" | "rediss" => Err(
-            "this build has no Redis store yet (mcp-auth-store-redis has not landed)".to_owned(),
-        ),
+        "redis" | "rediss" => open_redis(url, namespace).await,
         "keyring" => Err(
             "this build has no OS keyring store yet (mcp-auth-store-keyring has not landed)"
                 .to_owned(),
@@ -62,4 +60,22 @@ async fn open_sqlite(
 #[cfg(not(feature = "sqlite"))]
 async fn open_sqlite(_: &str, _: &Namespace) -> Result<Arc<dyn CredentialStore>, String> {
     Err("this build has no SQLite store (enable the `sqlite` feature)".to_owned())
+}
+
+#[cfg(feature = "redis")]
+async fn open_redis(url: &str, namespace: &Namespace) -> Result<Arc<dyn CredentialStore>, String> {
+    use mcp_auth_store_redis::{RedisOptions, RedisStore};
+    let options = RedisOptions {
+        namespace: namespace.clone(),
+        ..RedisOptions::default()
+    };
+    let store = RedisStore::connect_with(url, options)
+        .await
+        .map_err(|e| format!("cannot connect to Redis: {e}"))?;
+    Ok(Arc::new(store))
+}
+
+#[cfg(not(feature = "redis"))]
+async fn open_redis(_: &str, _: &Namespace) -> Result<Arc<dyn CredentialStore>, String> {
+    Err("this build has no Redis store (enable the `redis` feature)".to_owned())
 }

@@ -332,14 +332,95 @@ async fn bad_input_gets_clear_errors() {
         "{}",
         text(&out.stderr)
     );
+    // A backend that has not landed yet is named, not silently ignored.
     let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_mcp-auth"))
-        .args(["--store", "redis://127.0.0.1", "status"])
+        .args(["--store", "keyring:", "status"])
         .output()
         .await
         .unwrap();
+    assert_eq!(out.status.code(), Some(1));
     assert!(
-        text(&out.stderr).contains("Redis store"),
+        text(&out.stderr).contains("keyring"),
         "{}",
         text(&out.stderr)
+    );
+    // An unreachable Redis is a clear, retryable error.
+    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_mcp-auth"))
+        .args(["--store", "redis://127.0.0.1:1/", "status"])
+        .output()
+        .await
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = text(&out.stderr);
+    assert!(
+        stderr.contains("Redis") || stderr.contains("redis"),
+        "{stderr}"
+    );
+}
+
+/// sqlite → redis → sqlite: every record comes back byte for byte.
+#[cfg(feature = "redis")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn migrate_sqlite_to_redis_and_back_is_byte_identical() {
+    let redis = std::env::var("MCP_AUTH_TEST_REDIS_URL").expect(
+        "MCP_AUTH_TEST_REDIS_URL is not set: run `cargo xtask test-all`, which starts redis-server",
+    );
+    let (as1, mcp) = servers().await;
+    let dir = tempfile::tempdir().unwrap();
+    let (a, c) = (dir.path().join("a.db"), dir.path().join("c.db"));
+    // A fresh namespace keeps this run apart from anything else in the Redis server.
+    let ns = format!("cli-migrate-{}", std::process::id());
+    let with_ns = |store: String, args: &[&str]| {
+        let mut all = vec![
+            "--namespace".to_owned(),
+            ns.clone(),
+            "--store".to_owned(),
+            store,
+        ];
+        all.extend(args.iter().map(|s| (*s).to_owned()));
+        all
+    };
+    let run = |args: Vec<String>| async move {
+        tokio::process::Command::new(env!("CARGO_BIN_EXE_mcp-auth"))
+            .args(args)
+            .env("MCP_AUTH_INSECURE_LOOPBACK", "true")
+            .output()
+            .await
+            .unwrap()
+    };
+    let sqlite = |p: &Path| format!("sqlite:{}", p.display());
+    assert!(
+        run(with_ns(sqlite(&a), &["login", &mcp.url(), "--headless"]))
+            .await
+            .status
+            .success()
+    );
+    for (from, to) in [(sqlite(&a), redis.clone()), (redis.clone(), sqlite(&c))] {
+        let out = run(with_ns(
+            sqlite(&a),
+            &["migrate", "--from", &from, "--to", &to],
+        ))
+        .await;
+        assert!(out.status.success(), "{}", text(&out.stderr));
+        assert_no_secret(&as1, &(text(&out.stdout) + &text(&out.stderr)));
+    }
+    let original = records(&a);
+    assert!(original.len() >= 3);
+    assert_eq!(
+        records(&c),
+        original,
+        "the sqlite → redis → sqlite round trip changed a record"
+    );
+    let out = run(with_ns(redis.clone(), &["token", &mcp.url()])).await;
+    assert!(
+        out.status.success(),
+        "token from the Redis copy: {}",
+        text(&out.stderr)
+    );
+    assert!(
+        run(with_ns(redis, &["logout", "--all"]))
+            .await
+            .status
+            .success()
     );
 }

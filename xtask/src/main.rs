@@ -171,6 +171,8 @@ fn test_all(args: &[String]) -> Result<(), String> {
         }
     }
     ensure_nextest()?;
+    // Real services for the backend tests; stopped when `_redis` drops, on every exit path.
+    let (_redis, redis_url) = services::start_redis()?;
 
     let steps = vec![
         Step::new(
@@ -206,13 +208,16 @@ fn test_all(args: &[String]) -> Result<(), String> {
                 "--all-features",
                 "--no-fail-fast",
             ],
-            "a test failed; rerun it alone with `cargo nextest run -E 'test(NAME)' --all-features`",
-        ),
+            "a test failed; rerun it alone with `cargo nextest run -E 'test(NAME)' --all-features` \
+             (backend tests need MCP_AUTH_TEST_REDIS_URL, which test-all sets)",
+        )
+        .env("MCP_AUTH_TEST_REDIS_URL", &redis_url),
         Step::new(
             "doc tests",
             &["test", "--doc", "--workspace", "--all-features"],
             "a documentation example failed to compile or run",
-        ),
+        )
+        .env("MCP_AUTH_TEST_REDIS_URL", &redis_url),
         Step::routine(
             "conformance",
             if keep_going {

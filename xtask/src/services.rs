@@ -3,7 +3,7 @@
 //! including after a failed step or a panic).
 //!
 //! Backend issues wire their services (Redis, moto, keyrings) into `test-all` through these.
-#![allow(dead_code)] // Used by the backend crates' services as they land.
+#![allow(dead_code)] // Some helpers serve the backend crates still to land.
 
 use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
 use std::process::{Child, Command, Stdio};
@@ -58,6 +58,36 @@ pub(crate) fn ensure_installed(command: &str, packages: &[&str]) -> Result<(), S
 pub(crate) fn which(command: &str) -> bool {
     std::env::var_os("PATH")
         .is_some_and(|path| std::env::split_paths(&path).any(|dir| dir.join(command).is_file()))
+}
+
+/// Starts a throwaway `redis-server` on a free loopback port (installing Debian's package if
+/// needed): no persistence, its own temporary directory. Returns the service and its URL.
+pub(crate) fn start_redis() -> Result<(Service, String), String> {
+    ensure_installed("redis-server", &["redis-server"])?;
+    let port = free_port()?;
+    let dir = std::env::temp_dir().join(format!("mcp-auth-redis-{port}"));
+    std::fs::create_dir_all(&dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+    let mut command = Command::new("redis-server");
+    command
+        .args([
+            "--port",
+            &port.to_string(),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+        ])
+        .arg("--dir")
+        .arg(&dir)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    let service = Service::start("redis-server", command, Duration::from_secs(20), || {
+        port_open(port)
+    })?;
+    println!("==> redis-server on 127.0.0.1:{port}");
+    Ok((service, format!("redis://127.0.0.1:{port}/")))
 }
 
 /// A running service; killed and reaped when dropped.
