@@ -10,6 +10,7 @@ mod error;
 mod ids;
 mod memory;
 mod model;
+pub mod raw;
 pub mod record;
 mod store;
 mod time;

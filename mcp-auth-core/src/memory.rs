@@ -9,12 +9,13 @@ use std::time::{Duration, SystemTime};
 use async_trait::async_trait;
 
 use crate::error::StoreError;
-use crate::ids::{IssuerId, Namespace, ResourceUri, TokenKey};
-use crate::model::{ClientRegistration, PendingAuthorization, ResourceBinding, TokenSet};
+use crate::ids::{IssuerId, Namespace, TokenKey};
+use crate::model::{PendingAuthorization, TokenSet};
+use crate::raw::{self, RawRecords};
 use crate::record::{self, RecordKey, RecordKind};
 use crate::store::{
-    BindingStore, Expect, PendingAuthorizationStore, RefreshLease, RegistrationStore,
-    StoreCapabilities, StoreInfo, TokenStore, Version, Versioned,
+    Expect, PendingAuthorizationStore, RefreshLease, StoreCapabilities, StoreInfo, TokenStore,
+    Version, Versioned,
 };
 
 const BACKEND: &str = "memory";
@@ -196,6 +197,32 @@ impl fmt::Debug for MemoryStore {
     }
 }
 
+#[async_trait]
+impl RawRecords for MemoryStore {
+    async fn get_record(&self, key: &RecordKey) -> Result<Option<(Vec<u8>, Version)>, StoreError> {
+        Ok(self.get_raw(key))
+    }
+
+    async fn put_record(
+        &self,
+        key: &RecordKey,
+        bytes: Vec<u8>,
+        expect: Expect,
+    ) -> Result<Version, StoreError> {
+        self.put_raw(key, bytes, &expect)
+    }
+
+    async fn delete_record(&self, key: &RecordKey, expect: Expect) -> Result<bool, StoreError> {
+        self.delete_raw(key, &expect)
+    }
+
+    async fn list_records(&self, kind: RecordKind) -> Result<Vec<RecordKey>, StoreError> {
+        self.list_raw(kind)
+    }
+}
+
+crate::impl_record_stores!(MemoryStore);
+
 impl StoreInfo for MemoryStore {
     fn backend_name(&self) -> &'static str {
         BACKEND
@@ -209,53 +236,9 @@ impl StoreInfo for MemoryStore {
 }
 
 #[async_trait]
-impl RegistrationStore for MemoryStore {
-    async fn get_registration(
-        &self,
-        issuer: &IssuerId,
-    ) -> Result<Option<Versioned<ClientRegistration>>, StoreError> {
-        record::versioned(
-            self.get_raw(&RecordKey::Registration(issuer.clone())),
-            |bytes| record::decode_registration(issuer, bytes),
-        )
-    }
-
-    async fn put_registration(
-        &self,
-        registration: &ClientRegistration,
-        expect: Expect,
-    ) -> Result<Version, StoreError> {
-        let bytes = record::encode_registration(registration)?;
-        self.put_raw(
-            &RecordKey::Registration(registration.issuer.clone()),
-            bytes,
-            &expect,
-        )
-    }
-
-    async fn delete_registration(
-        &self,
-        issuer: &IssuerId,
-        expect: Expect,
-    ) -> Result<bool, StoreError> {
-        self.delete_raw(&RecordKey::Registration(issuer.clone()), &expect)
-    }
-
-    async fn list_registrations(&self) -> Result<Vec<IssuerId>, StoreError> {
-        Ok(self
-            .list_raw(RecordKind::Registration)?
-            .into_iter()
-            .filter_map(RecordKey::into_registration)
-            .collect())
-    }
-}
-
-#[async_trait]
 impl TokenStore for MemoryStore {
     async fn get_tokens(&self, key: &TokenKey) -> Result<Option<Versioned<TokenSet>>, StoreError> {
-        record::versioned(self.get_raw(&RecordKey::Tokens(key.clone())), |bytes| {
-            record::decode_tokens(key, bytes)
-        })
+        raw::get_tokens(self, key).await
     }
 
     async fn put_tokens(
@@ -264,12 +247,11 @@ impl TokenStore for MemoryStore {
         tokens: &TokenSet,
         expect: Expect,
     ) -> Result<Version, StoreError> {
-        let bytes = record::encode_tokens(key, tokens)?;
-        self.put_raw(&RecordKey::Tokens(key.clone()), bytes, &expect)
+        raw::put_tokens(self, key, tokens, expect).await
     }
 
     async fn delete_tokens(&self, key: &TokenKey, expect: Expect) -> Result<bool, StoreError> {
-        self.delete_raw(&RecordKey::Tokens(key.clone()), &expect)
+        raw::delete_tokens(self, key, expect).await
     }
 
     async fn delete_issuer_tokens(&self, issuer: &IssuerId) -> Result<usize, StoreError> {
@@ -283,11 +265,7 @@ impl TokenStore for MemoryStore {
     }
 
     async fn list_tokens(&self) -> Result<Vec<TokenKey>, StoreError> {
-        Ok(self
-            .list_raw(RecordKind::Tokens)?
-            .into_iter()
-            .filter_map(RecordKey::into_tokens)
-            .collect())
+        raw::list_tokens(self).await
     }
 
     async fn try_acquire_refresh_lease(
@@ -320,48 +298,6 @@ impl TokenStore for MemoryStore {
             }
             _ => Ok(false),
         }
-    }
-}
-
-#[async_trait]
-impl BindingStore for MemoryStore {
-    async fn get_binding(
-        &self,
-        resource: &ResourceUri,
-    ) -> Result<Option<Versioned<ResourceBinding>>, StoreError> {
-        record::versioned(
-            self.get_raw(&RecordKey::Binding(resource.clone())),
-            |bytes| record::decode_binding(resource, bytes),
-        )
-    }
-
-    async fn put_binding(
-        &self,
-        binding: &ResourceBinding,
-        expect: Expect,
-    ) -> Result<Version, StoreError> {
-        let bytes = record::encode_binding(binding)?;
-        self.put_raw(
-            &RecordKey::Binding(binding.resource.clone()),
-            bytes,
-            &expect,
-        )
-    }
-
-    async fn delete_binding(
-        &self,
-        resource: &ResourceUri,
-        expect: Expect,
-    ) -> Result<bool, StoreError> {
-        self.delete_raw(&RecordKey::Binding(resource.clone()), &expect)
-    }
-
-    async fn list_bindings(&self) -> Result<Vec<ResourceUri>, StoreError> {
-        Ok(self
-            .list_raw(RecordKind::Binding)?
-            .into_iter()
-            .filter_map(RecordKey::into_binding)
-            .collect())
     }
 }
 

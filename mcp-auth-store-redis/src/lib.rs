@@ -7,10 +7,10 @@ use std::future::Future;
 use std::time::{Duration, SystemTime};
 
 use async_trait::async_trait;
+use mcp_auth_core::raw::{self, RawRecords};
 use mcp_auth_core::record::{self, RecordKey, RecordKind};
 use mcp_auth_core::{
-    BindingStore, ClientRegistration, Expect, IssuerId, Namespace, PendingAuthorization,
-    PendingAuthorizationStore, RefreshLease, RegistrationStore, ResourceBinding, ResourceUri,
+    Expect, IssuerId, Namespace, PendingAuthorization, PendingAuthorizationStore, RefreshLease,
     StoreCapabilities, StoreError, StoreInfo, TokenKey, TokenSet, TokenStore, Version, Versioned,
 };
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
@@ -400,6 +400,32 @@ pub async fn write_raw_record(
         .map(|_| ())
 }
 
+#[async_trait]
+impl RawRecords for RedisStore {
+    async fn get_record(&self, key: &RecordKey) -> Result<Option<(Vec<u8>, Version)>, StoreError> {
+        self.get_raw(key).await
+    }
+
+    async fn put_record(
+        &self,
+        key: &RecordKey,
+        bytes: Vec<u8>,
+        expect: Expect,
+    ) -> Result<Version, StoreError> {
+        self.put_raw(key, bytes, expect).await
+    }
+
+    async fn delete_record(&self, key: &RecordKey, expect: Expect) -> Result<bool, StoreError> {
+        self.delete_raw(key, expect).await
+    }
+
+    async fn list_records(&self, kind: RecordKind) -> Result<Vec<RecordKey>, StoreError> {
+        self.list_raw(kind).await
+    }
+}
+
+mcp_auth_core::impl_record_stores!(RedisStore);
+
 impl StoreInfo for RedisStore {
     fn backend_name(&self) -> &'static str {
         BACKEND
@@ -411,58 +437,9 @@ impl StoreInfo for RedisStore {
 }
 
 #[async_trait]
-impl RegistrationStore for RedisStore {
-    async fn get_registration(
-        &self,
-        issuer: &IssuerId,
-    ) -> Result<Option<Versioned<ClientRegistration>>, StoreError> {
-        record::versioned(
-            self.get_raw(&RecordKey::Registration(issuer.clone()))
-                .await?,
-            |bytes| record::decode_registration(issuer, bytes),
-        )
-    }
-
-    async fn put_registration(
-        &self,
-        registration: &ClientRegistration,
-        expect: Expect,
-    ) -> Result<Version, StoreError> {
-        let bytes = record::encode_registration(registration)?;
-        self.put_raw(
-            &RecordKey::Registration(registration.issuer.clone()),
-            bytes,
-            expect,
-        )
-        .await
-    }
-
-    async fn delete_registration(
-        &self,
-        issuer: &IssuerId,
-        expect: Expect,
-    ) -> Result<bool, StoreError> {
-        self.delete_raw(&RecordKey::Registration(issuer.clone()), expect)
-            .await
-    }
-
-    async fn list_registrations(&self) -> Result<Vec<IssuerId>, StoreError> {
-        Ok(self
-            .list_raw(RecordKind::Registration)
-            .await?
-            .into_iter()
-            .filter_map(RecordKey::into_registration)
-            .collect())
-    }
-}
-
-#[async_trait]
 impl TokenStore for RedisStore {
     async fn get_tokens(&self, key: &TokenKey) -> Result<Option<Versioned<TokenSet>>, StoreError> {
-        record::versioned(
-            self.get_raw(&RecordKey::Tokens(key.clone())).await?,
-            |bytes| record::decode_tokens(key, bytes),
-        )
+        raw::get_tokens(self, key).await
     }
 
     async fn put_tokens(
@@ -471,14 +448,11 @@ impl TokenStore for RedisStore {
         tokens: &TokenSet,
         expect: Expect,
     ) -> Result<Version, StoreError> {
-        let bytes = record::encode_tokens(key, tokens)?;
-        self.put_raw(&RecordKey::Tokens(key.clone()), bytes, expect)
-            .await
+        raw::put_tokens(self, key, tokens, expect).await
     }
 
     async fn delete_tokens(&self, key: &TokenKey, expect: Expect) -> Result<bool, StoreError> {
-        self.delete_raw(&RecordKey::Tokens(key.clone()), expect)
-            .await
+        raw::delete_tokens(self, key, expect).await
     }
 
     async fn delete_issuer_tokens(&self, issuer: &IssuerId) -> Result<usize, StoreError> {
@@ -498,12 +472,7 @@ impl TokenStore for RedisStore {
     }
 
     async fn list_tokens(&self) -> Result<Vec<TokenKey>, StoreError> {
-        Ok(self
-            .list_raw(RecordKind::Tokens)
-            .await?
-            .into_iter()
-            .filter_map(RecordKey::into_tokens)
-            .collect())
+        raw::list_tokens(self).await
     }
 
     async fn try_acquire_refresh_lease(
@@ -561,47 +530,6 @@ impl TokenStore for RedisStore {
             })
             .await?;
         Ok(n > 0)
-    }
-}
-
-#[async_trait]
-impl BindingStore for RedisStore {
-    async fn get_binding(
-        &self,
-        resource: &ResourceUri,
-    ) -> Result<Option<Versioned<ResourceBinding>>, StoreError> {
-        record::versioned(
-            self.get_raw(&RecordKey::Binding(resource.clone())).await?,
-            |bytes| record::decode_binding(resource, bytes),
-        )
-    }
-
-    async fn put_binding(
-        &self,
-        binding: &ResourceBinding,
-        expect: Expect,
-    ) -> Result<Version, StoreError> {
-        let bytes = record::encode_binding(binding)?;
-        self.put_raw(&RecordKey::Binding(binding.resource.clone()), bytes, expect)
-            .await
-    }
-
-    async fn delete_binding(
-        &self,
-        resource: &ResourceUri,
-        expect: Expect,
-    ) -> Result<bool, StoreError> {
-        self.delete_raw(&RecordKey::Binding(resource.clone()), expect)
-            .await
-    }
-
-    async fn list_bindings(&self) -> Result<Vec<ResourceUri>, StoreError> {
-        Ok(self
-            .list_raw(RecordKind::Binding)
-            .await?
-            .into_iter()
-            .filter_map(RecordKey::into_binding)
-            .collect())
     }
 }
 

@@ -10,10 +10,10 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use async_trait::async_trait;
+use mcp_auth_core::raw::{self, RawRecords};
 use mcp_auth_core::record::{self, RecordKey, RecordKind};
 use mcp_auth_core::{
-    BindingStore, ClientRegistration, Expect, IssuerId, Namespace, PendingAuthorization,
-    PendingAuthorizationStore, RefreshLease, RegistrationStore, ResourceBinding, ResourceUri,
+    Expect, IssuerId, Namespace, PendingAuthorization, PendingAuthorizationStore, RefreshLease,
     StoreCapabilities, StoreError, StoreInfo, Timestamp, TokenKey, TokenSet, TokenStore, Version,
     Versioned,
 };
@@ -199,10 +199,15 @@ impl SqliteStore {
     async fn put_raw(
         &self,
         key: RecordKey,
-        issuer: Option<String>,
         bytes: Vec<u8>,
         expect: Expect,
     ) -> Result<Version, StoreError> {
+        // The issuer column serves `delete_issuer_tokens` (exact byte comparison).
+        let issuer = match &key {
+            RecordKey::Registration(issuer) => Some(issuer.as_str().to_owned()),
+            RecordKey::Tokens(token_key) => Some(token_key.issuer.as_str().to_owned()),
+            _ => None,
+        };
         self.with_conn(move |conn, ns| {
             let version = new_version();
             let storage_key = key.storage_key();
@@ -424,6 +429,32 @@ fn ms_to_system_time(ms: i64) -> SystemTime {
     UNIX_EPOCH + Duration::from_millis(u64::try_from(ms).unwrap_or(0))
 }
 
+#[async_trait]
+impl RawRecords for SqliteStore {
+    async fn get_record(&self, key: &RecordKey) -> Result<Option<(Vec<u8>, Version)>, StoreError> {
+        self.get_raw(key.clone()).await
+    }
+
+    async fn put_record(
+        &self,
+        key: &RecordKey,
+        bytes: Vec<u8>,
+        expect: Expect,
+    ) -> Result<Version, StoreError> {
+        self.put_raw(key.clone(), bytes, expect).await
+    }
+
+    async fn delete_record(&self, key: &RecordKey, expect: Expect) -> Result<bool, StoreError> {
+        self.delete_raw(key.clone(), expect).await
+    }
+
+    async fn list_records(&self, kind: RecordKind) -> Result<Vec<RecordKey>, StoreError> {
+        self.list_raw(kind).await
+    }
+}
+
+mcp_auth_core::impl_record_stores!(SqliteStore);
+
 impl StoreInfo for SqliteStore {
     fn backend_name(&self) -> &'static str {
         BACKEND
@@ -435,59 +466,9 @@ impl StoreInfo for SqliteStore {
 }
 
 #[async_trait]
-impl RegistrationStore for SqliteStore {
-    async fn get_registration(
-        &self,
-        issuer: &IssuerId,
-    ) -> Result<Option<Versioned<ClientRegistration>>, StoreError> {
-        record::versioned(
-            self.get_raw(RecordKey::Registration(issuer.clone()))
-                .await?,
-            |bytes| record::decode_registration(issuer, bytes),
-        )
-    }
-
-    async fn put_registration(
-        &self,
-        registration: &ClientRegistration,
-        expect: Expect,
-    ) -> Result<Version, StoreError> {
-        let bytes = record::encode_registration(registration)?;
-        self.put_raw(
-            RecordKey::Registration(registration.issuer.clone()),
-            Some(registration.issuer.as_str().to_owned()),
-            bytes,
-            expect,
-        )
-        .await
-    }
-
-    async fn delete_registration(
-        &self,
-        issuer: &IssuerId,
-        expect: Expect,
-    ) -> Result<bool, StoreError> {
-        self.delete_raw(RecordKey::Registration(issuer.clone()), expect)
-            .await
-    }
-
-    async fn list_registrations(&self) -> Result<Vec<IssuerId>, StoreError> {
-        Ok(self
-            .list_raw(RecordKind::Registration)
-            .await?
-            .into_iter()
-            .filter_map(RecordKey::into_registration)
-            .collect())
-    }
-}
-
-#[async_trait]
 impl TokenStore for SqliteStore {
     async fn get_tokens(&self, key: &TokenKey) -> Result<Option<Versioned<TokenSet>>, StoreError> {
-        record::versioned(
-            self.get_raw(RecordKey::Tokens(key.clone())).await?,
-            |bytes| record::decode_tokens(key, bytes),
-        )
+        raw::get_tokens(self, key).await
     }
 
     async fn put_tokens(
@@ -496,19 +477,11 @@ impl TokenStore for SqliteStore {
         tokens: &TokenSet,
         expect: Expect,
     ) -> Result<Version, StoreError> {
-        let bytes = record::encode_tokens(key, tokens)?;
-        self.put_raw(
-            RecordKey::Tokens(key.clone()),
-            Some(key.issuer.as_str().to_owned()),
-            bytes,
-            expect,
-        )
-        .await
+        raw::put_tokens(self, key, tokens, expect).await
     }
 
     async fn delete_tokens(&self, key: &TokenKey, expect: Expect) -> Result<bool, StoreError> {
-        self.delete_raw(RecordKey::Tokens(key.clone()), expect)
-            .await
+        raw::delete_tokens(self, key, expect).await
     }
 
     async fn delete_issuer_tokens(&self, issuer: &IssuerId) -> Result<usize, StoreError> {
@@ -526,12 +499,7 @@ impl TokenStore for SqliteStore {
     }
 
     async fn list_tokens(&self) -> Result<Vec<TokenKey>, StoreError> {
-        Ok(self
-            .list_raw(RecordKind::Tokens)
-            .await?
-            .into_iter()
-            .filter_map(RecordKey::into_tokens)
-            .collect())
+        raw::list_tokens(self).await
     }
 
     async fn try_acquire_refresh_lease(
@@ -578,52 +546,6 @@ impl TokenStore for SqliteStore {
             .map_err(|e| map_err_named(e, &what))
         })
         .await
-    }
-}
-
-#[async_trait]
-impl BindingStore for SqliteStore {
-    async fn get_binding(
-        &self,
-        resource: &ResourceUri,
-    ) -> Result<Option<Versioned<ResourceBinding>>, StoreError> {
-        record::versioned(
-            self.get_raw(RecordKey::Binding(resource.clone())).await?,
-            |bytes| record::decode_binding(resource, bytes),
-        )
-    }
-
-    async fn put_binding(
-        &self,
-        binding: &ResourceBinding,
-        expect: Expect,
-    ) -> Result<Version, StoreError> {
-        let bytes = record::encode_binding(binding)?;
-        self.put_raw(
-            RecordKey::Binding(binding.resource.clone()),
-            Some(binding.issuer.as_str().to_owned()),
-            bytes,
-            expect,
-        )
-        .await
-    }
-
-    async fn delete_binding(
-        &self,
-        resource: &ResourceUri,
-        expect: Expect,
-    ) -> Result<bool, StoreError> {
-        self.delete_raw(RecordKey::Binding(resource.clone()), expect)
-            .await
-    }
-
-    async fn list_bindings(&self) -> Result<Vec<ResourceUri>, StoreError> {
-        Ok(self
-            .list_raw(RecordKind::Binding)
-            .await?
-            .into_iter()
-            .filter_map(RecordKey::into_binding)
-            .collect())
     }
 }
 
@@ -703,7 +625,7 @@ pub async fn write_raw_record(
     bytes: &[u8],
 ) -> Result<(), StoreError> {
     store
-        .put_raw(key.clone(), None, bytes.to_vec(), Expect::Any)
+        .put_raw(key.clone(), bytes.to_vec(), Expect::Any)
         .await
         .map(|_| ())
 }
