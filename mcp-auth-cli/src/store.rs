@@ -22,10 +22,7 @@ pub(crate) async fn open(
     let scheme = url.split(':').next().unwrap_or_default();
     match scheme {
         "redis" | "rediss" => open_redis(url, namespace).await,
-        "keyring" => Err(
-            "this build has no OS keyring store yet (mcp-auth-store-keyring has not landed)"
-                .to_owned(),
-        ),
+        "keyring" => open_keyring(url.trim_start_matches("keyring:"), namespace).await,
         "aws-sm" => Err(
             "this build has no AWS Secrets Manager store yet (mcp-auth-store-aws has not landed)"
                 .to_owned(),
@@ -78,4 +75,33 @@ async fn open_redis(url: &str, namespace: &Namespace) -> Result<Arc<dyn Credenti
 #[cfg(not(feature = "redis"))]
 async fn open_redis(_: &str, _: &Namespace) -> Result<Arc<dyn CredentialStore>, String> {
     Err("this build has no Redis store (enable the `redis` feature)".to_owned())
+}
+
+#[cfg(feature = "keyring")]
+async fn open_keyring(
+    which: &str,
+    namespace: &Namespace,
+) -> Result<Arc<dyn CredentialStore>, String> {
+    use mcp_auth_store_keyring::{KeyringBackend, KeyringOptions, KeyringStore};
+    let backend = match which {
+        "" | "secret-service" => KeyringBackend::SecretService,
+        "keyutils" => KeyringBackend::Keyutils,
+        other => {
+            return Err(format!(
+                "unknown keyring {other:?}: use keyring: (Secret Service) or keyring:keyutils"
+            ));
+        }
+    };
+    let options = KeyringOptions {
+        namespace: namespace.clone(),
+    };
+    let store = KeyringStore::open(backend, options)
+        .await
+        .map_err(|e| format!("cannot open the OS keyring: {e}"))?;
+    Ok(Arc::new(store))
+}
+
+#[cfg(not(feature = "keyring"))]
+async fn open_keyring(_: &str, _: &Namespace) -> Result<Arc<dyn CredentialStore>, String> {
+    Err("this build has no OS keyring store (enable the `keyring` feature)".to_owned())
 }

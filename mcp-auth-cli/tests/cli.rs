@@ -334,16 +334,12 @@ async fn bad_input_gets_clear_errors() {
     );
     // A backend that has not landed yet is named, not silently ignored.
     let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_mcp-auth"))
-        .args(["--store", "keyring:", "status"])
+        .args(["--store", "aws-sm:us-east-1", "status"])
         .output()
         .await
         .unwrap();
     assert_eq!(out.status.code(), Some(1));
-    assert!(
-        text(&out.stderr).contains("keyring"),
-        "{}",
-        text(&out.stderr)
-    );
+    assert!(text(&out.stderr).contains("AWS"), "{}", text(&out.stderr));
     // An unreachable Redis is a clear, retryable error.
     let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_mcp-auth"))
         .args(["--store", "redis://127.0.0.1:1/", "status"])
@@ -423,4 +419,46 @@ async fn migrate_sqlite_to_redis_and_back_is_byte_identical() {
             .status
             .success()
     );
+}
+
+/// The whole round trip with the OS keyring (Secret Service) as the store.
+#[cfg(feature = "keyring")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keyring_store_round_trip() {
+    assert!(
+        std::env::var_os("MCP_AUTH_TEST_KEYRINGS").is_some(),
+        "needs throwaway keyrings: run `cargo xtask test-all`, or see mcp-auth-store-keyring/scripts/with-keyrings.sh"
+    );
+    let (as1, mcp) = servers().await;
+    let ns = format!("cli-keyring-{}", std::process::id());
+    let run = |args: &[&str]| {
+        let mut all = vec![
+            "--namespace".to_owned(),
+            ns.clone(),
+            "--store".to_owned(),
+            "keyring:".to_owned(),
+        ];
+        all.extend(args.iter().map(|s| (*s).to_owned()));
+        async move {
+            tokio::process::Command::new(env!("CARGO_BIN_EXE_mcp-auth"))
+                .args(all)
+                .env("MCP_AUTH_INSECURE_LOOPBACK", "true")
+                .output()
+                .await
+                .unwrap()
+        }
+    };
+    let out = run(&["login", &mcp.url(), "--headless"]).await;
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let out = run(&["token", &mcp.url()]).await;
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(
+        as1.issued_tokens()
+            .contains(&text(&out.stdout).trim().to_owned())
+    );
+    let out = run(&["status", "--json"]).await;
+    assert_no_secret(&as1, &text(&out.stdout));
+    assert!(text(&out.stdout).contains(&as1.issuer()));
+    assert!(run(&["logout", "--all"]).await.status.success());
+    assert_eq!(run(&["token", &mcp.url()]).await.status.code(), Some(3));
 }

@@ -81,6 +81,8 @@ struct Step {
     name: &'static str,
     action: Action,
     env: Vec<(String, String)>,
+    /// A command the cargo invocation runs inside (e.g. private keyring sessions).
+    wrapper: Vec<String>,
     on_failure: &'static str,
 }
 
@@ -101,6 +103,7 @@ impl Step {
             name,
             action: Action::Cargo(args.to_vec()),
             env: Vec::new(),
+            wrapper: Vec::new(),
             on_failure,
         }
     }
@@ -119,8 +122,15 @@ impl Step {
                 routine: Box::new(routine),
             },
             env: Vec::new(),
+            wrapper: Vec::new(),
             on_failure,
         }
+    }
+
+    /// Runs the cargo command inside `wrapper` (program and arguments).
+    fn wrapped(mut self, wrapper: Vec<String>) -> Self {
+        self.wrapper = wrapper;
+        self
     }
 
     fn env(mut self, key: &str, value: &str) -> Self {
@@ -143,9 +153,22 @@ impl Step {
                 };
             }
         };
-        println!("\n==> {}: cargo {}", self.name, args.join(" "));
+        let prefix = if self.wrapper.is_empty() {
+            String::new()
+        } else {
+            format!("{} ", self.wrapper.join(" "))
+        };
+        println!("\n==> {}: {prefix}cargo {}", self.name, args.join(" "));
         let started = Instant::now();
-        let status = Command::new(cargo())
+        let mut command = match self.wrapper.split_first() {
+            Some((program, rest)) => {
+                let mut c = Command::new(program);
+                c.args(rest).arg(cargo());
+                c
+            }
+            None => Command::new(cargo()),
+        };
+        let status = command
             .args(args)
             .envs(self.env.iter().map(|(k, v)| (k, v)))
             .current_dir(project_root())
@@ -173,6 +196,7 @@ fn test_all(args: &[String]) -> Result<(), String> {
     ensure_nextest()?;
     // Real services for the backend tests; stopped when `_redis` drops, on every exit path.
     let (_redis, redis_url) = services::start_redis()?;
+    let keyrings = services::keyring_session()?;
 
     let steps = vec![
         Step::new(
@@ -211,7 +235,8 @@ fn test_all(args: &[String]) -> Result<(), String> {
             "a test failed; rerun it alone with `cargo nextest run -E 'test(NAME)' --all-features` \
              (backend tests need MCP_AUTH_TEST_REDIS_URL, which test-all sets)",
         )
-        .env("MCP_AUTH_TEST_REDIS_URL", &redis_url),
+        .env("MCP_AUTH_TEST_REDIS_URL", &redis_url)
+        .wrapped(keyrings),
         Step::new(
             "doc tests",
             &["test", "--doc", "--workspace", "--all-features"],

@@ -90,6 +90,26 @@ pub(crate) fn start_redis() -> Result<(Service, String), String> {
     Ok((service, format!("redis://127.0.0.1:{port}/")))
 }
 
+/// The command prefix that runs tests with throwaway OS keyrings: a private kernel session
+/// keyring (`keyctl session -`), a private D-Bus session (`dbus-run-session`) and an unlocked
+/// gnome-keyring in a temporary directory (`mcp-auth-store-keyring/scripts/with-keyrings.sh`).
+/// Installs Debian's packages when they are missing.
+pub(crate) fn keyring_session() -> Result<Vec<String>, String> {
+    ensure_installed("keyctl", &["keyutils"])?;
+    ensure_installed("dbus-run-session", &["dbus"])?;
+    ensure_installed("gnome-keyring-daemon", &["gnome-keyring"])?;
+    let script = crate::project_root().join("mcp-auth-store-keyring/scripts/with-keyrings.sh");
+    Ok(vec![
+        "keyctl".to_owned(),
+        "session".to_owned(),
+        "-".to_owned(),
+        "dbus-run-session".to_owned(),
+        "--".to_owned(),
+        "sh".to_owned(),
+        script.display().to_string(),
+    ])
+}
+
 /// A running service; killed and reaped when dropped.
 pub(crate) struct Service {
     name: String,
