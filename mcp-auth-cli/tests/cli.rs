@@ -459,6 +459,52 @@ async fn keyring_store_round_trip() {
     let out = run(&["status", "--json"]).await;
     assert_no_secret(&as1, &text(&out.stdout));
     assert!(text(&out.stdout).contains(&as1.issuer()));
+
+    // Eight `token` processes on an expired token: the CLI's lock file stands in for the
+    // keyring's missing cross-process lease, so the AS sees one refresh.
+    {
+        use mcp_auth_core::{
+            Expect, IssuerId, Namespace, ResourceUri, Timestamp, TokenKey, TokenStore,
+        };
+        use mcp_auth_store_keyring::{KeyringBackend, KeyringOptions, KeyringStore};
+        let store = KeyringStore::open(
+            KeyringBackend::SecretService,
+            KeyringOptions {
+                namespace: Namespace::new(ns.clone()).unwrap(),
+            },
+        )
+        .await
+        .unwrap();
+        let key = TokenKey::new(
+            IssuerId::new(as1.issuer()).unwrap(),
+            ResourceUri::new(mcp.url()).unwrap(),
+        );
+        let current = store.get_tokens(&key).await.unwrap().unwrap();
+        let mut t = current.value.clone();
+        t.expires_at = Some(Timestamp::from_unix_seconds(1));
+        store
+            .put_tokens(&key, &t, Expect::Version(current.version))
+            .await
+            .unwrap();
+    }
+    as1.clear_requests();
+    let url = mcp.url();
+    let mut handles = Vec::new();
+    for _ in 0..8 {
+        let fut = run(&["token", &url]);
+        handles.push(tokio::spawn(fut));
+    }
+    for h in handles {
+        let out = h.await.unwrap();
+        assert!(out.status.success(), "{}", text(&out.stderr));
+    }
+    assert_eq!(
+        as1.count(Endpoint::Token),
+        1,
+        "{} token requests",
+        as1.count(Endpoint::Token)
+    );
+
     assert!(run(&["logout", "--all"]).await.status.success());
     assert_eq!(run(&["token", &mcp.url()]).await.status.code(), Some(3));
 }
