@@ -162,6 +162,15 @@ pub struct IssuerId {
 struct ParsedUrl {
     raw: String,
     url: Url,
+    /// The storage key, computed once (stores derive keys on every operation).
+    key: String,
+}
+
+impl ParsedUrl {
+    fn new(raw: String, url: Url) -> Self {
+        let key = encode_key(&raw);
+        Self { raw, url, key }
+    }
 }
 
 impl IssuerId {
@@ -177,7 +186,7 @@ impl IssuerId {
         }
         let url = parse_http_url("issuer", &issuer)?;
         Ok(Self {
-            inner: std::sync::Arc::new(ParsedUrl { raw: issuer, url }),
+            inner: std::sync::Arc::new(ParsedUrl::new(issuer, url)),
         })
     }
 
@@ -194,7 +203,7 @@ impl IssuerId {
 
     /// Injective, backend-safe key (`[0-9a-v]+`) derived from the exact issuer string.
     pub fn storage_key(&self) -> String {
-        encode_key(self.as_str())
+        self.inner.key.clone()
     }
 
     /// Inverse of [`IssuerId::storage_key`].
@@ -239,10 +248,7 @@ impl ResourceUri {
             return Err(InvalidId::new("resource URI", raw, "longer than 200 bytes"));
         }
         Ok(Self {
-            inner: std::sync::Arc::new(ParsedUrl {
-                raw: canonical,
-                url,
-            }),
+            inner: std::sync::Arc::new(ParsedUrl::new(canonical, url)),
         })
     }
 
@@ -258,7 +264,7 @@ impl ResourceUri {
 
     /// Injective, backend-safe key (`[0-9a-v]+`).
     pub fn storage_key(&self) -> String {
-        encode_key(self.as_str())
+        self.inner.key.clone()
     }
 
     /// Inverse of [`ResourceUri::storage_key`].
