@@ -4,6 +4,7 @@
 
 mod schema;
 
+use std::collections::HashMap;
 use std::fmt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, PoisonError};
@@ -79,7 +80,15 @@ impl Default for SqliteOptions {
 struct Shared {
     path: PathBuf,
     conn: Mutex<Connection>,
+    /// Decoded token sets by (namespace, storage key), each with the version it was decoded at.
+    /// A read still asks SQLite for the current version (so another process's write is always
+    /// seen); only the JSON decoding is skipped when the version is unchanged. Versions are
+    /// random per write, so a stale entry can never match.
+    decoded_tokens: Mutex<HashMap<(String, String), (i64, TokenSet)>>,
 }
+
+/// Entries kept in the decoded-token cache before it is cleared.
+const DECODED_TOKENS_MAX: usize = 1024;
 
 /// A credential store in one SQLite file, safe to share between processes.
 ///
@@ -137,6 +146,7 @@ impl SqliteStore {
             shared: Arc::new(Shared {
                 path,
                 conn: Mutex::new(conn),
+                decoded_tokens: Mutex::default(),
             }),
             namespace: options.namespace,
         })
@@ -468,7 +478,53 @@ impl StoreInfo for SqliteStore {
 #[async_trait]
 impl TokenStore for SqliteStore {
     async fn get_tokens(&self, key: &TokenKey) -> Result<Option<Versioned<TokenSet>>, StoreError> {
-        raw::get_tokens(self, key).await
+        // The hot path of every `access_token()`: one query; the record is decoded only when
+        // its version changed since the last read.
+        let key = key.clone();
+        let shared = Arc::clone(&self.shared);
+        self.with_conn(move |conn, ns| {
+            let record_key = RecordKey::Tokens(key.clone());
+            let storage_key = record_key.storage_key();
+            let mut stmt = conn
+                .prepare_cached(
+                    "SELECT value, version FROM records WHERE namespace = ?1 AND key = ?2",
+                )
+                .map_err(|e| map_err(e, &record_key))?;
+            let mut rows = stmt
+                .query(params![ns, storage_key])
+                .map_err(|e| map_err(e, &record_key))?;
+            let Some(row) = rows.next().map_err(|e| map_err(e, &record_key))? else {
+                return Ok(None);
+            };
+            let version: i64 = row.get(1).map_err(|e| map_err(e, &record_key))?;
+            let slot = (ns.to_owned(), storage_key);
+            let mut cache = shared
+                .decoded_tokens
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner);
+            if let Some((cached_version, tokens)) = cache.get(&slot)
+                && *cached_version == version
+            {
+                return Ok(Some(Versioned {
+                    value: tokens.clone(),
+                    version: version_of(version),
+                }));
+            }
+            let bytes = row
+                .get_ref(0)
+                .and_then(|v| v.as_blob().map_err(rusqlite::Error::from))
+                .map_err(|e| map_err(e, &record_key))?;
+            let tokens = record::decode_tokens(&key, bytes)?;
+            if cache.len() >= DECODED_TOKENS_MAX {
+                cache.clear();
+            }
+            cache.insert(slot, (version, tokens.clone()));
+            Ok(Some(Versioned {
+                value: tokens,
+                version: version_of(version),
+            }))
+        })
+        .await
     }
 
     async fn put_tokens(
