@@ -466,18 +466,10 @@ enum Basic {
 }
 
 fn parse_basic(headers: &HeaderMap) -> Basic {
-    let mut values = headers.get_all(header::AUTHORIZATION).iter();
-    let Some(v) = values.next() else {
-        return Basic::Absent;
-    };
-    if values.next().is_some() {
-        return Basic::Malformed;
-    }
-    let Ok(v) = v.to_str() else {
-        return Basic::Malformed;
-    };
-    let Some((scheme, rest)) = v.split_once(' ') else {
-        return Basic::Malformed;
+    let (scheme, rest) = match crate::util::authorization(headers) {
+        None => return Basic::Absent,
+        Some(Err(())) => return Basic::Malformed,
+        Some(Ok(parts)) => parts,
     };
     if !scheme.eq_ignore_ascii_case("basic") {
         return Basic::Malformed;

@@ -293,18 +293,10 @@ enum Bearer {
 }
 
 fn parse_bearer(headers: &HeaderMap) -> Bearer {
-    let mut values = headers.get_all(header::AUTHORIZATION).iter();
-    let Some(v) = values.next() else {
-        return Bearer::Absent;
-    };
-    if values.next().is_some() {
-        return Bearer::Malformed;
-    }
-    let Ok(v) = v.to_str() else {
-        return Bearer::Malformed;
-    };
-    let Some((scheme, token)) = v.split_once(' ') else {
-        return Bearer::Malformed;
+    let (scheme, token) = match crate::util::authorization(headers) {
+        None => return Bearer::Absent,
+        Some(Err(())) => return Bearer::Malformed,
+        Some(Ok(parts)) => parts,
     };
     if !scheme.eq_ignore_ascii_case("bearer") {
         // Another scheme: no bearer token presented.

@@ -236,6 +236,22 @@ pub(crate) fn pkce_syntax_ok(s: &str, min: usize, max: usize) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~'))
 }
 
+/// The single `Authorization` header split into scheme and credentials. `None`: no header;
+/// `Some(Err(()))`: several headers, non-ASCII, or no space after the scheme.
+pub(crate) fn authorization(headers: &HeaderMap) -> Option<Result<(&str, &str), ()>> {
+    let mut values = headers.get_all(header::AUTHORIZATION).iter();
+    let value = values.next()?;
+    if values.next().is_some() {
+        return Some(Err(()));
+    }
+    Some(
+        value
+            .to_str()
+            .map_err(|_| ())
+            .and_then(|v| v.split_once(' ').ok_or(())),
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
