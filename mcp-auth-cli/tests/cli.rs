@@ -186,19 +186,8 @@ async fn eight_token_processes_refresh_once() {
     );
     // Expire the stored access token (the refresh token stays valid).
     {
-        use mcp_auth_core::{Expect, IssuerId, ResourceUri, Timestamp, TokenKey, TokenStore};
         let store = mcp_auth_store_sqlite_open(&db).await;
-        let key = TokenKey::new(
-            IssuerId::new(as1.issuer()).unwrap(),
-            ResourceUri::new(mcp.url()).unwrap(),
-        );
-        let current = store.get_tokens(&key).await.unwrap().unwrap();
-        let mut t = current.value.clone();
-        t.expires_at = Some(Timestamp::from_unix_seconds(1));
-        store
-            .put_tokens(&key, &t, Expect::Version(current.version))
-            .await
-            .unwrap();
+        expire_access_token(&store, &as1, &mcp).await;
     }
     as1.clear_requests();
     let url = mcp.url();
@@ -227,6 +216,26 @@ async fn eight_token_processes_refresh_once() {
         as1.count(Endpoint::Token)
     );
     assert_eq!(tokens.len(), 1);
+}
+
+/// Makes the stored access token of `mcp` look expired (its refresh token stays valid).
+async fn expire_access_token(
+    store: &dyn mcp_auth_core::TokenStore,
+    as1: &AuthServer,
+    mcp: &McpServer,
+) {
+    use mcp_auth_core::{Expect, IssuerId, ResourceUri, Timestamp, TokenKey};
+    let key = TokenKey::new(
+        IssuerId::new(as1.issuer()).unwrap(),
+        ResourceUri::new(mcp.url()).unwrap(),
+    );
+    let current = store.get_tokens(&key).await.unwrap().unwrap();
+    let mut t = current.value.clone();
+    t.expires_at = Some(Timestamp::from_unix_seconds(1));
+    store
+        .put_tokens(&key, &t, Expect::Version(current.version))
+        .await
+        .unwrap();
 }
 
 async fn mcp_auth_store_sqlite_open(db: &Path) -> mcp_auth_store_sqlite::SqliteStore {
@@ -463,9 +472,7 @@ async fn keyring_store_round_trip() {
     // Eight `token` processes on an expired token: the CLI's lock file stands in for the
     // keyring's missing cross-process lease, so the AS sees one refresh.
     {
-        use mcp_auth_core::{
-            Expect, IssuerId, Namespace, ResourceUri, Timestamp, TokenKey, TokenStore,
-        };
+        use mcp_auth_core::Namespace;
         use mcp_auth_store_keyring::{KeyringBackend, KeyringOptions, KeyringStore};
         let store = KeyringStore::open(
             KeyringBackend::SecretService,
@@ -475,17 +482,7 @@ async fn keyring_store_round_trip() {
         )
         .await
         .unwrap();
-        let key = TokenKey::new(
-            IssuerId::new(as1.issuer()).unwrap(),
-            ResourceUri::new(mcp.url()).unwrap(),
-        );
-        let current = store.get_tokens(&key).await.unwrap().unwrap();
-        let mut t = current.value.clone();
-        t.expires_at = Some(Timestamp::from_unix_seconds(1));
-        store
-            .put_tokens(&key, &t, Expect::Version(current.version))
-            .await
-            .unwrap();
+        expire_access_token(&store, &as1, &mcp).await;
     }
     as1.clear_requests();
     let url = mcp.url();
