@@ -288,6 +288,26 @@ impl TokenStore for MemoryStore {
         Ok(Some(lease))
     }
 
+    async fn renew_refresh_lease(
+        &self,
+        lease: &RefreshLease,
+        ttl: Duration,
+    ) -> Result<Option<RefreshLease>, StoreError> {
+        let slot = (self.namespace_key.clone(), lease.key().storage_key());
+        let mut shared = self.lock();
+        if let Some((token, expires)) = shared.leases.get(&slot)
+            && token != lease.token()
+            && *expires > SystemTime::now()
+        {
+            return Ok(None);
+        }
+        let renewed = lease.renewed(ttl);
+        shared
+            .leases
+            .insert(slot, (renewed.token().to_owned(), renewed.expires_at()));
+        Ok(Some(renewed))
+    }
+
     async fn release_refresh_lease(&self, lease: &RefreshLease) -> Result<bool, StoreError> {
         let slot = (self.namespace_key.clone(), lease.key().storage_key());
         let mut shared = self.lock();

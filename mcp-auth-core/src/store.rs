@@ -157,6 +157,15 @@ impl RefreshLease {
         }
     }
 
+    /// The same holder's lease, expiring `ttl` from now (for backends renewing it).
+    pub fn renewed(&self, ttl: Duration) -> Self {
+        Self {
+            key: self.key.clone(),
+            token: self.token.clone(),
+            expires_at: SystemTime::now() + ttl,
+        }
+    }
+
     /// Rebuilds a lease from its parts (for backends).
     pub fn from_parts(key: TokenKey, token: String, expires_at: SystemTime) -> Self {
         Self {
@@ -255,6 +264,16 @@ pub trait TokenStore: StoreInfo {
     async fn try_acquire_refresh_lease(
         &self,
         key: &TokenKey,
+        ttl: Duration,
+    ) -> Result<Option<RefreshLease>, StoreError>;
+
+    /// Extends `lease` to expire `ttl` from now, for a holder whose refresh is still running (the
+    /// engine renews its lease on a heartbeat, so a dead holder is noticed within one short TTL).
+    /// Succeeds when this holder still has the lease, or when the lease is free (it expired, and
+    /// nobody took it over): the holder takes it again. `Ok(None)`: another holder has it now.
+    async fn renew_refresh_lease(
+        &self,
+        lease: &RefreshLease,
         ttl: Duration,
     ) -> Result<Option<RefreshLease>, StoreError>;
 
@@ -387,6 +406,13 @@ macro_rules! forward_store_impls {
                 ttl: Duration,
             ) -> Result<Option<RefreshLease>, StoreError> {
                 (**self).try_acquire_refresh_lease(key, ttl).await
+            }
+            async fn renew_refresh_lease(
+                &self,
+                lease: &RefreshLease,
+                ttl: Duration,
+            ) -> Result<Option<RefreshLease>, StoreError> {
+                (**self).renew_refresh_lease(lease, ttl).await
             }
             async fn release_refresh_lease(&self, lease: &RefreshLease) -> Result<bool, StoreError> {
                 (**self).release_refresh_lease(lease).await

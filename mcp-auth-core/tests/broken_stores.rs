@@ -35,6 +35,8 @@ enum Defect {
     DropsExtra,
     /// `delete_issuer_tokens` deletes every issuer's tokens.
     DeleteIssuerDeletesAll,
+    /// Renewal overwrites whoever holds the lease, and never extends it.
+    RenewStealsLease,
 }
 
 const SLOT: &str = "https://one-slot.invalid";
@@ -189,6 +191,28 @@ impl TokenStore for Broken {
                     RefreshLease::from_parts(key.clone(), l.token().to_owned(), l.expires_at())
                 })
             })
+    }
+    async fn renew_refresh_lease(
+        &self,
+        lease: &RefreshLease,
+        ttl: Duration,
+    ) -> Result<Option<RefreshLease>, StoreError> {
+        if self.defect == Defect::RenewStealsLease {
+            // Claims success without touching the lease: it lapses after its first TTL, and the
+            // old holder "renews" over a new one.
+            let _ = ttl;
+            return Ok(Some(lease.clone()));
+        }
+        let inner = RefreshLease::from_parts(
+            self.key_in(lease.key()),
+            lease.token().to_owned(),
+            lease.expires_at(),
+        );
+        self.inner.renew_refresh_lease(&inner, ttl).await.map(|l| {
+            l.map(|l| {
+                RefreshLease::from_parts(lease.key().clone(), l.token().to_owned(), l.expires_at())
+            })
+        })
     }
     async fn release_refresh_lease(&self, lease: &RefreshLease) -> Result<bool, StoreError> {
         if self.defect == Defect::LeaseGrantedTwice {
@@ -353,6 +377,18 @@ async fn catches_lease_granted_twice() {
         &[
             "lease_is_exclusive",
             "stale_holder_cannot_release_taken_over_lease",
+        ],
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn catches_renewal_that_does_not_hold_the_lease() {
+    assert_caught(
+        Defect::RenewStealsLease,
+        &[
+            "renewed_lease_stays_exclusive",
+            "taken_over_lease_cannot_be_renewed",
         ],
     )
     .await;

@@ -212,6 +212,13 @@ impl TokenStore for Interleaving {
     ) -> Result<Option<RefreshLease>, StoreError> {
         self.inner.try_acquire_refresh_lease(k, ttl).await
     }
+    async fn renew_refresh_lease(
+        &self,
+        l: &RefreshLease,
+        ttl: Duration,
+    ) -> Result<Option<RefreshLease>, StoreError> {
+        self.inner.renew_refresh_lease(l, ttl).await
+    }
     async fn release_refresh_lease(&self, l: &RefreshLease) -> Result<bool, StoreError> {
         self.inner.release_refresh_lease(l).await
     }

@@ -698,6 +698,24 @@ impl TokenStore for KeyringStore {
         Ok(Some(lease))
     }
 
+    async fn renew_refresh_lease(
+        &self,
+        lease: &RefreshLease,
+        ttl: Duration,
+    ) -> Result<Option<RefreshLease>, StoreError> {
+        let mut leases = self.leases();
+        let slot = lease.key().storage_key();
+        if let Some((token, expires_at)) = leases.get(&slot)
+            && token != lease.token()
+            && *expires_at > SystemTime::now()
+        {
+            return Ok(None);
+        }
+        let renewed = lease.renewed(ttl);
+        leases.insert(slot, (renewed.token().to_owned(), renewed.expires_at()));
+        Ok(Some(renewed))
+    }
+
     async fn release_refresh_lease(&self, lease: &RefreshLease) -> Result<bool, StoreError> {
         let mut leases = self.leases();
         let slot = lease.key().storage_key();

@@ -55,6 +55,17 @@ return n
 ";
 
 /// Deletes KEYS[1] only if it still holds ARGV[1].
+/// Extends a lease held by ARGV[1] to ARGV[2] ms, or takes back a free one; 0 when another holder
+/// has it.
+const RENEW_LEASE: &str = r"
+local holder = redis.call('GET', KEYS[1])
+if holder == false or holder == ARGV[1] then
+  redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+  return 1
+end
+return 0
+";
+
 const COMPARE_AND_DELETE: &str = r"
 if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
 return 0
@@ -71,6 +82,8 @@ mod scripts {
     pub(crate) static DELETE: LazyLock<Script> = LazyLock::new(|| Script::new(super::DELETE));
     pub(crate) static DELETE_PREFIX: LazyLock<Script> =
         LazyLock::new(|| Script::new(super::DELETE_PREFIX));
+    pub(crate) static RENEW_LEASE: LazyLock<Script> =
+        LazyLock::new(|| Script::new(super::RENEW_LEASE));
     pub(crate) static COMPARE_AND_DELETE: LazyLock<Script> =
         LazyLock::new(|| Script::new(super::COMPARE_AND_DELETE));
 }
@@ -518,6 +531,24 @@ impl TokenStore for RedisStore {
             Err(e) => return Err(map_err(e)),
         };
         Ok(acquired.then_some(lease))
+    }
+
+    async fn renew_refresh_lease(
+        &self,
+        lease: &RefreshLease,
+        ttl: Duration,
+    ) -> Result<Option<RefreshLease>, StoreError> {
+        let lease_key = self.lease_key(lease.key());
+        let ms = u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX).max(1);
+        // Idempotent: a retry after a lost reply finds our own token and extends it again.
+        let n: i64 = self
+            .idempotent(|mut c| {
+                let mut invocation = scripts::RENEW_LEASE.key(&lease_key);
+                invocation.arg(lease.token()).arg(ms);
+                async move { invocation.invoke_async::<i64>(&mut c).await }
+            })
+            .await?;
+        Ok((n > 0).then(|| lease.renewed(ttl)))
     }
 
     async fn release_refresh_lease(&self, lease: &RefreshLease) -> Result<bool, StoreError> {

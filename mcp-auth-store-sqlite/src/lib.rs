@@ -590,6 +590,47 @@ impl TokenStore for SqliteStore {
         .await
     }
 
+    async fn renew_refresh_lease(
+        &self,
+        lease: &RefreshLease,
+        ttl: Duration,
+    ) -> Result<Option<RefreshLease>, StoreError> {
+        let lease = lease.clone();
+        self.with_conn(move |conn, ns| {
+            let what = format!("refresh lease for {}", lease.key());
+            let now = now_ms();
+            let ttl_ms = i64::try_from(ttl.as_millis()).unwrap_or(i64::MAX);
+            let expires = now.saturating_add(ttl_ms);
+            // One atomic statement: extend our own lease, or take back a free (expired) one;
+            // a live lease of another holder leaves the row unchanged.
+            let renewed = conn
+                .prepare_cached(
+                    "INSERT INTO leases (namespace, key, holder, expires_at_ms) VALUES (?1, ?2, ?3, ?4)
+                     ON CONFLICT (namespace, key) DO UPDATE SET
+                       holder = excluded.holder, expires_at_ms = excluded.expires_at_ms
+                     WHERE leases.holder = excluded.holder OR leases.expires_at_ms <= ?5",
+                )
+                .and_then(|mut s| {
+                    s.execute(params![
+                        ns,
+                        lease.key().storage_key(),
+                        lease.token(),
+                        expires,
+                        now
+                    ])
+                })
+                .map_err(|e| map_err_named(e, &what))?;
+            Ok((renewed > 0).then(|| {
+                RefreshLease::from_parts(
+                    lease.key().clone(),
+                    lease.token().to_owned(),
+                    ms_to_system_time(expires),
+                )
+            }))
+        })
+        .await
+    }
+
     async fn release_refresh_lease(&self, lease: &RefreshLease) -> Result<bool, StoreError> {
         let lease = lease.clone();
         self.with_conn(move |conn, ns| {

@@ -1519,6 +1519,98 @@ pub async fn stale_holder_cannot_release_taken_over_lease<F: StoreFactory>(
     })
 }
 
+/// A renewed lease outlives its first TTL: nobody else acquires it while its holder renews.
+pub async fn renewed_lease_stays_exclusive<F: StoreFactory>(factory: &F) -> CheckResult {
+    with_cx!(factory, |cx| {
+        let key = TokenKey::new(issuer(ISSUER_A)?, resource(RESOURCE_1)?);
+        let lease = cx
+            .store
+            .try_acquire_refresh_lease(&key, Duration::from_millis(400))
+            .await?
+            .ok_or_else(|| Failure::new("free lease not granted"))?;
+        let renewed = cx
+            .store
+            .renew_refresh_lease(&lease, Duration::from_secs(30))
+            .await?
+            .ok_or_else(|| Failure::new("the holder could not renew its own live lease"))?;
+        ensure!(
+            renewed.token() == lease.token() && renewed.key() == &key,
+            "renewal changed the holder token or the key"
+        );
+        tokio::time::sleep(Duration::from_millis(800)).await;
+        let other = cx
+            .store
+            .try_acquire_refresh_lease(&key, Duration::from_secs(30))
+            .await?;
+        let stolen = other.is_some();
+        if let Some(other) = other {
+            cx.store.release_refresh_lease(&other).await?;
+        }
+        ensure!(
+            !stolen,
+            "a renewed lease was granted to another holder after its first TTL"
+        );
+        ensure!(
+            cx.store.release_refresh_lease(&renewed).await?,
+            "release of the renewed lease reported it was not held"
+        );
+        Ok(Outcome::Passed)
+    })
+}
+
+/// A holder whose lease was taken over cannot renew it (and renewal does not disturb the new
+/// holder); a holder whose lease merely expired takes it back.
+pub async fn taken_over_lease_cannot_be_renewed<F: StoreFactory>(factory: &F) -> CheckResult {
+    with_cx!(factory, |cx| {
+        let key = TokenKey::new(issuer(ISSUER_A)?, resource(RESOURCE_1)?);
+        let old = cx
+            .store
+            .try_acquire_refresh_lease(&key, Duration::from_millis(300))
+            .await?
+            .ok_or_else(|| Failure::new("free lease not granted"))?;
+        tokio::time::sleep(Duration::from_millis(700)).await;
+        let back = cx
+            .store
+            .renew_refresh_lease(&old, Duration::from_millis(300))
+            .await?;
+        ensure!(
+            back.is_some(),
+            "an expired lease nobody took over could not be renewed by its holder"
+        );
+        tokio::time::sleep(Duration::from_millis(700)).await;
+        let new = cx
+            .store
+            .try_acquire_refresh_lease(&key, Duration::from_secs(30))
+            .await?
+            .ok_or_else(|| Failure::new("expired lease not taken over"))?;
+        let renewed = cx
+            .store
+            .renew_refresh_lease(&old, Duration::from_secs(30))
+            .await?;
+        ensure!(
+            renewed.is_none(),
+            "the old holder renewed a lease another holder had taken over"
+        );
+        let third = cx
+            .store
+            .try_acquire_refresh_lease(&key, Duration::from_secs(30))
+            .await?;
+        let stolen = third.is_some();
+        if let Some(third) = third {
+            cx.store.release_refresh_lease(&third).await?;
+        }
+        ensure!(
+            cx.store.release_refresh_lease(&new).await?,
+            "the new holder lost its lease to the old holder's renewal"
+        );
+        ensure!(
+            !stolen,
+            "the old holder's renewal freed the new holder's lease"
+        );
+        Ok(Outcome::Passed)
+    })
+}
+
 /// Leases on different token keys (other issuer, other resource) are independent.
 pub async fn leases_are_per_token_key<F: StoreFactory>(factory: &F) -> CheckResult {
     with_cx!(factory, |cx| {

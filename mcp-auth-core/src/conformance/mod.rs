@@ -301,6 +301,8 @@ macro_rules! __conformance_checks {
             lease_release_allows_reacquire,
             expired_lease_is_taken_over,
             stale_holder_cannot_release_taken_over_lease,
+            renewed_lease_stays_exclusive,
+            taken_over_lease_cannot_be_renewed,
             leases_are_per_token_key,
             pending_is_taken_once,
             pending_state_collision_conflicts,
