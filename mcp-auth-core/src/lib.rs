@@ -28,7 +28,8 @@ pub use error::{BoxError, StoreError};
 pub use ids::{InvalidId, IssuerId, MAX_ID_LEN, Namespace, ResourceUri, TokenKey};
 pub use memory::MemoryStore;
 pub use model::{
-    ClientRegistration, Extra, PendingAuthorization, RegistrationKind, ResourceBinding, TokenSet,
+    ClientRegistration, Extra, PendingAuthorization, RefreshState, RegistrationKind,
+    ResourceBinding, TokenSet,
 };
 pub use secrecy::{ExposeSecret, SecretString};
 /// JSON values held in `extra` maps and metadata.

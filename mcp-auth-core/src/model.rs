@@ -168,8 +168,50 @@ pub struct TokenSet {
     pub scopes: Vec<String>,
     /// When the tokens were obtained.
     pub obtained_at: Timestamp,
+    /// Where the last refresh of these tokens stands, shared through the store by every process
+    /// that uses it, so none resends a refresh token whose fate is not known. `None`: no refresh
+    /// is running or has failed.
+    pub refresh_state: Option<RefreshState>,
     /// Fields of the token response this version does not know.
     pub extra: Extra,
+}
+
+/// The state of a refresh-token grant for one token set, recorded in the store by the process
+/// that sends it. A refresh token is sent only from a token set without a state (or whose
+/// [`RefreshState::Failed`] retry time has passed): an authorization server that rotates refresh
+/// tokens revokes the whole grant when it sees a rotated-away token again.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(tag = "state", rename_all = "snake_case", deny_unknown_fields)]
+#[non_exhaustive]
+pub enum RefreshState {
+    /// A refresh request is being sent by the holder of the refresh lease (`holder` is the
+    /// lease's random token, not a secret). Other processes wait for its outcome.
+    InFlight {
+        /// When the request was started.
+        started_at: Timestamp,
+        /// The refresh lease token of the sender.
+        holder: String,
+    },
+    /// The authorization server answered with an error (or could not be reached): it did not
+    /// rotate the refresh token, which stays valid. Not retried before `retry_after`.
+    Failed {
+        /// When the refresh failed.
+        at: Timestamp,
+        /// The earliest time to try again.
+        retry_after: Timestamp,
+        /// What the authorization server answered (an OAuth error code or an HTTP status),
+        /// printable ASCII only.
+        error: String,
+    },
+    /// The request was sent but its answer was lost (a timeout, a dropped connection, a holder
+    /// that died): the authorization server may have rotated the refresh token. The token is
+    /// never sent again; the access token is used until it expires, then a login is needed.
+    Unknown {
+        /// When the outcome was found to be unknown.
+        at: Timestamp,
+        /// Why, for messages (no secret).
+        reason: String,
+    },
 }
 
 impl TokenSet {
@@ -182,6 +224,7 @@ impl TokenSet {
             refresh_token: None,
             scopes: Vec::new(),
             obtained_at: Timestamp::now(),
+            refresh_state: None,
             extra: Extra::new(),
         }
     }
@@ -202,6 +245,7 @@ impl fmt::Debug for TokenSet {
             .field("refresh_token", &self.refresh_token)
             .field("scopes", &self.scopes)
             .field("obtained_at", &self.obtained_at)
+            .field("refresh_state", &self.refresh_state)
             .field("extra", &ExtraKeys(&self.extra))
             .finish()
     }

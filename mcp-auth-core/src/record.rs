@@ -16,7 +16,8 @@ use serde::{Deserialize, Serialize};
 use crate::error::StoreError;
 use crate::ids::{IssuerId, ResourceUri, TokenKey, decode_key, encode_key};
 use crate::model::{
-    ClientRegistration, Extra, PendingAuthorization, RegistrationKind, ResourceBinding, TokenSet,
+    ClientRegistration, Extra, PendingAuthorization, RefreshState, RegistrationKind,
+    ResourceBinding, TokenSet,
 };
 use crate::store::{Version, Versioned};
 use crate::time::Timestamp;
@@ -216,6 +217,9 @@ struct TokensV1 {
     refresh_token: Option<String>,
     scopes: Vec<String>,
     obtained_at: Timestamp,
+    // Absent in records written before refresh states existed, and whenever there is none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    refresh_state: Option<RefreshState>,
     extra: Extra,
 }
 
@@ -405,6 +409,7 @@ pub fn encode_tokens(key: &TokenKey, tokens: &TokenSet) -> Result<Vec<u8>, Store
             refresh_token: expose(&tokens.refresh_token),
             scopes: tokens.scopes.clone(),
             obtained_at: tokens.obtained_at,
+            refresh_state: tokens.refresh_state.clone(),
             extra: tokens.extra.clone(),
         },
     )
@@ -427,6 +432,7 @@ pub fn decode_tokens(key: &TokenKey, bytes: &[u8]) -> Result<TokenSet, StoreErro
         refresh_token: t.refresh_token.map(SecretString::from),
         scopes: t.scopes,
         obtained_at: t.obtained_at,
+        refresh_state: t.refresh_state,
         extra: t.extra,
     })
 }

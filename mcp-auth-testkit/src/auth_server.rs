@@ -123,6 +123,32 @@ pub enum Misbehavior {
     TokenResponse(u16, String),
 }
 
+/// A fault of the token endpoint's infrastructure (a slow, overloaded or flaky authorization
+/// server), set with [`AuthServer::set_token_fault`]. Unlike a [`Misbehavior`], the protocol
+/// stays correct: these test what a client does when answers are late or lost.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum TokenFault {
+    /// Answer normally.
+    None,
+    /// Process the request (a refresh token is rotated), then wait this long before answering.
+    /// A client that gives up earlier never sees the new refresh token.
+    Delay(Duration),
+    /// Hold the request without processing it, and never answer.
+    Hang,
+    /// Process the request, then drop the connection: the status line and headers of a `200`
+    /// are sent, the body never is.
+    DropAfterProcessing,
+    /// Answer with `status` (e.g. 503) and an optional `Retry-After` (seconds), without
+    /// processing the request.
+    Unavailable {
+        /// The HTTP status.
+        status: u16,
+        /// `Retry-After` in seconds.
+        retry_after: Option<u64>,
+    },
+}
+
 /// Which endpoint of the [`AuthServer`] a request hit.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Endpoint {
@@ -232,6 +258,11 @@ struct TokenRec {
 
 struct AsState {
     misbehavior: Misbehavior,
+    token_fault: TokenFault,
+    /// Token requests the fault still applies to (`None`: all).
+    token_fault_remaining: Option<usize>,
+    /// Refresh requests that presented a rotated-away refresh token (each revoked its grant).
+    reuse_detections: usize,
     clients: HashMap<String, RegisteredClient>,
     registrations: Vec<RegisteredClient>,
     codes: HashMap<String, CodeRec>,
@@ -305,6 +336,9 @@ impl AuthServer {
             http,
             state: Mutex::new(AsState {
                 misbehavior: Misbehavior::None,
+                token_fault: TokenFault::None,
+                token_fault_remaining: None,
+                reuse_detections: 0,
                 clients: HashMap::new(),
                 registrations: Vec::new(),
                 codes: HashMap::new(),
@@ -371,6 +405,39 @@ impl AuthServer {
     /// Replaces the current misbehavior ([`Misbehavior::None`] restores correct behavior).
     pub fn set_misbehavior(&self, m: Misbehavior) {
         lock(&self.inner.state).misbehavior = m;
+    }
+
+    /// Applies `fault` to every following token request, until set back to
+    /// [`TokenFault::None`].
+    pub fn set_token_fault(&self, fault: TokenFault) {
+        let mut st = lock(&self.inner.state);
+        st.token_fault = fault;
+        st.token_fault_remaining = None;
+    }
+
+    /// Applies `fault` to the next `times` token requests only.
+    pub fn set_token_fault_times(&self, fault: TokenFault, times: usize) {
+        let mut st = lock(&self.inner.state);
+        st.token_fault = fault;
+        st.token_fault_remaining = Some(times);
+    }
+
+    /// How many refresh requests presented a refresh token that had already been rotated away
+    /// (refresh token reuse, RFC 9700 §4.14.2): each one revoked its whole grant.
+    pub fn reuse_detections(&self) -> usize {
+        lock(&self.inner.state).reuse_detections
+    }
+
+    /// How many `refresh_token` grant requests reached the token endpoint (including ones a
+    /// [`TokenFault`] held, delayed or dropped).
+    pub fn refresh_requests(&self) -> usize {
+        lock(&self.inner.state)
+            .requests
+            .iter()
+            .filter(|r| {
+                r.endpoint == Endpoint::Token && r.grant_type.as_deref() == Some("refresh_token")
+            })
+            .count()
     }
 
     /// Every request received so far, in order.
@@ -540,6 +607,9 @@ async fn handle(
         form,
         body: &body,
     };
+    if endpoint == Endpoint::Token {
+        return token_with_fault(&inner, &req, log).await;
+    }
     let resp = match endpoint {
         Endpoint::Metadata => inner.metadata(&req, &log.path),
         Endpoint::Register => inner.register(&req),
@@ -551,6 +621,73 @@ async fn handle(
     log.status = resp.status().as_u16();
     lock(&inner.state).requests.push(log);
     resp
+}
+
+/// The token endpoint under the current [`TokenFault`]. The request is logged as soon as it is
+/// processed (status 0 when it is never answered), so a client that gives up is still counted.
+async fn token_with_fault(inner: &AsInner, req: &Req<'_>, mut log: AsRequest) -> Response {
+    let fault = {
+        let mut st = lock(&inner.state);
+        let fault = st.token_fault.clone();
+        match &mut st.token_fault_remaining {
+            Some(0) => TokenFault::None,
+            Some(n) => {
+                *n -= 1;
+                fault
+            }
+            None => fault,
+        }
+    };
+    let processed = |log: &mut AsRequest, resp: &Response| {
+        log.status = resp.status().as_u16();
+        lock(&inner.state).requests.push(log.clone());
+    };
+    match fault {
+        TokenFault::None => {
+            let resp = inner.token(req);
+            processed(&mut log, &resp);
+            resp
+        }
+        TokenFault::Delay(d) => {
+            let resp = inner.token(req);
+            processed(&mut log, &resp);
+            tokio::time::sleep(d).await;
+            resp
+        }
+        TokenFault::Hang => {
+            lock(&inner.state).requests.push(log);
+            std::future::pending::<()>().await;
+            StatusCode::INTERNAL_SERVER_ERROR.into_response()
+        }
+        TokenFault::DropAfterProcessing => {
+            let resp = inner.token(req);
+            processed(&mut log, &resp);
+            let broken = futures::stream::iter([Err::<Bytes, std::io::Error>(
+                std::io::Error::other("connection dropped by TokenFault::DropAfterProcessing"),
+            )]);
+            let mut dropped = Response::new(axum::body::Body::from_stream(broken));
+            *dropped.status_mut() = resp.status();
+            dropped
+        }
+        TokenFault::Unavailable {
+            status,
+            retry_after,
+        } => {
+            let status = StatusCode::from_u16(status).unwrap_or(StatusCode::SERVICE_UNAVAILABLE);
+            let mut resp = (status, "{\"error\":\"temporarily_unavailable\"}").into_response();
+            resp.headers_mut().insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("application/json"),
+            );
+            if let Some(secs) = retry_after
+                && let Ok(v) = HeaderValue::from_str(&secs.to_string())
+            {
+                resp.headers_mut().insert(header::RETRY_AFTER, v);
+            }
+            processed(&mut log, &resp);
+            resp
+        }
+    }
 }
 
 impl AsInner {
@@ -1273,6 +1410,7 @@ impl AsInner {
             if let Some(flag) = st.grants.get_mut(grant) {
                 *flag = true;
             }
+            st.reuse_detections += 1;
             return invalid_grant("refresh token reuse detected; grant revoked");
         }
         match (&rec.resource, req.form.get("resource")) {

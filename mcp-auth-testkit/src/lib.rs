@@ -7,6 +7,7 @@ mod mcp_server;
 mod util;
 
 pub use auth_server::{
-    AsRequest, AuthServer, AuthServerConfig, Endpoint, Misbehavior, RegisteredClient, TokenInfo,
+    AsRequest, AuthServer, AuthServerConfig, Endpoint, Misbehavior, RegisteredClient, TokenFault,
+    TokenInfo,
 };
 pub use mcp_server::{McpMisbehavior, McpRequest, McpServer, McpServerConfig, PrmLocation};

@@ -264,6 +264,11 @@ fn full_tokens(tag: &str) -> TokenSet {
     t.refresh_token = Some(tagged_secret("refresh", tag));
     t.scopes = vec!["mcp:read".to_owned(), format!("scope-{tag}")];
     t.obtained_at = Timestamp::from_unix_seconds(1_700_000_456);
+    t.refresh_state = Some(crate::model::RefreshState::Failed {
+        at: Timestamp::from_unix_seconds(1_700_000_500),
+        retry_after: Timestamp::from_unix_seconds(1_700_000_530),
+        error: format!("temporarily_unavailable-{tag}"),
+    });
     t.extra = rich_extra(tag);
     t
 }
@@ -397,6 +402,11 @@ fn same_tokens(got: &TokenSet, want: &TokenSet, what: &str) -> Result<(), Failur
         got.expires_at == want.expires_at,
         "{}",
         mismatch("expires_at")
+    );
+    ensure!(
+        got.refresh_state == want.refresh_state,
+        "{}",
+        mismatch("refresh_state")
     );
     ensure!(
         secret_eq(&got.refresh_token, &want.refresh_token),

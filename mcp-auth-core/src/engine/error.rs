@@ -81,6 +81,66 @@ pub enum AuthError {
         /// The MCP server.
         resource: String,
     },
+    /// The authorization server failed a refresh without rotating the refresh token: it
+    /// answered an error other than `invalid_grant`, or it could not be reached. The refresh
+    /// token is kept; no process sends it again before `retry_after` has passed.
+    #[error(
+        "refreshing the token for {resource} at {issuer} failed: {reason}; the refresh token is kept and is tried again in {}s", .retry_after.as_secs()
+    )]
+    RefreshFailed {
+        /// The AS.
+        issuer: IssuerId,
+        /// The MCP server.
+        resource: String,
+        /// What the AS answered, or why it could not be reached.
+        reason: String,
+        /// How long until the next attempt (from the failure).
+        retry_after: std::time::Duration,
+    },
+    /// A refresh request reached (or may have reached) the authorization server, but its answer
+    /// was lost: a timeout, a dropped connection, or a process that died while waiting. The AS
+    /// may have rotated the refresh token, so it is never sent again (an AS that sees a
+    /// rotated-away token revokes the whole grant); a new authorization is needed once the
+    /// access token expires.
+    #[error(
+        "the refresh request for {resource} to {issuer} was sent but its answer was lost ({reason}); {issuer} may have rotated the refresh token, so it is not sent again (that would revoke the grant); log in again"
+    )]
+    RefreshOutcomeUnknown {
+        /// The AS.
+        issuer: IssuerId,
+        /// The MCP server.
+        resource: String,
+        /// What happened (no secret).
+        reason: String,
+    },
+    /// The authorization server rotated the refresh token, and the store could not record the
+    /// new token set before the save deadline. This process keeps the new tokens in memory and
+    /// goes on saving them; other processes cannot use the old refresh token.
+    #[error(
+        "{issuer} rotated the refresh token for {resource}, but the store could not record the new tokens ({source}); this process keeps them and goes on trying to save them. Fix the store; if this process exits first, log in again"
+    )]
+    RotatedTokenNotSaved {
+        /// The AS.
+        issuer: IssuerId,
+        /// The MCP server.
+        resource: String,
+        /// The store's last error.
+        #[source]
+        source: StoreError,
+    },
+    /// Another process holds the refresh lease and has not recorded an outcome for longer than a
+    /// refresh may take.
+    #[error(
+        "another process has been refreshing the token for {resource} at {issuer} for {}s without an outcome; try again later", .waited.as_secs()
+    )]
+    RefreshInProgress {
+        /// The AS.
+        issuer: IssuerId,
+        /// The MCP server.
+        resource: String,
+        /// How long this call waited.
+        waited: std::time::Duration,
+    },
     /// No usable tokens, and this call does not start an interactive authorization.
     #[error("no valid credentials for {resource}; log in first")]
     LoginRequired {
@@ -170,7 +230,9 @@ impl AuthError {
     pub fn needs_login(&self) -> bool {
         matches!(
             self,
-            Self::LoginRequired { .. } | Self::RefreshRejected { .. }
+            Self::LoginRequired { .. }
+                | Self::RefreshRejected { .. }
+                | Self::RefreshOutcomeUnknown { .. }
         )
     }
 }

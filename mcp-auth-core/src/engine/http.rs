@@ -138,6 +138,15 @@ impl reqwest::dns::Resolve for PolicyResolver {
 }
 
 /// A response read within the limits.
+/// Whether a failed request may have reached the server.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Delivery {
+    /// It never left this process (refused by policy, or no connection was made).
+    NotSent,
+    /// It may have been read and acted on: the answer was lost, late or cut short.
+    Unknown,
+}
+
 pub(crate) struct Fetched {
     pub(crate) status: u16,
     pub(crate) headers: HeaderMap,
@@ -305,6 +314,31 @@ impl Http {
         self.send(request, url).await
     }
 
+    /// [`Http::post_form`] with its own whole-request `timeout`, telling a failure that happened
+    /// before the request left (nothing reached the server: [`Delivery::NotSent`]) from one
+    /// after (the server may have acted on it: [`Delivery::Unknown`]).
+    pub(crate) async fn post_form_classified(
+        &self,
+        url: &Url,
+        form: &[(&str, &str)],
+        basic: Option<(&str, &str)>,
+        timeout: Duration,
+    ) -> Result<Fetched, (AuthError, Delivery)> {
+        self.check_url(url).map_err(|e| (e, Delivery::NotSent))?;
+        let mut request = self
+            .client
+            .post(url.clone())
+            .header("Accept", "application/json")
+            .timeout(timeout)
+            .form(form);
+        if let Some((id, secret)) = basic {
+            let enc =
+                |s: &str| url::form_urlencoded::byte_serialize(s.as_bytes()).collect::<String>();
+            request = request.basic_auth(enc(id), Some(enc(secret)));
+        }
+        self.send_classified(request, url, timeout).await
+    }
+
     /// POST a JSON body.
     pub(crate) async fn post_json(&self, url: &Url, body: &Value) -> Result<Fetched, AuthError> {
         self.send(
@@ -323,11 +357,29 @@ impl Http {
         url: &Url,
     ) -> Result<Fetched, AuthError> {
         self.check_url(url)?;
+        self.send_classified(request, url, self.policy.timeout)
+            .await
+            .map_err(|(e, _)| e)
+    }
+
+    async fn send_classified(
+        &self,
+        request: reqwest::RequestBuilder,
+        url: &Url,
+        timeout: Duration,
+    ) -> Result<Fetched, (AuthError, Delivery)> {
+        let after_send = |e| (e, Delivery::Unknown);
         let work = async {
-            let response = request
-                .send()
-                .await
-                .map_err(|e| self.transport_error(url, e))?;
+            let response = request.send().await.map_err(|e| {
+                // A connection that was never made carried nothing; any other failure may
+                // have come after the server read the request.
+                let delivery = if e.is_connect() {
+                    Delivery::NotSent
+                } else {
+                    Delivery::Unknown
+                };
+                (self.transport_error(url, e), delivery)
+            })?;
             let status = response.status().as_u16();
             let headers = response.headers().clone();
             let limit = self.policy.max_response_bytes;
@@ -335,23 +387,23 @@ impl Http {
                 .content_length()
                 .is_some_and(|len| len > limit as u64)
             {
-                return Err(AuthError::ResponseTooLarge {
+                return Err(after_send(AuthError::ResponseTooLarge {
                     url: redact(url),
                     limit,
-                });
+                }));
             }
             let mut response = response;
             let mut body = Vec::new();
             while let Some(chunk) = response
                 .chunk()
                 .await
-                .map_err(|e| self.transport_error(url, e))?
+                .map_err(|e| after_send(self.transport_error(url, e)))?
             {
                 if body.len() + chunk.len() > limit {
-                    return Err(AuthError::ResponseTooLarge {
+                    return Err(after_send(AuthError::ResponseTooLarge {
                         url: redact(url),
                         limit,
-                    });
+                    }));
                 }
                 body.extend_from_slice(&chunk);
             }
@@ -362,9 +414,9 @@ impl Http {
                 url: url.clone(),
             })
         };
-        match tokio::time::timeout(self.policy.timeout, work).await {
+        match tokio::time::timeout(timeout, work).await {
             Ok(result) => result,
-            Err(_) => Err(AuthError::Timeout { url: redact(url) }),
+            Err(_) => Err((AuthError::Timeout { url: redact(url) }, Delivery::Unknown)),
         }
     }
 

@@ -13,6 +13,7 @@ mod authorizer;
 mod discovery;
 mod error;
 mod http;
+mod refresh;
 
 use std::collections::{BTreeSet, HashMap};
 use std::fmt;
@@ -39,7 +40,7 @@ use crate::ids::{IssuerId, ResourceUri, TokenKey};
 use crate::model::{
     ClientRegistration, PendingAuthorization, RegistrationKind, ResourceBinding, TokenSet,
 };
-use crate::store::{CredentialStore, Expect, Versioned};
+use crate::store::{CredentialStore, Expect};
 use crate::time::Timestamp;
 
 /// Client credentials configured out of band for one authorization server.
@@ -85,10 +86,22 @@ pub struct ClientConfig {
     pub client_metadata_url: Option<String>,
     /// Pre-registered credentials (highest priority).
     pub pre_registered: Option<PreRegisteredClient>,
-    /// Refresh this long before the access token expires.
+    /// Refresh this long before the access token expires (at most a quarter of the token's
+    /// lifetime, so short-lived tokens are not refreshed right after they were obtained).
     pub refresh_margin: Duration,
-    /// TTL of the cross-process refresh lease.
+    /// TTL of the cross-process refresh lease. Its holder renews it every quarter TTL while the
+    /// refresh runs, so a holder that died is noticed within about one TTL.
     pub lease_ttl: Duration,
+    /// Timeout of a refresh-token request, longer than the HTTP timeout: its answer carries the
+    /// only copy of a rotated refresh token, and a request given up on may already have rotated
+    /// it.
+    pub refresh_timeout: Duration,
+    /// How long [`McpAuth::flush`] waits for rotated tokens the store could not take at once
+    /// (the save itself goes on for as long as the process lives).
+    pub save_deadline: Duration,
+    /// How long store operations on the token path are retried while the store is unavailable
+    /// (a restart of a few seconds is ridden out).
+    pub store_retry_budget: Duration,
     /// Authorizations attempted for the same insufficient scopes before giving up.
     pub max_step_up_attempts: u32,
     /// How long a started authorization stays redeemable.
@@ -155,7 +168,10 @@ impl Default for ClientConfig {
             client_metadata_url: None,
             pre_registered: None,
             refresh_margin: Duration::from_secs(60),
-            lease_ttl: Duration::from_secs(30),
+            lease_ttl: Duration::from_secs(2),
+            refresh_timeout: Duration::from_secs(60),
+            save_deadline: Duration::from_secs(30),
+            store_retry_budget: Duration::from_secs(5),
             max_step_up_attempts: 2,
             pending_ttl: Duration::from_secs(600),
             client_credentials: None,
@@ -209,6 +225,7 @@ pub struct McpAuth {
     authorize_locks: KeyedLocks<ResourceUri>,
     registration_locks: KeyedLocks<IssuerId>,
     step_ups: Mutex<HashMap<ResourceUri, (BTreeSet<String>, u32)>>,
+    unsaved: Arc<refresh::Unsaved>,
 }
 
 /// One async mutex per key: single-flight for refreshes, authorizations and registrations
@@ -297,6 +314,7 @@ impl McpAuthBuilder {
             authorize_locks: KeyedLocks::new(),
             registration_locks: KeyedLocks::new(),
             step_ups: Mutex::default(),
+            unsaved: Arc::default(),
         })
     }
 }
@@ -375,7 +393,7 @@ impl McpAuth {
     ) -> Result<SecretString, AuthError> {
         let binding = self.binding(resource).await?;
         let key = TokenKey::new(binding.issuer.clone(), resource.clone());
-        match self.store.get_tokens(&key).await? {
+        match self.store_retry(|| self.store.get_tokens(&key)).await? {
             Some(t) if !self.is_stale(&t.value) => Ok(t.value.access_token),
             Some(_) => self.refresh(&binding, &key).await,
             None => Err(AuthError::LoginRequired {
@@ -426,20 +444,23 @@ impl McpAuth {
         }
     }
 
-    /// The current token record of `resource` under its bound issuer: (issuer, version).
+    /// The current access token of `resource` under its bound issuer: (issuer, token). Compared
+    /// by token, not by record version: recording a refresh state changes the version only.
     async fn token_snapshot(
         &self,
         resource: &ResourceUri,
-    ) -> Result<Option<(IssuerId, crate::store::Version)>, AuthError> {
-        let Some(binding) = self.store.get_binding(resource).await? else {
+    ) -> Result<Option<(IssuerId, SecretString)>, AuthError> {
+        let Some(binding) = self
+            .store_retry(|| self.store.get_binding(resource))
+            .await?
+        else {
             return Ok(None);
         };
         let key = TokenKey::new(binding.value.issuer.clone(), resource.clone());
         Ok(self
-            .store
-            .get_tokens(&key)
+            .store_retry(|| self.store.get_tokens(&key))
             .await?
-            .map(|t| (binding.value.issuer, t.version)))
+            .map(|t| (binding.value.issuer, t.value.access_token)))
     }
 
     /// Call after the MCP server answered `401`. Re-discovers the protected resource metadata
@@ -459,9 +480,11 @@ impl McpAuth {
         let lock = self.authorize_locks.get(resource);
         let _guard = lock.lock().await;
         // A concurrent caller may have recovered already (new tokens from this very AS).
-        if let Some((bound, version)) = self.token_snapshot(resource).await?
+        if let Some((bound, token)) = self.token_snapshot(resource).await?
             && bound == issuer
-            && seen.as_ref().is_none_or(|(_, v)| *v != version)
+            && seen
+                .as_ref()
+                .is_none_or(|(_, t)| t.expose_secret() != token.expose_secret())
             && let Ok(token) = self.cached_access_token(resource).await
         {
             return Ok(token);
@@ -469,13 +492,16 @@ impl McpAuth {
         if let Ok(binding) = self.binding(resource).await
             && binding.issuer == issuer
         {
-            // Same AS: the token itself was refused. A refresh may fix it; the version read
-            // here makes concurrent callers refresh once.
+            // Same AS: the token itself was refused. A refresh may fix it; the token read here
+            // makes concurrent callers refresh once.
             let key = TokenKey::new(issuer, resource.clone());
-            if let Some(current) = self.store.get_tokens(&key).await?
+            if let Some(current) = self.store_retry(|| self.store.get_tokens(&key)).await?
                 && current.value.refresh_token.is_some()
             {
-                match self.force_refresh(&binding, &key, current.version).await {
+                match self
+                    .force_refresh(&binding, &key, &current.value.access_token)
+                    .await
+                {
                     Ok(token) => return Ok(token),
                     Err(e) if e.needs_login() => {}
                     Err(e) => return Err(e),
@@ -575,13 +601,8 @@ impl McpAuth {
 
     // -----------------------------------------------------------------------------------------
 
-    fn is_stale(&self, tokens: &TokenSet) -> bool {
-        tokens.expires_within(self.config.refresh_margin)
-    }
-
     async fn binding(&self, resource: &ResourceUri) -> Result<ResourceBinding, AuthError> {
-        self.store
-            .get_binding(resource)
+        self.store_retry(|| self.store.get_binding(resource))
             .await?
             .map(|b| b.value)
             .ok_or_else(|| AuthError::LoginRequired {
@@ -612,7 +633,7 @@ impl McpAuth {
     }
 
     /// Refreshes unless someone else already did. Single-flight inside the process (a mutex per
-    /// token key) and across processes (the store's lease).
+    /// token key) and across processes (the store's lease and the recorded refresh state).
     async fn refresh(
         &self,
         binding: &ResourceBinding,
@@ -620,147 +641,25 @@ impl McpAuth {
     ) -> Result<SecretString, AuthError> {
         let lock = self.refresh_locks.get(key);
         let _guard = lock.lock().await;
-        self.refresh_locked(binding, key, |t| !self.is_stale(&t.value))
+        self.refresh_locked(binding, key, &|t| !self.is_stale(t))
             .await
     }
 
-    /// Refreshes because the server refused the token stored at version `rejected`, unless the
-    /// record has changed since.
+    /// Refreshes because the server refused the access token `rejected`, unless the stored
+    /// token has changed since.
     async fn force_refresh(
         &self,
         binding: &ResourceBinding,
         key: &TokenKey,
-        rejected: crate::store::Version,
+        rejected: &SecretString,
     ) -> Result<SecretString, AuthError> {
         let lock = self.refresh_locks.get(key);
         let _guard = lock.lock().await;
-        self.refresh_locked(binding, key, |t| {
-            t.version != rejected && !self.is_stale(&t.value)
+        let rejected = rejected.expose_secret();
+        self.refresh_locked(binding, key, &|t| {
+            t.access_token.expose_secret() != rejected && !self.is_stale(t)
         })
         .await
-    }
-
-    async fn refresh_locked(
-        &self,
-        binding: &ResourceBinding,
-        key: &TokenKey,
-        usable: impl Fn(&Versioned<TokenSet>) -> bool,
-    ) -> Result<SecretString, AuthError> {
-        let login = || AuthError::LoginRequired {
-            resource: key.resource.to_string(),
-        };
-        let deadline = tokio::time::Instant::now() + self.config.lease_ttl * 2;
-        loop {
-            let current = self.store.get_tokens(key).await?.ok_or_else(login)?;
-            if usable(&current) {
-                return Ok(current.value.access_token);
-            }
-            if current.value.refresh_token.is_none() {
-                return Err(login());
-            }
-            let Some(lease) = self
-                .store
-                .try_acquire_refresh_lease(key, self.config.lease_ttl)
-                .await?
-            else {
-                // Another process is refreshing: wait for its result.
-                if tokio::time::Instant::now() > deadline {
-                    return Err(AuthError::Store(StoreError::Unavailable {
-                        backend: self.store.backend_name(),
-                        source: "the refresh lease stayed held past twice its TTL".into(),
-                    }));
-                }
-                tokio::time::sleep(Duration::from_millis(50)).await;
-                continue;
-            };
-            // Re-read under the lease: the previous holder may have just saved new tokens.
-            let result = match self.store.get_tokens(key).await {
-                Ok(Some(fresh)) if usable(&fresh) => Ok(fresh.value.access_token),
-                Ok(Some(current)) => self.refresh_with(binding, key, current).await,
-                Ok(None) => Err(login()),
-                Err(e) => Err(e.into()),
-            };
-            let released = self.store.release_refresh_lease(&lease).await;
-            let token = result?;
-            if let Err(e) = released {
-                warn!(error = %e, "could not release the refresh lease; it will expire");
-            }
-            return Ok(token);
-        }
-    }
-
-    /// One refresh-token grant (R14: with `resource`; R33: rotation saved by CAS).
-    async fn refresh_with(
-        &self,
-        binding: &ResourceBinding,
-        key: &TokenKey,
-        current: Versioned<TokenSet>,
-    ) -> Result<SecretString, AuthError> {
-        let meta = self.stored_metadata(binding)?;
-        let registration = self
-            .store
-            .get_registration(&binding.issuer)
-            .await?
-            .ok_or_else(|| AuthError::LoginRequired {
-                resource: key.resource.to_string(),
-            })?
-            .value;
-        let Some(refresh_token) = current.value.refresh_token.clone() else {
-            return Err(AuthError::LoginRequired {
-                resource: key.resource.to_string(),
-            });
-        };
-        let resource_param =
-            ResourceMetadata::from_stored(&binding.resource_metadata, &key.resource)
-                .map(|p| p.resource_raw)
-                .unwrap_or_else(|| key.resource.to_string());
-        let mut form = vec![
-            ("grant_type", "refresh_token".to_owned()),
-            ("refresh_token", refresh_token.expose_secret().to_owned()),
-            ("resource", resource_param),
-        ];
-        let span = info_span!("refresh_token", issuer = %binding.issuer, resource = %key.resource);
-        let response = self
-            .token_request(&meta, &registration, &mut form)
-            .instrument(span)
-            .await;
-        match response {
-            Ok(body) => {
-                let tokens = parse_token_response(&meta, &body, Some(&current.value), &[])?;
-                match self
-                    .store
-                    .put_tokens(key, &tokens, Expect::Version(current.version))
-                    .await
-                {
-                    Ok(_) => Ok(tokens.access_token),
-                    // Someone saved newer tokens meanwhile (our lease had expired): theirs win.
-                    Err(StoreError::Conflict { .. }) => match self.store.get_tokens(key).await? {
-                        Some(t) => Ok(t.value.access_token),
-                        None => Err(AuthError::LoginRequired {
-                            resource: key.resource.to_string(),
-                        }),
-                    },
-                    // The AS may have rotated the refresh token already: never swallow this.
-                    Err(e) => Err(e.into()),
-                }
-            }
-            Err(AuthError::OAuth { error, .. }) if error == "invalid_grant" => {
-                // Delete only the exact record that was rejected; a newer one stays.
-                match self
-                    .store
-                    .delete_tokens(key, Expect::Version(current.version))
-                    .await
-                {
-                    Ok(_) | Err(StoreError::Conflict { .. }) => {}
-                    Err(e) => return Err(e.into()),
-                }
-                Err(AuthError::RefreshRejected {
-                    issuer: binding.issuer.clone(),
-                    resource: key.resource.to_string(),
-                })
-            }
-            Err(e) => Err(e),
-        }
     }
 
     /// POSTs to the token endpoint with the registration's client authentication; returns the
