@@ -205,6 +205,31 @@ impl ClientConfig {
         self
     }
 
+    /// Sets the timeout of refresh-token requests (see [`ClientConfig::refresh_timeout`]).
+    pub fn with_refresh_timeout(mut self, timeout: Duration) -> Self {
+        self.refresh_timeout = timeout;
+        self
+    }
+
+    /// Sets the refresh lease TTL (see [`ClientConfig::lease_ttl`]).
+    pub fn with_lease_ttl(mut self, ttl: Duration) -> Self {
+        self.lease_ttl = ttl;
+        self
+    }
+
+    /// Sets how long store outages are ridden out on the token path (see
+    /// [`ClientConfig::store_retry_budget`]).
+    pub fn with_store_retry_budget(mut self, budget: Duration) -> Self {
+        self.store_retry_budget = budget;
+        self
+    }
+
+    /// Sets how long [`McpAuth::flush`] waits for unsaved rotated tokens.
+    pub fn with_save_deadline(mut self, deadline: Duration) -> Self {
+        self.save_deadline = deadline;
+        self
+    }
+
     /// Sets the client name used for registration.
     pub fn with_client_name(mut self, name: impl Into<String>) -> Self {
         self.client_name = name.into();
