@@ -204,7 +204,8 @@ async fn run(cli: Cli) -> Result<(), Failure> {
             match auth.cached_access_token(&resource).await {
                 Ok(token) => {
                     println!("{}", token.expose_secret());
-                    Ok(())
+                    // A refresh that rotated the token must reach the store before we exit.
+                    auth.flush().await.map_err(Failure::from)
                 }
                 Err(e) if e.needs_login() => Err(Failure {
                     code: EXIT_LOGIN_REQUIRED,
@@ -488,16 +489,7 @@ async fn migrate(from: &str, to: &str, namespace: &Namespace) -> Result<(), Fail
         bar.inc(1);
     }
     for key in &tokens {
-        if let Some(t) = source.get_tokens(key).await? {
-            target.put_tokens(key, &t.value, Expect::Any).await?;
-            let copied = target
-                .get_tokens(key)
-                .await?
-                .ok_or_else(|| mismatch(format!("tokens {key}")))?;
-            if record::encode_tokens(key, &copied.value)? != record::encode_tokens(key, &t.value)? {
-                return Err(mismatch(format!("tokens {key}")));
-            }
-        }
+        copy_tokens(source.as_ref(), target.as_ref(), key).await?;
         bar.inc(1);
     }
     for resource in &bindings {
@@ -514,11 +506,95 @@ async fn migrate(from: &str, to: &str, namespace: &Namespace) -> Result<(), Fail
         bar.inc(1);
     }
     bar.finish_and_clear();
+    // A refresh may have rotated a token set after it was copied: compare every one with the
+    // source's current state (under its lease) until a pass finds nothing changed.
+    let mut recopied = 0;
+    for pass in 1..=5 {
+        let mut changed = 0;
+        for key in &tokens {
+            if copy_tokens(source.as_ref(), target.as_ref(), key).await? {
+                changed += 1;
+            }
+        }
+        recopied += changed;
+        if changed == 0 {
+            break;
+        }
+        if pass == 5 {
+            return Err(Failure::from(format!(
+                "{changed} token sets kept changing in {from} during the copy (refreshes are \
+                 running there); stop the clients using it and run migrate again"
+            )));
+        }
+    }
     eprintln!(
         "Copied and verified {} registrations, {} token sets and {} bindings from {from} to {to}.",
         registrations.len(),
         tokens.len(),
         bindings.len()
     );
+    if recopied > 0 {
+        eprintln!(
+            "{recopied} token sets were refreshed during the copy and copied again. Point clients \
+             at {to} now: refreshes made through {from} from here on are not copied."
+        );
+    }
     Ok(())
+}
+
+/// Copies one token set while holding the source's refresh lease, so no refresh can replace it
+/// half-way (a refresh that is running is waited for), and verifies the copy against the
+/// source's state at that moment. Returns whether the destination changed.
+async fn copy_tokens(
+    source: &dyn CredentialStore,
+    target: &dyn CredentialStore,
+    key: &TokenKey,
+) -> Result<bool, Failure> {
+    use mcp_auth_core::record;
+    let waited_since = std::time::Instant::now();
+    let lease = loop {
+        if let Some(lease) = source
+            .try_acquire_refresh_lease(key, Duration::from_secs(30))
+            .await?
+        {
+            break lease;
+        }
+        if waited_since.elapsed() > Duration::from_secs(120) {
+            return Err(Failure::from(format!(
+                "a refresh of {key} in the source store has been running for 2 minutes; \
+                 try again later"
+            )));
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let copied = async {
+        let Some(current) = source.get_tokens(key).await? else {
+            return Ok::<bool, Failure>(false);
+        };
+        let want = record::encode_tokens(key, &current.value)?;
+        let have = match target.get_tokens(key).await? {
+            Some(t) => Some(record::encode_tokens(key, &t.value)?),
+            None => None,
+        };
+        if have.as_deref() == Some(want.as_slice()) {
+            return Ok(false);
+        }
+        target.put_tokens(key, &current.value, Expect::Any).await?;
+        let back = target.get_tokens(key).await?.ok_or_else(|| {
+            Failure::from(format!(
+                "verification failed: tokens {key} are missing after the copy"
+            ))
+        })?;
+        if record::encode_tokens(key, &back.value)? != want {
+            return Err(Failure::from(format!(
+                "verification failed: tokens {key} differ after the copy"
+            )));
+        }
+        Ok(true)
+    }
+    .await;
+    if let Err(e) = source.release_refresh_lease(&lease).await {
+        eprintln!("warning: could not release the refresh lease of {key} in the source: {e}");
+    }
+    copied
 }

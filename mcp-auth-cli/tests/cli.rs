@@ -242,6 +242,18 @@ async fn mcp_auth_store_sqlite_open(db: &Path) -> mcp_auth_store_sqlite::SqliteS
     mcp_auth_store_sqlite::SqliteStore::open(db).await.unwrap()
 }
 
+async fn sqlite_in_namespace(db: &Path, namespace: &str) -> mcp_auth_store_sqlite::SqliteStore {
+    mcp_auth_store_sqlite::SqliteStore::open_with(
+        db,
+        mcp_auth_store_sqlite::SqliteOptions {
+            namespace: mcp_auth_core::Namespace::new(namespace).unwrap(),
+            ..Default::default()
+        },
+    )
+    .await
+    .unwrap()
+}
+
 fn records(db: &Path) -> Vec<(String, String, Vec<u8>)> {
     let conn = rusqlite::Connection::open(db).unwrap();
     let mut stmt = conn
@@ -504,4 +516,96 @@ async fn keyring_store_round_trip() {
 
     assert!(run(&["logout", "--all"]).await.status.success());
     assert_eq!(run(&["token", &mcp.url()]).await.status.code(), Some(3));
+}
+
+/// `migrate` sqlite → redis while 8 `token` processes refresh an expired token through the
+/// source (the AS answers slowly, so the copy runs while the refresh is in flight): the copy
+/// waits for the refresh and holds the source's latest token set, and using the copy's refresh
+/// token causes no reuse detection.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn migrate_while_eight_processes_refresh_copies_the_latest_tokens() {
+    use mcp_auth_testkit::TokenFault;
+    let redis = std::env::var("MCP_AUTH_TEST_REDIS_URL").expect(
+        "MCP_AUTH_TEST_REDIS_URL is not set: run `cargo xtask test-all`, which starts redis-server",
+    );
+    let (as1, mcp) = servers().await;
+    let dir = tempfile::tempdir().unwrap();
+    let (a, c) = (dir.path().join("a.db"), dir.path().join("c.db"));
+    let ns = format!("cli-migrate-race-{}", std::process::id());
+    let sqlite = |p: &Path| format!("sqlite:{}", p.display());
+    let run = {
+        let ns = ns.clone();
+        move |store: String, args: Vec<String>| {
+            let ns = ns.clone();
+            async move {
+                tokio::process::Command::new(env!("CARGO_BIN_EXE_mcp-auth"))
+                    .args(["--namespace", &ns, "--store", &store])
+                    .args(args)
+                    .env("MCP_AUTH_INSECURE_LOOPBACK", "true")
+                    .output()
+                    .await
+                    .unwrap()
+            }
+        }
+    };
+    let args = |a: &[&str]| a.iter().map(|s| (*s).to_owned()).collect::<Vec<_>>();
+    let url = mcp.url();
+    assert!(
+        run(sqlite(&a), args(&["login", &url, "--headless"]))
+            .await
+            .status
+            .success()
+    );
+    {
+        let store = sqlite_in_namespace(&a, &ns).await;
+        expire_access_token(&store, &as1, &mcp).await;
+    }
+    as1.clear_requests();
+    as1.set_token_fault(TokenFault::Delay(std::time::Duration::from_millis(1500)));
+    let mut refreshers = Vec::new();
+    for _ in 0..8 {
+        refreshers.push(tokio::spawn(run(sqlite(&a), args(&["token", &url]))));
+    }
+    while as1.refresh_requests() == 0 {
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    let out = run(
+        sqlite(&a),
+        args(&["migrate", "--from", &sqlite(&a), "--to", &redis]),
+    )
+    .await;
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    for r in refreshers {
+        let o = r.await.unwrap();
+        assert!(o.status.success(), "{}", text(&o.stderr));
+    }
+    as1.set_token_fault(TokenFault::None);
+    assert_eq!(as1.refresh_requests(), 1);
+    // Bring the Redis copy back into a file and compare it with the source's records.
+    let out = run(
+        sqlite(&a),
+        args(&["migrate", "--from", &redis, "--to", &sqlite(&c)]),
+    )
+    .await;
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert_eq!(
+        records(&c),
+        records(&a),
+        "the destination does not hold the source's latest token set"
+    );
+    // Use the copy: its refresh token must be the live one.
+    {
+        let store = sqlite_in_namespace(&c, &ns).await;
+        expire_access_token(&store, &as1, &mcp).await;
+    }
+    let o = run(sqlite(&c), args(&["token", &url])).await;
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    assert_eq!(as1.refresh_requests(), 2);
+    assert_eq!(as1.reuse_detections(), 0);
+    assert!(
+        run(redis, args(&["logout", "--all"]))
+            .await
+            .status
+            .success()
+    );
 }
