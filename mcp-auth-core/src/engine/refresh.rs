@@ -224,11 +224,9 @@ impl McpAuth {
                 if map.is_empty() {
                     return Ok(());
                 }
-                let late = map
-                    .iter()
+                map.iter()
                     .find(|(_, e)| e.since.elapsed() >= self.config.save_deadline)
-                    .map(|(k, e)| (k.clone(), e.last_error.clone(), e.issuer_backend));
-                late
+                    .map(|(k, e)| (k.clone(), e.last_error.clone(), e.issuer_backend))
             };
             if let Some((key, last_error, backend)) = overdue {
                 return Err(AuthError::RotatedTokenNotSaved {
