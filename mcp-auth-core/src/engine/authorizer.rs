@@ -17,6 +17,9 @@ pub struct AuthorizationRequest {
     pub url: Url,
     /// The redirect URI the authorization server will send the user back to.
     pub redirect_uri: String,
+    /// The `state` of this request: a callback carrying any other state is not this login's
+    /// answer (it may be an attacker's) and must be refused.
+    pub state: String,
 }
 
 impl fmt::Debug for AuthorizationRequest {
@@ -24,7 +27,7 @@ impl fmt::Debug for AuthorizationRequest {
         f.debug_struct("AuthorizationRequest")
             .field("url", &redact(&self.url))
             .field("redirect_uri", &self.redirect_uri)
-            .finish()
+            .finish_non_exhaustive()
     }
 }
 

@@ -791,6 +791,7 @@ impl McpAuth {
                 .authorize(AuthorizationRequest {
                     url,
                     redirect_uri: self.config.redirect_uri.clone(),
+                    state: state.clone(),
                 })
                 .await?;
             self.complete(resource, prm, &meta, &registration, &callback)
