@@ -29,12 +29,15 @@ async fn pre_registered_client_refuses_a_new_authorization_server() {
     let mcp = mcp_server(vec![as1.clone()], |_| {}).await;
     let auth = engine_with(
         memory(),
-        ClientConfig::default().with_pre_registered(PreRegisteredClient {
-            client_id: "pre-registered-1".into(),
-            client_secret: Some(SecretString::from("pre-secret-1")),
-            token_endpoint_auth_method: "client_secret_basic".into(),
-            issuer: None,
-        }),
+        // Undeclared on purpose: this tests the binding to the first AS used.
+        ClientConfig::default()
+            .allowing_undeclared_secret_issuer()
+            .with_pre_registered(PreRegisteredClient {
+                client_id: "pre-registered-1".into(),
+                client_secret: Some(SecretString::from("pre-secret-1")),
+                token_endpoint_auth_method: "client_secret_basic".into(),
+                issuer: None,
+            }),
     );
     assert_eq!(call_with_recovery(&auth, &mcp).await.unwrap(), 200);
 

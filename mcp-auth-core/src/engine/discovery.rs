@@ -210,6 +210,31 @@ pub(crate) async fn discover_resource_metadata(
     resource: &ResourceUri,
     challenge_url: Option<&str>,
 ) -> Result<ResourceMetadata, AuthError> {
+    match find_resource_metadata(http, resource, challenge_url).await? {
+        Found::Metadata(prm) => Ok(prm),
+        Found::NotFound(reason) => Err(AuthError::Discovery {
+            url: resource.to_string(),
+            reason: format!("no protected resource metadata ({reason})"),
+        }),
+    }
+}
+
+/// What the protected resource metadata probes found.
+pub(crate) enum Found {
+    /// A valid document.
+    Metadata(ResourceMetadata),
+    /// Every location answered `404`: the server publishes none (a 2025-03-26 server).
+    NotFound(String),
+}
+
+/// [`discover_resource_metadata`], telling "none published" (every location `404`) apart from
+/// every other failure: only the former may lead to the 2025-03-26 fallback. A server error,
+/// a refusal or a timeout is an error, never a reason to treat the origin as the AS.
+pub(crate) async fn find_resource_metadata(
+    http: &Http,
+    resource: &ResourceUri,
+    challenge_url: Option<&str>,
+) -> Result<Found, AuthError> {
     let span = info_span!("discover_resource_metadata", resource = %resource);
     async {
         let candidates: Vec<Url> = match challenge_url {
@@ -230,18 +255,26 @@ pub(crate) async fn discover_resource_metadata(
         for url in &candidates {
             debug!(url = %redact(url), "fetching protected resource metadata");
             let fetched = http.get(url, true).await?;
-            if fetched.status == 200 {
-                return ResourceMetadata::from_json(url, fetched.json_object()?, resource);
+            match fetched.status {
+                200 => {
+                    return ResourceMetadata::from_json(url, fetched.json_object()?, resource)
+                        .map(Found::Metadata);
+                }
+                404 => last = Some(format!("{} returned 404", redact(url))),
+                status => {
+                    return Err(AuthError::Discovery {
+                        url: resource.to_string(),
+                        reason: format!(
+                            "protected resource metadata at {} is unavailable (HTTP {status}); try again later",
+                            redact(url)
+                        ),
+                    });
+                }
             }
-            last = Some(format!("{} returned {}", redact(url), fetched.status));
         }
-        Err(AuthError::Discovery {
-            url: resource.to_string(),
-            reason: format!(
-                "no protected resource metadata ({})",
-                last.unwrap_or_else(|| "nothing to try".to_owned())
-            ),
-        })
+        Ok(Found::NotFound(
+            last.unwrap_or_else(|| "nothing to try".to_owned()),
+        ))
     }
     .instrument(span)
     .await

@@ -141,6 +141,15 @@ pub enum AuthError {
         /// How long this call waited.
         waited: std::time::Duration,
     },
+    /// The token response's `token_type` is not `Bearer` (RFC 6749 §7.1: a client must not use
+    /// a token whose type it does not understand; DPoP-bound tokens are not supported yet).
+    #[error("{issuer} issued a token of type {token_type:?}; this client uses Bearer tokens only")]
+    UnsupportedTokenType {
+        /// The AS.
+        issuer: IssuerId,
+        /// The `token_type` it sent (printable characters only).
+        token_type: String,
+    },
     /// No usable tokens, and this call does not start an interactive authorization.
     #[error("no valid credentials for {resource}; log in first")]
     LoginRequired {

@@ -112,6 +112,11 @@ pub struct ClientConfig {
     /// Talk to 2025-03-26 servers that publish no protected resource metadata: their origin is
     /// taken as the authorization server (default true).
     pub legacy_discovery: bool,
+    /// Allow a client secret (pre-registered or client-credentials) whose issuer is not declared:
+    /// it is then sent to the first authorization server the MCP server names, which may be
+    /// the server's own choice of AS (default false: [`McpAuthBuilder::build`] refuses it).
+    /// Only for environments where the MCP server is trusted, such as test harnesses.
+    pub allow_undeclared_secret_issuer: bool,
 }
 
 /// Credentials for the `client_credentials` grant (SEP-1046).
@@ -176,6 +181,7 @@ impl Default for ClientConfig {
             pending_ttl: Duration::from_secs(600),
             client_credentials: None,
             legacy_discovery: true,
+            allow_undeclared_secret_issuer: false,
         }
     }
 }
@@ -227,6 +233,13 @@ impl ClientConfig {
     /// Sets how long [`McpAuth::flush`] waits for unsaved rotated tokens.
     pub fn with_save_deadline(mut self, deadline: Duration) -> Self {
         self.save_deadline = deadline;
+        self
+    }
+
+    /// Allows client secrets without a declared issuer (see
+    /// [`ClientConfig::allow_undeclared_secret_issuer`]).
+    pub fn allowing_undeclared_secret_issuer(mut self) -> Self {
+        self.allow_undeclared_secret_issuer = true;
         self
     }
 
@@ -311,6 +324,29 @@ impl McpAuthBuilder {
     pub fn build(self) -> Result<McpAuth, AuthError> {
         Url::parse(&self.config.redirect_uri)
             .map_err(|_| AuthError::Config("redirect_uri is not an absolute URL".to_owned()))?;
+        // A secret must know where it may be sent: without a declared issuer it would go to
+        // whichever authorization server a (possibly hostile) MCP server names first.
+        if !self.config.allow_undeclared_secret_issuer {
+            if let Some(pre) = &self.config.pre_registered
+                && pre.client_secret.is_some()
+                && pre.issuer.is_none()
+            {
+                return Err(AuthError::Config(
+                    "a pre-registered client secret needs the issuer it belongs to (set \
+                     PreRegisteredClient::issuer)"
+                        .to_owned(),
+                ));
+            }
+            if let Some(cc) = &self.config.client_credentials
+                && cc.issuer.is_none()
+            {
+                return Err(AuthError::Config(
+                    "client credentials need the issuer they belong to (set \
+                     ClientCredentials::issuer)"
+                        .to_owned(),
+                ));
+            }
+        }
         let http = Http::new(self.policy)?;
         if let Some(raw) = &self.config.client_metadata_url {
             // R21: a Client ID Metadata Document URL is https with a path (http only to loopback
@@ -361,12 +397,13 @@ fn pkce_challenge(verifier: &str) -> String {
 
 fn oauth_error(issuer: &IssuerId, endpoint: &'static str, status: u16, body: &[u8]) -> AuthError {
     let parsed: Option<Map<String, Value>> = serde_json::from_slice(body).ok();
+    // AS-controlled text reaches terminals and logs: printable ASCII only.
     let field = |k: &str| {
         parsed
             .as_ref()
             .and_then(|m| m.get(k))
             .and_then(Value::as_str)
-            .map(|s| s.chars().take(300).collect::<String>())
+            .map(refresh::printable)
     };
     AuthError::OAuth {
         issuer: issuer.clone(),
@@ -458,14 +495,20 @@ impl McpAuth {
         resource: &ResourceUri,
         challenge_url: Option<&str>,
     ) -> Result<ResourceMetadata, AuthError> {
-        match discovery::discover_resource_metadata(&self.http, resource, challenge_url).await {
-            Err(AuthError::Discovery { .. })
+        // Only "none published" (every location 404) falls back; a server error never makes the
+        // origin the authorization server.
+        match discovery::find_resource_metadata(&self.http, resource, challenge_url).await? {
+            discovery::Found::Metadata(prm) => Ok(prm),
+            discovery::Found::NotFound(_)
                 if challenge_url.is_none() && self.config.legacy_discovery =>
             {
                 debug!(resource = %resource, "no protected resource metadata; using the 2025-03-26 fallback");
                 Ok(ResourceMetadata::legacy(resource))
             }
-            other => other,
+            discovery::Found::NotFound(reason) => Err(AuthError::Discovery {
+                url: resource.to_string(),
+                reason: format!("no protected resource metadata ({reason})"),
+            }),
         }
     }
 
@@ -751,6 +794,7 @@ impl McpAuth {
             }
             let registration = self.ensure_registration(&meta).await?;
             let scopes = select_scopes(prm, &meta, challenge, explicit_scopes);
+            let redirect_uri = self.redirect_uri_for(&registration);
 
             let verifier = random_urlsafe(32);
             let state = random_urlsafe(24);
@@ -765,7 +809,7 @@ impl McpAuth {
                 issuer.clone(),
                 resource.clone(),
                 registration.client_id.clone(),
-                self.config.redirect_uri.clone(),
+                redirect_uri.clone(),
                 self.config.pending_ttl,
             );
             pending.scopes = scopes.clone();
@@ -776,7 +820,7 @@ impl McpAuth {
                 let mut q = url.query_pairs_mut();
                 q.append_pair("response_type", "code")
                     .append_pair("client_id", &registration.client_id)
-                    .append_pair("redirect_uri", &self.config.redirect_uri)
+                    .append_pair("redirect_uri", &redirect_uri)
                     .append_pair("code_challenge", &pkce_challenge(&verifier))
                     .append_pair("code_challenge_method", "S256")
                     .append_pair("state", &state)
@@ -786,16 +830,32 @@ impl McpAuth {
                 }
             }
             debug!(endpoint = %redact(&meta.authorization_endpoint), "starting authorization");
-            let callback = self
+            let callback = match self
                 .authorizer
                 .authorize(AuthorizationRequest {
                     url,
-                    redirect_uri: self.config.redirect_uri.clone(),
+                    redirect_uri: redirect_uri.clone(),
                     state: state.clone(),
                 })
-                .await?;
-            self.complete(resource, prm, &meta, &registration, &callback)
                 .await
+            {
+                Ok(callback) => callback,
+                Err(e) => {
+                    // A login that failed or timed out leaves nothing redeemable behind.
+                    if let Err(cleanup) = self.store.take_pending(&state).await {
+                        warn!(error = %cleanup, "could not delete the abandoned authorization");
+                    }
+                    return Err(e);
+                }
+            };
+            let result = self
+                .complete(resource, prm, &meta, &registration, &state, &callback)
+                .await;
+            if result.is_err() {
+                // `complete` takes the record when the state matches; make sure it is gone.
+                let _ = self.store.take_pending(&state).await;
+            }
+            result
         }
         .instrument(span)
         .await
@@ -836,10 +896,10 @@ impl McpAuth {
             }
             BindingAction::SwitchAndRegister { from }
             | BindingAction::SwitchKeepClientId { from } => {
-                debug!(from = %from, to = %issuer, "authorization server changed; dropping the old server's tokens");
-                self.store
-                    .delete_tokens(&TokenKey::new(from, resource.clone()), Expect::Any)
-                    .await?;
+                // The old server's tokens are dropped only once the new server has issued
+                // tokens ([`McpAuth::bind`]): a move that fails half-way (metadata that does
+                // not validate, a refused login) costs nothing.
+                debug!(from = %from, to = %issuer, "authorization server changed");
                 Ok(())
             }
         }
@@ -935,7 +995,7 @@ impl McpAuth {
             };
             let body = json!({
                 "client_name": self.config.client_name,
-                "redirect_uris": [self.config.redirect_uri],
+                "redirect_uris": [self.issuer_redirect_uri(&meta.issuer)],
                 "grant_types": ["authorization_code", "refresh_token"],
                 "response_types": ["code"],
                 "token_endpoint_auth_method": requested_method,
@@ -1005,22 +1065,47 @@ impl McpAuth {
     }
 
     /// Validates the authorization response (state R13, `iss` R9–R12) and exchanges the code.
+    /// The response must answer this very flow: its `state` is the one this flow sent, and the
+    /// pending record names the authorization server, client and redirect URI in use now.
     async fn complete(
         &self,
         resource: &ResourceUri,
         prm: &ResourceMetadata,
         meta: &ServerMetadata,
         registration: &ClientRegistration,
+        expected_state: &str,
         callback: &Url,
     ) -> Result<SecretString, AuthError> {
-        let params: HashMap<String, String> = callback.query_pairs().into_owned().collect();
+        let mut params: HashMap<String, String> = HashMap::new();
+        for (k, v) in callback.query_pairs() {
+            if matches!(k.as_ref(), "state" | "iss" | "code" | "error")
+                && params.contains_key(k.as_ref())
+            {
+                return Err(AuthError::InvalidResponse {
+                    url: redact(callback),
+                    reason: format!("authorization response repeats the {k} parameter"),
+                });
+            }
+            params.insert(k.into_owned(), v.into_owned());
+        }
         let state = params.get("state").ok_or(AuthError::StateMismatch)?;
+        if state != expected_state {
+            // Another flow's state (perhaps an attacker's): leave its record alone.
+            return Err(AuthError::StateMismatch);
+        }
         let pending = self
             .store
             .take_pending(state)
             .await?
             .ok_or(AuthError::StateMismatch)?;
-        if &pending.resource != resource {
+        let expected_path = Url::parse(&pending.redirect_uri)
+            .map(|u| u.path().to_owned())
+            .unwrap_or_default();
+        if &pending.resource != resource
+            || pending.issuer != meta.issuer
+            || pending.client_id != registration.client_id
+            || callback.path() != expected_path
+        {
             return Err(AuthError::StateMismatch);
         }
         // R9/R10/R11: compare `iss` with the issuer recorded for this very flow, exactly.
@@ -1030,7 +1115,7 @@ impl McpAuth {
                 return Err(AuthError::IssuerMismatch {
                     context: "authorization response",
                     expected: pending.issuer.to_string(),
-                    found: Some(iss.chars().take(200).collect()),
+                    found: Some(refresh::printable(iss)),
                 });
             }
             None if meta.iss_parameter_supported => {
@@ -1044,10 +1129,10 @@ impl McpAuth {
         }
         if let Some(error) = params.get("error") {
             return Err(AuthError::AuthorizationDenied {
-                error: error.chars().take(100).collect(),
+                error: refresh::printable(error).chars().take(100).collect(),
                 description: params
                     .get("error_description")
-                    .map(|d| d.chars().take(300).collect()),
+                    .map(|d| refresh::printable(d)),
             });
         }
         let code = params
@@ -1072,14 +1157,78 @@ impl McpAuth {
             .instrument(span)
             .await?;
         let tokens = parse_token_response(meta, &body, None, &pending.scopes)?;
+        self.bind(resource, prm, meta, &tokens).await?;
+        Ok(tokens.access_token)
+    }
+
+    /// Stores new tokens from `meta`'s server and binds `resource` to it. Only now, with the
+    /// new server's tokens in hand, are the previous server's tokens for `resource` dropped
+    /// (SEP-2352: never used again).
+    async fn bind(
+        &self,
+        resource: &ResourceUri,
+        prm: &ResourceMetadata,
+        meta: &ServerMetadata,
+        tokens: &TokenSet,
+    ) -> Result<(), AuthError> {
+        let previous = self
+            .store
+            .get_binding(resource)
+            .await?
+            .map(|b| b.value.issuer);
         let key = TokenKey::new(meta.issuer.clone(), resource.clone());
-        self.store.put_tokens(&key, &tokens, Expect::Any).await?;
-        // The binding is recorded only now, after a successful token acquisition.
+        self.store.put_tokens(&key, tokens, Expect::Any).await?;
         let mut binding = ResourceBinding::new(resource.clone(), meta.issuer.clone());
         binding.resource_metadata = prm.raw.clone();
         binding.authorization_server_metadata = meta.raw.clone();
         self.store.put_binding(&binding, Expect::Any).await?;
-        Ok(tokens.access_token)
+        if let Some(old) = previous
+            && old != meta.issuer
+        {
+            debug!(from = %old, to = %meta.issuer, "authorization server changed; dropping the old server's tokens");
+            self.store
+                .delete_tokens(&TokenKey::new(old, resource.clone()), Expect::Any)
+                .await?;
+        }
+        Ok(())
+    }
+
+    /// The redirect URI for a flow with `registration`: for dynamic registrations made by this
+    /// library, a path of its own per authorization server (`<redirect_uri>/<issuer key>`), so a
+    /// response that comes back without `iss` still names the server it belongs to (RFC 9700
+    /// §4.4.2); otherwise (pre-registered, Client ID Metadata Document, older registrations)
+    /// the configured redirect URI, which is what the server has on record.
+    fn redirect_uri_for(&self, registration: &ClientRegistration) -> String {
+        let own = self.issuer_redirect_uri(&registration.issuer);
+        let registered =
+            registration
+                .redirect_uris
+                .iter()
+                .any(|u| match (Url::parse(u), Url::parse(&own)) {
+                    (Ok(a), Ok(b)) => a.path() == b.path() && a.host() == b.host(),
+                    _ => false,
+                });
+        if registration.kind == RegistrationKind::Dynamic && registered {
+            own
+        } else {
+            self.config.redirect_uri.clone()
+        }
+    }
+
+    fn issuer_redirect_uri(&self, issuer: &IssuerId) -> String {
+        let base = &self.config.redirect_uri;
+        match Url::parse(base) {
+            Ok(mut url) => {
+                let path = format!(
+                    "{}/{}",
+                    url.path().trim_end_matches('/'),
+                    issuer.storage_key()
+                );
+                url.set_path(&path);
+                url.to_string()
+            }
+            Err(_) => base.clone(),
+        }
     }
 }
 
@@ -1155,12 +1304,7 @@ impl McpAuth {
             .instrument(span)
             .await?;
         let tokens = parse_token_response(meta, &body, None, &scopes)?;
-        let key = TokenKey::new(meta.issuer.clone(), resource.clone());
-        self.store.put_tokens(&key, &tokens, Expect::Any).await?;
-        let mut binding = ResourceBinding::new(resource.clone(), meta.issuer.clone());
-        binding.resource_metadata = prm.raw.clone();
-        binding.authorization_server_metadata = meta.raw.clone();
-        self.store.put_binding(&binding, Expect::Any).await?;
+        self.bind(resource, prm, meta, &tokens).await?;
         Ok(tokens.access_token)
     }
 }
@@ -1264,8 +1408,54 @@ fn select_scopes(
     scopes
 }
 
+/// Lifetime assumed for an access token whose `expires_in` is present but not a usable number
+/// of seconds (negative, not a number, absurdly large): short, so a bad value never means
+/// "never expires".
+pub const INVALID_EXPIRES_IN_LIFETIME: Duration = Duration::from_secs(300);
+
+/// Longest token value accepted (RFC 6750 sets no limit; real tokens are far shorter).
+const MAX_TOKEN_LEN: usize = 16 * 1024;
+
+/// RFC 6750 §2.1 `b64token`: `1*( ALPHA / DIGIT / "-" / "." / "_" / "~" / "+" / "/" ) *"="`.
+/// Anything else (spaces, CR/LF, control characters) could inject headers where the token is
+/// pasted.
+fn is_b64token(s: &str) -> bool {
+    let body = s.trim_end_matches('=');
+    !body.is_empty()
+        && s.len() <= MAX_TOKEN_LEN
+        && body.bytes().all(|b| {
+            b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~' | b'+' | b'/')
+        })
+}
+
+/// `expires_in` as seconds (RFC 6749 §5.1): a non-negative integer; a non-negative number or a
+/// string of digits is accepted too (some servers send them). `None` when absent; the short
+/// [`INVALID_EXPIRES_IN_LIFETIME`] when present but unusable.
+fn expires_in(value: Option<&Value>) -> Option<Duration> {
+    const TEN_YEARS: u64 = 10 * 365 * 24 * 3600;
+    let value = value?;
+    let secs = match value {
+        Value::Number(n) => n.as_u64().or_else(|| {
+            n.as_f64()
+                .filter(|f| f.is_finite() && *f >= 0.0)
+                .map(|f| f as u64)
+        }),
+        Value::String(s) if !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit()) => {
+            s.parse::<u64>().ok()
+        }
+        Value::Null => return None,
+        _ => None,
+    };
+    Some(match secs {
+        Some(secs) if secs <= TEN_YEARS => Duration::from_secs(secs),
+        _ => INVALID_EXPIRES_IN_LIFETIME,
+    })
+}
+
 /// Builds the stored token set from a token response. An omitted refresh token keeps the
 /// previous one (never overwritten with nothing); an omitted scope means the requested ones.
+/// Token values must be RFC 6750 `b64token`s; `token_type` must be `Bearer` (RFC 6749 §7.1:
+/// a client must not use a token whose type it does not understand).
 fn parse_token_response(
     meta: &ServerMetadata,
     body: &Map<String, Value>,
@@ -1281,22 +1471,38 @@ fn parse_token_response(
         .and_then(Value::as_str)
         .filter(|s| !s.is_empty())
         .ok_or_else(|| invalid("token response has no access_token"))?;
+    if !is_b64token(access) {
+        return Err(invalid(
+            "access_token is not an RFC 6750 token (characters outside b64token, or longer than 16 KiB)",
+        ));
+    }
     let token_type = body
         .get("token_type")
         .and_then(Value::as_str)
         .ok_or_else(|| invalid("token response has no token_type"))?;
+    if !token_type.eq_ignore_ascii_case("bearer") {
+        return Err(AuthError::UnsupportedTokenType {
+            issuer: meta.issuer.clone(),
+            token_type: refresh::printable(token_type).chars().take(40).collect(),
+        });
+    }
     let mut tokens = TokenSet::new(SecretString::from(access.to_owned()));
-    tokens.token_type = token_type.to_owned();
-    tokens.expires_at = body
-        .get("expires_in")
-        .and_then(Value::as_u64)
-        .map(|s| Timestamp::now().saturating_add(Duration::from_secs(s)));
+    tokens.token_type = "Bearer".to_owned();
+    tokens.expires_at =
+        expires_in(body.get("expires_in")).map(|d| Timestamp::now().saturating_add(d));
     tokens.refresh_token = match body.get("refresh_token").and_then(Value::as_str) {
-        Some(r) if !r.is_empty() => Some(SecretString::from(r.to_owned())),
+        Some(r) if !r.is_empty() => {
+            if !is_b64token(r) {
+                return Err(invalid(
+                    "refresh_token has characters outside b64token or is longer than 16 KiB",
+                ));
+            }
+            Some(SecretString::from(r.to_owned()))
+        }
         _ => previous.and_then(|p| p.refresh_token.clone()),
     };
     tokens.scopes = match body.get("scope").and_then(Value::as_str) {
-        Some(s) => s.split_whitespace().map(str::to_owned).collect(),
+        Some(s) => s.split_whitespace().map(refresh::printable).collect(),
         None => previous
             .map(|p| p.scopes.clone())
             .unwrap_or_else(|| requested_scopes.to_vec()),
@@ -1310,4 +1516,51 @@ fn parse_token_response(
         }
     }
     Ok(tokens)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn b64token_syntax() {
+        for ok in ["abc", "a-b.c_d~e+f/g", "abc==", "eyJhbGciOi.eyJzdWIi.sig"] {
+            assert!(is_b64token(ok), "{ok}");
+        }
+        for bad in [
+            "",
+            "==",
+            "a b",
+            "a\r\nX-Injected: 1",
+            "a\tb",
+            "a\u{7f}",
+            "é",
+            "a=b",
+        ] {
+            assert!(!is_b64token(bad), "{bad:?}");
+        }
+        assert!(!is_b64token(&"a".repeat(MAX_TOKEN_LEN + 1)));
+    }
+
+    #[test]
+    fn expires_in_forms() {
+        let d = |v: Value| expires_in(Some(&v));
+        assert_eq!(d(json!(3600)), Some(Duration::from_secs(3600)));
+        assert_eq!(d(json!(0)), Some(Duration::ZERO));
+        assert_eq!(d(json!(3600.9)), Some(Duration::from_secs(3600)));
+        assert_eq!(d(json!("3600")), Some(Duration::from_secs(3600)));
+        for bad in [
+            json!(-1),
+            json!(-0.5),
+            json!("soon"),
+            json!("-5"),
+            json!(true),
+            json!([1]),
+            json!(1e30),
+        ] {
+            assert_eq!(d(bad.clone()), Some(INVALID_EXPIRES_IN_LIFETIME), "{bad}");
+        }
+        assert_eq!(expires_in(None), None);
+        assert_eq!(d(Value::Null), None);
+    }
 }
