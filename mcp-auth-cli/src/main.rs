@@ -79,10 +79,21 @@ struct LoginArgs {
     /// Pre-registered client_id.
     #[arg(long)]
     client_id: Option<String>,
-    /// Pre-registered client secret (prefer the MCP_AUTH_CLIENT_SECRET environment variable).
-    #[arg(long, env = "MCP_AUTH_CLIENT_SECRET", hide_env_values = true)]
+    /// Pre-registered client secret. Prefer MCP_AUTH_CLIENT_SECRET or --client-secret-file: a
+    /// value on the command line is visible to other local users in the process list.
+    #[arg(
+        long,
+        env = "MCP_AUTH_CLIENT_SECRET",
+        hide_env_values = true,
+        requires = "issuer",
+        conflicts_with = "client_secret_file"
+    )]
     client_secret: Option<String>,
-    /// The issuer the pre-registered credentials belong to.
+    /// A file holding the pre-registered client secret (trailing newline ignored).
+    #[arg(long, requires = "issuer")]
+    client_secret_file: Option<std::path::PathBuf>,
+    /// The issuer the pre-registered credentials belong to (required with a secret: the secret
+    /// is never sent to any other authorization server).
     #[arg(long)]
     issuer: Option<String>,
     /// A Client ID Metadata Document URL to use as client_id where supported.
@@ -152,7 +163,23 @@ impl From<mcp_auth_core::InvalidId> for Failure {
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    // Secrets live in this process's memory: never write them to a core file.
+    if let Err(e) = rlimit::setrlimit(rlimit::Resource::CORE, 0, 0) {
+        eprintln!("mcp-auth: warning: cannot disable core dumps: {e}");
+    }
+    let matches = <Cli as clap::CommandFactory>::command().get_matches();
+    let cli = match <Cli as clap::FromArgMatches>::from_arg_matches(&matches) {
+        Ok(cli) => cli,
+        Err(e) => e.exit(),
+    };
+    if let Some(("login", login)) = matches.subcommand()
+        && login.value_source("client_secret") == Some(clap::parser::ValueSource::CommandLine)
+    {
+        eprintln!(
+            "mcp-auth: warning: --client-secret on the command line is visible to other local \
+             users (ps, /proc/PID/cmdline); use MCP_AUTH_CLIENT_SECRET or --client-secret-file"
+        );
+    }
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -167,10 +194,25 @@ fn main() -> ExitCode {
     match runtime.block_on(run(cli)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(failure) => {
-            eprintln!("mcp-auth: {}", failure.message);
+            eprintln!("mcp-auth: {}", printable(&failure.message));
             ExitCode::from(failure.code)
         }
     }
+}
+
+/// Text for a terminal: control characters (escape sequences, carriage returns, bells) that an
+/// authorization server or a stored record may carry are shown escaped, never interpreted.
+/// Newlines and tabs stay.
+fn printable(text: &str) -> String {
+    text.chars()
+        .map(|c| {
+            if c.is_control() && c != '\n' && c != '\t' {
+                c.escape_unicode().to_string()
+            } else {
+                c.to_string()
+            }
+        })
+        .collect()
 }
 
 fn policy(cli: &Cli) -> HttpPolicy {
@@ -260,11 +302,26 @@ async fn login(
     if let Some(url) = &args.client_metadata_url {
         config = config.with_client_metadata_url(url.clone());
     }
+    let secret = match (&args.client_secret, &args.client_secret_file) {
+        (Some(s), _) => Some(s.clone()),
+        (None, Some(path)) => Some(
+            std::fs::read_to_string(path)
+                .map_err(|e| format!("cannot read the client secret from {}: {e}", path.display()))?
+                .trim_end_matches(['\r', '\n'])
+                .to_owned(),
+        ),
+        (None, None) => None,
+    };
+    if secret.is_some() && args.client_id.is_none() {
+        return Err(Failure::from(
+            "a client secret needs --client-id (and --issuer)".to_owned(),
+        ));
+    }
     if let Some(client_id) = &args.client_id {
         config = config.with_pre_registered(PreRegisteredClient {
             client_id: client_id.clone(),
-            client_secret: args.client_secret.clone().map(SecretString::from),
-            token_endpoint_auth_method: if args.client_secret.is_some() {
+            client_secret: secret.clone().map(SecretString::from),
+            token_endpoint_auth_method: if secret.is_some() {
                 "client_secret_basic"
             } else {
                 "none"
@@ -307,7 +364,10 @@ async fn login(
         .await?
         .map(|b| b.value.issuer.to_string())
         .unwrap_or_default();
-    eprintln!("[3/3] Logged in to {resource} (authorization server {binding}).");
+    eprintln!(
+        "[3/3] Logged in to {resource} (authorization server {}).",
+        printable(&binding)
+    );
     Ok(())
 }
 
@@ -372,7 +432,7 @@ async fn status(store: &dyn CredentialStore, json: bool) -> Result<(), Failure> 
         "ISSUER", "REGISTRATION", "CLIENT_ID", "MCP SERVER", "TOKEN"
     );
     for row in &rows {
-        let s = |v: &serde_json::Value| v.as_str().unwrap_or("-").to_owned();
+        let s = |v: &serde_json::Value| printable(v.as_str().unwrap_or("-"));
         let servers = row["servers"].as_array().cloned().unwrap_or_default();
         if servers.is_empty() {
             println!(
@@ -411,22 +471,52 @@ async fn logout(
     let auth = McpAuth::builder(Arc::clone(&store))
         .http_policy(policy(cli))
         .build()?;
-    let bindings = store.list_bindings().await?;
+    // One damaged record must not stop a logout: every problem is reported at the end, and the
+    // exit code says there was one.
+    let mut problems: Vec<String> = Vec::new();
     let mut targets = Vec::new();
     if let Some(url) = &args.url {
         targets.push(ResourceUri::new(url)?);
     } else {
         let issuer = args.issuer.as_deref().map(IssuerId::new).transpose()?;
-        for resource in bindings {
-            let bound = store.get_binding(&resource).await?.map(|b| b.value.issuer);
-            if args.all || bound == issuer {
-                targets.push(resource);
+        for resource in store.list_bindings().await? {
+            match store.get_binding(&resource).await {
+                Ok(bound) => {
+                    if args.all || bound.map(|b| b.value.issuer) == issuer {
+                        targets.push(resource);
+                    }
+                }
+                Err(e) if args.all => {
+                    problems.push(format!("{resource}: {e}; the damaged record was deleted"));
+                    store.delete_binding(&resource, Expect::Any).await?;
+                }
+                Err(e) => problems.push(format!("{resource}: {e}")),
             }
         }
     }
     for resource in &targets {
-        auth.logout(resource).await?;
-        eprintln!("Logged out of {resource}.");
+        match auth.logout(resource).await {
+            Ok(report) => {
+                eprintln!("Logged out of {resource}.");
+                for kind in &report.revoked {
+                    eprintln!(
+                        "  {} revoked at the authorization server.",
+                        kind.replace('_', " ")
+                    );
+                }
+                for (kind, why) in &report.not_revoked {
+                    eprintln!(
+                        "  {} NOT revoked by the authorization server: {}",
+                        kind.replace('_', " "),
+                        printable(why)
+                    );
+                }
+                if let Some(why) = &report.not_attempted {
+                    eprintln!("  Nothing revoked: {}.", printable(why));
+                }
+            }
+            Err(e) => problems.push(format!("{resource}: {e}")),
+        }
     }
     // Tokens left without a binding (e.g. after a migration) go too.
     for key in store.list_tokens().await? {
@@ -438,19 +528,29 @@ async fn logout(
                 .and_then(|u| ResourceUri::new(u).ok())
                 .as_ref()
                 == Some(&key.resource);
-        if matches {
-            store
+        if matches
+            && let Err(e) = store
                 .delete_tokens(
                     &TokenKey::new(key.issuer.clone(), key.resource.clone()),
                     Expect::Any,
                 )
-                .await?;
+                .await
+        {
+            problems.push(format!("tokens {key}: {e}"));
         }
     }
-    if targets.is_empty() {
+    if targets.is_empty() && problems.is_empty() {
         eprintln!("Nothing to log out of.");
     }
-    Ok(())
+    if problems.is_empty() {
+        Ok(())
+    } else {
+        Err(Failure::from(format!(
+            "{} problem(s) during logout:\n  {}",
+            problems.len(),
+            problems.join("\n  ")
+        )))
+    }
 }
 
 async fn migrate(from: &str, to: &str, namespace: &Namespace) -> Result<(), Failure> {

@@ -478,3 +478,480 @@ hostile!(
         assert!(r.is_ok(), "{r:?}");
     }
 );
+
+// --- token responses (RFC 6749 §5.1, §7.1; RFC 6750 §2.1) --------------------------------------
+
+fn token_body(access: &str, token_type: &str, extra: &str) -> Misbehavior {
+    Misbehavior::TokenResponse(
+        200,
+        format!(
+            r#"{{"access_token":{},"token_type":{}{extra}}}"#,
+            serde_json::Value::from(access),
+            serde_json::Value::from(token_type)
+        ),
+    )
+}
+
+hostile!(
+    access_token_with_crlf_is_refused,
+    case(|_| token_body("abc\r\nX-Injected: 1", "Bearer", "")),
+    |r, _as1| {
+        err_is!(r, AuthError::InvalidResponse { .. });
+    }
+);
+hostile!(
+    access_token_with_a_space_is_refused,
+    case(|_| token_body("abc def", "Bearer", "")),
+    |r, _as1| {
+        err_is!(r, AuthError::InvalidResponse { .. });
+    }
+);
+hostile!(
+    access_token_with_a_control_character_is_refused,
+    case(|_| token_body("abc\u{7}def", "Bearer", "")),
+    |r, _as1| {
+        err_is!(r, AuthError::InvalidResponse { .. });
+    }
+);
+hostile!(
+    access_token_longer_than_16_kib_is_refused,
+    case(|_| token_body(&"a".repeat(20_000), "Bearer", "")),
+    |r, _as1| {
+        err_is!(r, AuthError::InvalidResponse { .. });
+    }
+);
+hostile!(
+    refresh_token_with_a_newline_is_refused,
+    case(|_| token_body("abc", "Bearer", r#","refresh_token":"r1\nX: y""#)),
+    |r, _as1| {
+        err_is!(r, AuthError::InvalidResponse { .. });
+    }
+);
+hostile!(
+    dpop_token_type_is_not_used_as_bearer,
+    case(|_| token_body("abc", "DPoP", "")),
+    |r, _as1| {
+        err_is!(r, AuthError::UnsupportedTokenType { .. });
+    }
+);
+hostile!(
+    mac_token_type_is_not_used_as_bearer,
+    case(|_| token_body("abc", "mac", "")),
+    |r, _as1| {
+        err_is!(r, AuthError::UnsupportedTokenType { .. });
+    }
+);
+hostile!(
+    missing_token_type_is_refused,
+    case(|_| Misbehavior::TokenResponse(200, r#"{"access_token":"abc"}"#.into())),
+    |r, _as1| {
+        err_is!(r, AuthError::InvalidResponse { .. });
+    }
+);
+
+/// Control characters in AS-supplied text never reach a message.
+fn assert_printable(r: &Result<SecretString, AuthError>) {
+    let e = r.as_ref().expect_err("expected an error");
+    let text = e.to_string();
+    assert!(
+        !text.chars().any(|c| c.is_control()),
+        "control characters in {text:?}"
+    );
+}
+
+hostile!(
+    error_description_with_escape_sequences_is_neutralised,
+    case(|_| {
+        Misbehavior::TokenResponse(
+        400,
+        r#"{"error":"invalid_request","error_description":"\u001b[2J\u001b[1;1HOpen this URL: https://evil.example/\u0007"}"#.into()
+    )
+    }),
+    |r, _as1| {
+        err_is!(r, AuthError::OAuth { .. });
+        assert_printable(&r);
+    }
+);
+hostile!(
+    error_code_with_escape_sequences_is_neutralised,
+    case(|_| Misbehavior::TokenResponse(
+        400,
+        r#"{"error":"invalid\u001b]8;;https://evil.example\u0007grant\r\nforged line"}"#.into()
+    )),
+    |r, _as1| {
+        err_is!(r, AuthError::OAuth { .. });
+        assert_printable(&r);
+    }
+);
+
+// --- expires_in (RFC 6749 §5.1): a bad value never means "never expires" ------------------------
+
+async fn expiry_after(extra: &str) -> Option<i64> {
+    let as1 = auth_server(|_| {}).await;
+    let mcp = mcp_server(vec![as1.clone()], |_| {}).await;
+    as1.set_misbehavior(token_body("abc", "Bearer", extra));
+    let store = memory();
+    let auth = engine(store.clone());
+    auth.access_token(&resource(&mcp)).await.unwrap();
+    let key = mcp_auth_core::TokenKey::new(
+        mcp_auth_core::IssuerId::new(as1.issuer()).unwrap(),
+        resource(&mcp),
+    );
+    let t = store.get_tokens(&key).await.unwrap().unwrap().value;
+    t.expires_at
+        .map(|at| at.unix_seconds() - mcp_auth_core::Timestamp::now().unix_seconds())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn invalid_expires_in_gets_a_short_lifetime() {
+    let short = mcp_auth_core::engine::INVALID_EXPIRES_IN_LIFETIME.as_secs() as i64;
+    for bad in [
+        r#","expires_in":-60"#,
+        r#","expires_in":"soon""#,
+        r#","expires_in":1e300"#,
+        r#","expires_in":true"#,
+    ] {
+        let left = expiry_after(bad).await.expect(bad);
+        assert!((short - 2..=short).contains(&left), "{bad}: {left}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn numeric_expires_in_forms_are_honoured() {
+    for (form, want) in [
+        (r#","expires_in":120"#, 120),
+        (r#","expires_in":120.7"#, 120),
+        (r#","expires_in":"120""#, 120),
+    ] {
+        let left = expiry_after(form).await.expect(form);
+        assert!((want - 2..=want).contains(&left), "{form}: {left}");
+    }
+    assert_eq!(expiry_after("").await, None, "absent expires_in");
+}
+
+// --- protected resource metadata that fails ----------------------------------------------------
+
+/// A PRM answering 5xx (or 403) is an error, not "no PRM": the origin is never taken as the AS.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn prm_server_error_does_not_fall_back_to_the_origin() {
+    for status in [500, 503, 403] {
+        let as1 = auth_server(|_| {}).await;
+        let mcp = mcp_server(vec![as1.clone()], |_| {}).await;
+        mcp.set_misbehavior(McpMisbehavior::PrmStatus(status));
+        let auth = engine(memory());
+        let err = auth.access_token(&resource(&mcp)).await.unwrap_err();
+        assert!(
+            matches!(err, AuthError::Discovery { .. }),
+            "{status}: {err:?}"
+        );
+        assert!(err.to_string().contains(&status.to_string()), "{err}");
+        assert!(
+            mcp.requests()
+                .iter()
+                .all(|r| !r.path.contains("oauth-authorization-server")
+                    && !r.path.contains("authorize")
+                    && !r.path.contains("register")),
+            "{status}: the MCP server's origin was treated as the AS"
+        );
+        nothing_reached(&as1);
+    }
+}
+
+/// A move to an AS whose metadata does not validate costs nothing: the old AS's tokens stay.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failed_move_keeps_the_old_servers_tokens() {
+    let as1 = auth_server(|_| {}).await;
+    let as2 = auth_server(|_| {}).await;
+    let mcp = mcp_server(vec![as1.clone()], |_| {}).await;
+    let store = memory();
+    let auth = engine(store.clone());
+    auth.access_token(&resource(&mcp)).await.unwrap();
+    let old = mcp_auth_core::TokenKey::new(
+        mcp_auth_core::IssuerId::new(as1.issuer()).unwrap(),
+        resource(&mcp),
+    );
+    as2.set_misbehavior(Misbehavior::WrongIssuerInMetadata);
+    mcp.set_authorization_servers(vec![as2.clone()]);
+    let (_, header) = call(&mcp, &SecretString::from("rejected")).await;
+    let err = auth
+        .handle_unauthorized(&resource(&mcp), header.as_deref())
+        .await
+        .unwrap_err();
+    assert!(matches!(err, AuthError::IssuerMismatch { .. }), "{err:?}");
+    assert!(
+        store.get_tokens(&old).await.unwrap().is_some(),
+        "the old server's tokens were dropped before the new server validated"
+    );
+}
+
+// --- the authorization response belongs to its own flow --------------------------------------
+
+/// Runs the real (headless) authorization and lets `tamper` rewrite the callback URL.
+#[derive(Debug)]
+struct Tampering {
+    inner: mcp_auth_core::HeadlessAuthorizer,
+    tamper: fn(url::Url, &str) -> url::Url,
+}
+
+#[async_trait::async_trait]
+impl mcp_auth_core::Authorizer for Tampering {
+    async fn authorize(
+        &self,
+        request: mcp_auth_core::AuthorizationRequest,
+    ) -> Result<url::Url, AuthError> {
+        let state = request.state.clone();
+        let real = self.inner.authorize(request).await?;
+        Ok((self.tamper)(real, &state))
+    }
+}
+
+async fn tampered(
+    tamper: fn(url::Url, &str) -> url::Url,
+    configure: impl FnOnce(&mut mcp_auth_testkit::AuthServerConfig),
+) -> (
+    Result<SecretString, AuthError>,
+    AuthServer,
+    Arc<dyn mcp_auth_core::CredentialStore>,
+) {
+    let as1 = auth_server(configure).await;
+    let mcp = mcp_server(vec![as1.clone()], |_| {}).await;
+    let store = memory();
+    let auth = McpAuth::builder(store.clone())
+        .client(ClientConfig::default().with_redirect_uri(REDIRECT))
+        .http_policy(HttpPolicy::allowing_loopback())
+        .authorizer(Arc::new(Tampering {
+            inner: mcp_auth_core::HeadlessAuthorizer::new().unwrap(),
+            tamper,
+        }))
+        .build()
+        .unwrap();
+    (auth.access_token(&resource(&mcp)).await, as1, store)
+}
+
+fn with_query(mut url: url::Url, pairs: &[(&str, &str)]) -> url::Url {
+    let kept: Vec<(String, String)> = url
+        .query_pairs()
+        .filter(|(k, _)| !pairs.iter().any(|(p, _)| p == k))
+        .map(|(k, v)| (k.into_owned(), v.into_owned()))
+        .collect();
+    url.set_query(None);
+    {
+        let mut q = url.query_pairs_mut();
+        for (k, v) in &kept {
+            q.append_pair(k, v);
+        }
+        for (k, v) in pairs {
+            q.append_pair(k, v);
+        }
+    }
+    url
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn callback_with_another_flows_state_is_refused() {
+    let (r, as1, _) = tampered(
+        |u, _| with_query(u, &[("state", "someone-elses-state")]),
+        |_| {},
+    )
+    .await;
+    err_is!(r, AuthError::StateMismatch);
+    no_code_exchange(&as1);
+}
+
+/// An attacker's code arriving with the state of a stale flow at another AS (the pending record
+/// still in the store) is never redeemed: the flow's issuer and client must be the ones in use.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stale_pending_flow_from_another_server_cannot_complete_this_login() {
+    let as1 = auth_server(|_| {}).await;
+    let mcp = mcp_server(vec![as1.clone()], |_| {}).await;
+    let store = memory();
+    let stale = mcp_auth_core::PendingAuthorization::new(
+        "stale-state-from-an-earlier-login-0123456789",
+        SecretString::from("v".repeat(43)),
+        mcp_auth_core::IssuerId::new("https://evil-issuer.example").unwrap(),
+        resource(&mcp),
+        "attacker-client".to_owned(),
+        REDIRECT.to_owned(),
+        Duration::from_secs(600),
+    );
+    store.insert_pending(&stale).await.unwrap();
+    let auth = McpAuth::builder(store.clone())
+        .client(ClientConfig::default().with_redirect_uri(REDIRECT))
+        .http_policy(HttpPolicy::allowing_loopback())
+        .authorizer(Arc::new(Tampering {
+            inner: mcp_auth_core::HeadlessAuthorizer::new().unwrap(),
+            tamper: |u, _| {
+                with_query(
+                    u,
+                    &[
+                        ("state", "stale-state-from-an-earlier-login-0123456789"),
+                        ("iss", "https://evil-issuer.example"),
+                        ("code", "attackers-code"),
+                    ],
+                )
+            },
+        }))
+        .build()
+        .unwrap();
+    let r = auth.access_token(&resource(&mcp)).await;
+    err_is!(r, AuthError::StateMismatch);
+    no_code_exchange(&as1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn callback_with_a_repeated_state_is_refused() {
+    let (r, as1, _) = tampered(
+        |mut u, state| {
+            u.query_pairs_mut().append_pair("state", state);
+            u
+        },
+        |_| {},
+    )
+    .await;
+    err_is!(r, AuthError::InvalidResponse { .. });
+    no_code_exchange(&as1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn callback_with_a_repeated_iss_is_refused() {
+    let (r, as1, _) = tampered(
+        |mut u, _| {
+            u.query_pairs_mut()
+                .append_pair("iss", "https://evil-issuer.example");
+            u
+        },
+        |_| {},
+    )
+    .await;
+    err_is!(r, AuthError::InvalidResponse { .. });
+    no_code_exchange(&as1);
+}
+
+/// RFC 9700 §4.4.2: without `iss`, the redirect path names the AS; a response arriving on
+/// another path (another AS's, or the shared one) is refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn callback_on_another_servers_redirect_path_is_refused() {
+    let (r, as1, _) = tampered(
+        |mut u, _| {
+            u.set_path("/callback");
+            u
+        },
+        |c| c.iss_parameter_supported = false,
+    )
+    .await;
+    err_is!(r, AuthError::StateMismatch);
+    no_code_exchange(&as1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dynamic_registration_gets_a_redirect_path_per_server() {
+    let as1 = auth_server(|c| c.iss_parameter_supported = false).await;
+    let mcp = mcp_server(vec![as1.clone()], |_| {}).await;
+    engine(memory())
+        .access_token(&resource(&mcp))
+        .await
+        .unwrap();
+    let key = mcp_auth_core::IssuerId::new(as1.issuer())
+        .unwrap()
+        .storage_key()
+        .to_owned();
+    let registered = &as1.registrations()[0].redirect_uris;
+    assert!(
+        registered
+            .iter()
+            .all(|u| u.ends_with(&format!("/callback/{key}"))),
+        "{registered:?}"
+    );
+    let authorize = as1
+        .requests()
+        .into_iter()
+        .find(|r| r.endpoint == Endpoint::Authorize)
+        .unwrap();
+    assert!(
+        authorize.query["redirect_uri"].ends_with(&format!("/callback/{key}")),
+        "{:?}",
+        authorize.query
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn denied_authorization_text_is_neutralised() {
+    let (r, _as1, _) = tampered(
+        |u, state| {
+            let mut u = u;
+            u.set_query(None);
+            with_query(
+                u,
+                &[
+                    ("state", state),
+                    ("error", "access_denied\u{1b}[31m"),
+                    (
+                        "error_description",
+                        "\u{1b}[2JOpen https://evil.example\r\nnow",
+                    ),
+                ],
+            )
+        },
+        |c| c.iss_parameter_supported = false,
+    )
+    .await;
+    err_is!(r, AuthError::AuthorizationDenied { .. });
+    assert_printable(&r);
+}
+
+#[derive(Debug)]
+struct Failing;
+
+#[async_trait::async_trait]
+impl mcp_auth_core::Authorizer for Failing {
+    async fn authorize(
+        &self,
+        request: mcp_auth_core::AuthorizationRequest,
+    ) -> Result<url::Url, AuthError> {
+        *LAST_STATE.lock().unwrap() = Some(request.state.clone());
+        Err(AuthError::Authorizer("the user closed the browser".into()))
+    }
+}
+
+static LAST_STATE: std::sync::Mutex<Option<String>> = std::sync::Mutex::new(None);
+
+/// A login that fails or times out deletes its pending record: nothing redeemable is left.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failed_login_leaves_no_pending_authorization() {
+    let as1 = auth_server(|_| {}).await;
+    let mcp = mcp_server(vec![as1.clone()], |_| {}).await;
+    let store = memory();
+    let auth = McpAuth::builder(store.clone())
+        .client(ClientConfig::default().with_redirect_uri(REDIRECT))
+        .http_policy(HttpPolicy::allowing_loopback())
+        .authorizer(Arc::new(Failing))
+        .build()
+        .unwrap();
+    let err = auth.access_token(&resource(&mcp)).await.unwrap_err();
+    assert!(matches!(err, AuthError::Authorizer(_)), "{err:?}");
+    let state = LAST_STATE.lock().unwrap().clone().unwrap();
+    assert!(
+        store.take_pending(&state).await.unwrap().is_none(),
+        "the abandoned flow is still redeemable"
+    );
+}
+
+/// A client secret without a declared issuer would go to whatever AS a server names.
+#[test]
+fn secrets_without_a_declared_issuer_are_refused() {
+    let pre = ClientConfig::default().with_pre_registered(mcp_auth_core::PreRegisteredClient {
+        client_id: "c".into(),
+        client_secret: Some(SecretString::from("s")),
+        token_endpoint_auth_method: "client_secret_basic".into(),
+        issuer: None,
+    });
+    let err = McpAuth::builder(memory()).client(pre).build().unwrap_err();
+    assert!(matches!(err, AuthError::Config(_)), "{err:?}");
+    let cc = ClientConfig::default().with_client_credentials(mcp_auth_core::ClientCredentials {
+        client_id: "c".into(),
+        auth: mcp_auth_core::ClientCredentialsAuth::Secret(SecretString::from("s")),
+        issuer: None,
+    });
+    let err = McpAuth::builder(memory()).client(cc).build().unwrap_err();
+    assert!(matches!(err, AuthError::Config(_)), "{err:?}");
+}

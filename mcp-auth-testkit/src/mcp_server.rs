@@ -44,6 +44,8 @@ pub enum McpMisbehavior {
     RawPrm(String),
     /// PRM body padded (with a long string field) to this many bytes.
     HugePrm(usize),
+    /// Every PRM location answers this HTTP status (e.g. 503) with an empty JSON body.
+    PrmStatus(u16),
 }
 
 /// Configuration of an [`McpServer`].
@@ -351,6 +353,11 @@ impl McpInner {
         }
         doc.insert("bearer_methods_supported".into(), json!(["header"]));
         match misbehavior {
+            McpMisbehavior::PrmStatus(status) => {
+                let status =
+                    StatusCode::from_u16(status).unwrap_or(StatusCode::SERVICE_UNAVAILABLE);
+                json_response(status, &json!({}))
+            }
             McpMisbehavior::RawPrm(text) => {
                 let mut resp = (StatusCode::OK, text).into_response();
                 resp.headers_mut().insert(
