@@ -609,3 +609,167 @@ async fn migrate_while_eight_processes_refresh_copies_the_latest_tokens() {
             .success()
     );
 }
+
+/// Issue-10 hardening of the command line: a secret needs `--issuer`; a secret given on the
+/// command line is warned about (it shows in the process list); `--client-secret-file` works
+/// without a warning; no secret reaches the output.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn client_secret_rules() {
+    let as1 = AuthServer::start(AuthServerConfig {
+        dynamic_registration: false,
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    as1.preregister_client(
+        "cli-pre",
+        Some("cli-secret-value"),
+        "client_secret_basic",
+        vec!["http://127.0.0.1/callback".into()],
+    );
+    let mcp = McpServer::start(McpServerConfig {
+        authorization_servers: vec![as1.clone()],
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("c.db");
+    let url = mcp.url();
+    let issuer = as1.issuer();
+    let base = [
+        "login",
+        url.as_str(),
+        "--headless",
+        "--client-id",
+        "cli-pre",
+    ];
+
+    let mut no_issuer = base.to_vec();
+    no_issuer.extend(["--client-secret", "cli-secret-value"]);
+    let out = mcp_auth(&db, &no_issuer).await;
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stderr).contains("--issuer"),
+        "{}",
+        text(&out.stderr)
+    );
+    assert!(as1.requests().is_empty(), "the secret's AS was contacted");
+
+    let mut on_cmdline = base.to_vec();
+    on_cmdline.extend(["--client-secret", "cli-secret-value", "--issuer", &issuer]);
+    let out = mcp_auth(&db, &on_cmdline).await;
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stderr).contains("visible to other local users"),
+        "{}",
+        text(&out.stderr)
+    );
+    assert!(!text(&out.stderr).contains("cli-secret-value"));
+
+    let secret_file = dir.path().join("secret");
+    std::fs::write(&secret_file, "cli-secret-value\n").unwrap();
+    let secret_path = secret_file.display().to_string();
+    let mut from_file = base.to_vec();
+    from_file.extend(["--client-secret-file", &secret_path, "--issuer", &issuer]);
+    let out = mcp_auth(&db, &from_file).await;
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(!text(&out.stderr).contains("visible to other local users"));
+    assert!(!text(&out.stderr).contains("cli-secret-value"));
+}
+
+/// The CLI runs with core dumps disabled (a core file would hold its secrets).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn core_dumps_are_disabled() {
+    let (_as1, mcp) = servers().await;
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("c.db");
+    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_mcp-auth"))
+        .arg("--store")
+        .arg(format!("sqlite:{}", db.display()))
+        .args(["login", &mcp.url(), "--no-browser"])
+        .env("MCP_AUTH_INSECURE_LOOPBACK", "true")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let pid = child.id().unwrap();
+    let mut limit = String::new();
+    for _ in 0..100 {
+        limit = std::fs::read_to_string(format!("/proc/{pid}/limits"))
+            .unwrap_or_default()
+            .lines()
+            .find(|l| l.starts_with("Max core file size"))
+            .unwrap_or_default()
+            .to_owned();
+        let fields: Vec<&str> = limit.split_whitespace().collect();
+        if fields.get(4..6) == Some(&["0", "0"][..]) {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    child.start_kill().unwrap();
+    let fields: Vec<&str> = limit.split_whitespace().collect();
+    assert_eq!(fields.get(4..6), Some(&["0", "0"][..]), "{limit:?}");
+}
+
+/// `logout --all` goes on past a damaged record, reports it (exit 1), logs out of the rest and
+/// says what the authorization server revoked.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn logout_all_survives_a_damaged_record_and_reports_revocation() {
+    let as1 = AuthServer::start(AuthServerConfig::default())
+        .await
+        .unwrap();
+    let mut servers = Vec::new();
+    for _ in 0..2 {
+        servers.push(
+            McpServer::start(McpServerConfig {
+                authorization_servers: vec![as1.clone()],
+                ..Default::default()
+            })
+            .await
+            .unwrap(),
+        );
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("c.db");
+    for mcp in &servers {
+        let out = mcp_auth(&db, &["login", &mcp.url(), "--headless"]).await;
+        assert!(out.status.success(), "{}", text(&out.stderr));
+    }
+    // Damage the binding of the second server.
+    let damaged = servers[1].url();
+    {
+        let conn = rusqlite::Connection::open(&db).unwrap();
+        let n = conn
+            .execute(
+                "UPDATE records SET value = CAST('not a record' AS BLOB)
+                 WHERE instr(CAST(value AS TEXT), '\"binding\"') > 0
+                   AND instr(CAST(value AS TEXT), ?1) > 0",
+                [damaged.as_str()],
+            )
+            .unwrap();
+        assert_eq!(n, 1, "binding record not found");
+    }
+    let out = mcp_auth(&db, &["logout", "--all"]).await;
+    let err = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains(&format!("Logged out of {}", servers[0].url())),
+        "{err}"
+    );
+    assert!(
+        err.contains("refresh token revoked at the authorization server"),
+        "{err}"
+    );
+    assert!(err.contains("1 problem(s) during logout"), "{err}");
+    assert!(err.contains(&damaged), "{err}");
+    assert_eq!(as1.count(Endpoint::Revoke), 2);
+    for mcp in &servers {
+        assert_eq!(
+            mcp_auth(&db, &["token", &mcp.url()]).await.status.code(),
+            Some(3)
+        );
+    }
+}
