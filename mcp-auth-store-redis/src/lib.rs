@@ -2,6 +2,8 @@
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
 
+mod retry;
+
 use std::fmt;
 use std::future::Future;
 use std::time::{Duration, SystemTime};
@@ -18,31 +20,54 @@ use redis::{RedisError, RedisResult};
 
 const BACKEND: &str = "redis";
 
+// Every script that changes data takes a receipt key (`<prefix>:{<namespace>}:op:<op id>`, in
+// the namespace's hash slot) and a receipt TTL: it first returns the result recorded there, if
+// any, and otherwise records its result there. An operation retried after its reply was lost
+// (same op id) therefore runs exactly once and learns what its first attempt did, and when every
+// retry failed, reading the receipt tells whether the operation landed.
+
 /// Conditional write of a record hash `{ver, data}` plus its index entry, in one atomic script.
-/// ARGV: mode (`any`|`absent`|`version`), expected version, new version, data, index member.
+/// KEYS: record, index, receipt. ARGV: mode (`any`|`absent`|`version`), expected version, new
+/// version, data, index member, receipt TTL (ms). 1 written, 0 conflict.
 const PUT: &str = r"
+local done = redis.call('GET', KEYS[3])
+if done then return tonumber(done) end
+local function finish(result)
+  redis.call('SET', KEYS[3], result, 'PX', ARGV[6])
+  return result
+end
 local cur = redis.call('HGET', KEYS[1], 'ver')
-if ARGV[1] == 'absent' and cur then return 0 end
-if ARGV[1] == 'version' and cur ~= ARGV[2] then return 0 end
+if ARGV[1] == 'absent' and cur then return finish(0) end
+if ARGV[1] == 'version' and cur ~= ARGV[2] then return finish(0) end
 redis.call('HSET', KEYS[1], 'ver', ARGV[3], 'data', ARGV[4])
 redis.call('SADD', KEYS[2], ARGV[5])
-return 1
+return finish(1)
 ";
 
-/// Conditional delete: -1 conflict, 0 nothing there, 1 deleted.
+/// Conditional delete. KEYS: record, index, receipt. ARGV: mode, expected version, index member,
+/// receipt TTL (ms). -1 conflict, 0 nothing there, 1 deleted.
 const DELETE: &str = r"
+local done = redis.call('GET', KEYS[3])
+if done then return tonumber(done) end
+local function finish(result)
+  redis.call('SET', KEYS[3], result, 'PX', ARGV[4])
+  return result
+end
 local cur = redis.call('HGET', KEYS[1], 'ver')
-if ARGV[1] == 'version' and cur ~= ARGV[2] then return -1 end
-if ARGV[1] == 'absent' and cur then return -1 end
-if not cur then return 0 end
+if ARGV[1] == 'version' and cur ~= ARGV[2] then return finish(-1) end
+if ARGV[1] == 'absent' and cur then return finish(-1) end
+if not cur then return finish(0) end
 redis.call('DEL', KEYS[1])
 redis.call('SREM', KEYS[2], ARGV[3])
-return 1
+return finish(1)
 ";
 
-/// Deletes every indexed member starting with ARGV[1]; ARGV[2] is the record key prefix.
-/// All keys share the namespace's hash tag, so this stays in one slot on a cluster.
+/// Deletes every indexed member starting with ARGV[1]; ARGV[2] is the record key prefix, ARGV[3]
+/// the receipt TTL (ms). KEYS: index, receipt. Returns how many were deleted. All keys share the
+/// namespace's hash tag, so this stays in one slot on a cluster.
 const DELETE_PREFIX: &str = r"
+local done = redis.call('GET', KEYS[2])
+if done then return tonumber(done) end
 local n = 0
 for _, m in ipairs(redis.call('SMEMBERS', KEYS[1])) do
   if string.sub(m, 1, #ARGV[1]) == ARGV[1] then
@@ -51,12 +76,23 @@ for _, m in ipairs(redis.call('SMEMBERS', KEYS[1])) do
     n = n + 1
   end
 end
+redis.call('SET', KEYS[2], n, 'PX', ARGV[3])
 return n
 ";
 
-/// Deletes KEYS[1] only if it still holds ARGV[1].
+/// Takes the lease KEYS[1] for holder ARGV[1] for ARGV[2] ms if it is free. 1 when this holder
+/// has it (now, or already: a retry after a lost reply recognises its own holder token), 0 when
+/// another holder has it.
+const ACQUIRE_LEASE: &str = r"
+local holder = redis.call('GET', KEYS[1])
+if holder == ARGV[1] then return 1 end
+if holder then return 0 end
+redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+return 1
+";
+
 /// Extends a lease held by ARGV[1] to ARGV[2] ms, or takes back a free one; 0 when another holder
-/// has it.
+/// has it. Idempotent: a retry extends the same holder's lease again.
 const RENEW_LEASE: &str = r"
 local holder = redis.call('GET', KEYS[1])
 if holder == false or holder == ARGV[1] then
@@ -66,13 +102,30 @@ end
 return 0
 ";
 
+/// Deletes KEYS[1] only if it still holds ARGV[1]. KEYS[2] is the receipt, ARGV[2] its TTL (ms).
+/// 1 deleted, 0 not (any more) holding that value.
 const COMPARE_AND_DELETE: &str = r"
-if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
-return 0
+local done = redis.call('GET', KEYS[2])
+if done then return tonumber(done) end
+local result = 0
+if redis.call('GET', KEYS[1]) == ARGV[1] then result = redis.call('DEL', KEYS[1]) end
+redis.call('SET', KEYS[2], result, 'PX', ARGV[2])
+return result
 ";
 
-/// The scripts, loaded once; `Script` caches the SHA and falls back to `EVAL` when the server
-/// does not know it yet.
+/// Records a pending authorization KEYS[1] = ARGV[1] expiring at unix time ARGV[2], unless the
+/// state is in use. KEYS[2] is the receipt, ARGV[3] its TTL (ms). 1 inserted, 0 conflict.
+const INSERT_PENDING: &str = r"
+local done = redis.call('GET', KEYS[2])
+if done then return tonumber(done) end
+local result = 0
+if redis.call('SET', KEYS[1], ARGV[1], 'NX', 'EXAT', ARGV[2]) then result = 1 end
+redis.call('SET', KEYS[2], result, 'PX', ARGV[3])
+return result
+";
+
+/// The scripts, hashed once; `Script` calls them by SHA and loads one the server does not know
+/// (yet, or any more after a restart) before calling it again.
 mod scripts {
     use std::sync::LazyLock;
 
@@ -82,20 +135,57 @@ mod scripts {
     pub(crate) static DELETE: LazyLock<Script> = LazyLock::new(|| Script::new(super::DELETE));
     pub(crate) static DELETE_PREFIX: LazyLock<Script> =
         LazyLock::new(|| Script::new(super::DELETE_PREFIX));
+    pub(crate) static ACQUIRE_LEASE: LazyLock<Script> =
+        LazyLock::new(|| Script::new(super::ACQUIRE_LEASE));
     pub(crate) static RENEW_LEASE: LazyLock<Script> =
         LazyLock::new(|| Script::new(super::RENEW_LEASE));
     pub(crate) static COMPARE_AND_DELETE: LazyLock<Script> =
         LazyLock::new(|| Script::new(super::COMPARE_AND_DELETE));
+    pub(crate) static INSERT_PENDING: LazyLock<Script> =
+        LazyLock::new(|| Script::new(super::INSERT_PENDING));
 }
 
-/// Errors specific to this backend.
+/// Errors specific to this backend, carried as the source of a [`StoreError`].
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum RedisStoreError {
     /// The key prefix contains characters that are not allowed.
     #[error("invalid key prefix {0:?}: use letters, digits, '-', '_' and '.'")]
     InvalidPrefix(String),
+    /// Redis stayed unreachable, or kept refusing commands (loading its dataset, failing over),
+    /// for the whole retry budget. Nothing was changed by the failed operation.
+    #[error(
+        "Redis did not become available within the {budget:?} retry budget ({source}); check that the server is running and reachable, or raise RedisOptions::retry_budget to ride out longer outages"
+    )]
+    RetriesExhausted {
+        /// [`RedisOptions::retry_budget`].
+        budget: Duration,
+        /// The last failure.
+        #[source]
+        source: redis::RedisError,
+    },
+    /// A write reached Redis but its reply was lost, and Redis stayed unreachable for the retry
+    /// budget, so whether it was applied could not be read back.
+    #[error(
+        "the write to {key} may or may not have been applied: its reply was lost and Redis stayed unreachable for the {budget:?} retry budget ({source}); re-read {key} before deciding to write it again"
+    )]
+    OutcomeUnknown {
+        /// Which record (or lease, or pending authorization).
+        key: String,
+        /// [`RedisOptions::retry_budget`].
+        budget: Duration,
+        /// The last failure.
+        #[source]
+        source: redis::RedisError,
+    },
 }
+
+/// The default [`RedisOptions::retry_budget`]: long enough to ride out a Redis restart or a
+/// failover of a few seconds.
+pub const DEFAULT_RETRY_BUDGET: Duration = Duration::from_secs(5);
+
+/// The default [`RedisOptions::response_timeout`].
+pub const DEFAULT_RESPONSE_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Options for [`RedisStore::connect_with`].
 #[derive(Clone, Debug)]
@@ -104,8 +194,16 @@ pub struct RedisOptions {
     pub namespace: Namespace,
     /// Prefix of every key (default `mcp-auth`).
     pub key_prefix: String,
-    /// Per-command response timeout (default 5 s).
+    /// How long one command waits for its reply, and one connection attempt for the server
+    /// (default [`DEFAULT_RESPONSE_TIMEOUT`], 5 s). No command ever waits longer.
     pub response_timeout: Duration,
+    /// How long connection-type failures (refused, reset, broken pipe, timeouts, `LOADING` while
+    /// Redis loads its dataset after a restart, `TRYAGAIN`/`MASTERDOWN`/`CLUSTERDOWN`) are
+    /// retried, with a backoff from 50 ms doubling to 500 ms, before an operation (or
+    /// [`RedisStore::connect_with`]) fails with [`StoreError::Unavailable`]. Default
+    /// [`DEFAULT_RETRY_BUDGET`], 5 s. Other failures are never retried. `Duration::ZERO` makes
+    /// one attempt.
+    pub retry_budget: Duration,
 }
 
 impl Default for RedisOptions {
@@ -113,7 +211,45 @@ impl Default for RedisOptions {
         Self {
             namespace: Namespace::default(),
             key_prefix: "mcp-auth".to_owned(),
-            response_timeout: Duration::from_secs(5),
+            response_timeout: DEFAULT_RESPONSE_TIMEOUT,
+            retry_budget: DEFAULT_RETRY_BUDGET,
+        }
+    }
+}
+
+/// How long a write's receipt is kept beyond the retry budget: it must outlive every retry of the
+/// write and the final read-back, each bounded by the response timeout.
+const RECEIPT_MARGIN: Duration = Duration::from_secs(60);
+
+/// How long the read-back after a spent retry budget may itself retry.
+const CONFIRM_BUDGET: Duration = Duration::from_secs(1);
+
+/// How to read back whether a write whose reply was lost was applied.
+#[derive(Clone, Copy)]
+enum Landed<'a> {
+    /// The write's receipt key holds its result once it ran.
+    Receipt(&'a str),
+    /// A lease acquisition ran if the lease key holds this holder token.
+    LeaseHeldBy { lease_key: &'a str, token: &'a str },
+}
+
+impl Landed<'_> {
+    /// `Some(result)` if the write was applied, `None` if it was not.
+    async fn read(self, mut conn: ConnectionManager) -> RedisResult<Option<i64>> {
+        match self {
+            Landed::Receipt(receipt_key) => {
+                redis::cmd("GET")
+                    .arg(receipt_key)
+                    .query_async(&mut conn)
+                    .await
+            }
+            Landed::LeaseHeldBy { lease_key, token } => {
+                let holder: Option<String> = redis::cmd("GET")
+                    .arg(lease_key)
+                    .query_async(&mut conn)
+                    .await?;
+                Ok((holder.as_deref() == Some(token)).then_some(1))
+            }
         }
     }
 }
@@ -123,14 +259,19 @@ impl Default for RedisOptions {
 /// Records are hashes `{ver, data}` under `<prefix>:{<namespace key>}:r:<record key>`; every
 /// conditional write is one Lua script, so compare-and-swap holds across replicas. The
 /// namespace key is a cluster hash tag: one tenant's keys live in one slot. Refresh leases are
-/// `SET NX PX` keys released by compare-and-delete; pending authorizations expire through Redis
-/// TTLs. Idempotent commands are retried once after a dropped connection.
+/// `SET PX` keys released by compare-and-delete; pending authorizations expire through Redis
+/// TTLs. Connection-type failures are retried within [`RedisOptions::retry_budget`]; every
+/// write leaves a short-lived receipt so that a retry after a lost reply is applied exactly once
+/// and, when every retry failed, a read-back tells whether the write landed.
 #[derive(Clone)]
 pub struct RedisStore {
     conn: ConnectionManager,
     namespace: Namespace,
     /// `<prefix>:{<namespace key>}:`
     base: String,
+    retry_budget: Duration,
+    /// Receipt TTL in milliseconds.
+    receipt_ttl_ms: u64,
 }
 
 impl fmt::Debug for RedisStore {
@@ -138,14 +279,23 @@ impl fmt::Debug for RedisStore {
         f.debug_struct("RedisStore")
             .field("namespace", &self.namespace)
             .field("keys", &self.base)
+            .field("retry_budget", &self.retry_budget)
             .finish_non_exhaustive()
     }
 }
 
+/// Maps a failure that is not retried (or not any more) to the store error a caller can act on.
 fn map_err(e: RedisError) -> StoreError {
-    if e.is_connection_dropped() || e.is_connection_refusal() || e.is_timeout() || e.is_io_error() {
+    if retry::is_transient(&e) {
         StoreError::unavailable(BACKEND, e)
-    } else if e.kind() == redis::ErrorKind::AuthenticationFailed {
+    } else if matches!(
+        e.kind(),
+        redis::ErrorKind::AuthenticationFailed
+            | redis::ErrorKind::Server(redis::ServerErrorKind::NoPerm)
+            | redis::ErrorKind::Io
+    ) {
+        // A failed AUTH, a missing ACL permission, or an I/O error that is not retried (in
+        // practice: a Unix socket this process may not open).
         StoreError::PermissionDenied {
             backend: BACKEND,
             source: Box::new(e),
@@ -153,10 +303,6 @@ fn map_err(e: RedisError) -> StoreError {
     } else {
         StoreError::backend(BACKEND, e)
     }
-}
-
-fn retryable(e: &RedisError) -> bool {
-    e.is_connection_dropped() || e.is_io_error() || e.is_timeout()
 }
 
 fn new_version() -> String {
@@ -179,14 +325,19 @@ fn expect_args(expect: &Expect) -> (&'static str, String) {
     }
 }
 
+fn duration_ms(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
+
 impl RedisStore {
     /// Connects to `url` (`redis://host:port/db`, `rediss://` for TLS when the `redis` crate's
-    /// TLS support is enabled), default namespace.
+    /// TLS support is enabled), default namespace and options.
     pub async fn connect(url: &str) -> Result<Self, StoreError> {
         Self::connect_with(url, RedisOptions::default()).await
     }
 
-    /// Connects with options.
+    /// Connects with options. A server that is down or still loading its dataset is waited for
+    /// within [`RedisOptions::retry_budget`]; past it, [`StoreError::Unavailable`].
     pub async fn connect_with(url: &str, options: RedisOptions) -> Result<Self, StoreError> {
         if options.key_prefix.is_empty()
             || !options
@@ -200,23 +351,36 @@ impl RedisStore {
             ));
         }
         let client = redis::Client::open(url).map_err(map_err)?;
+        // The manager makes one connection attempt per reconnect (bounded by the connection
+        // timeout); this store's retry loop (`retry::within`) owns the backoff and the budget.
         let config = ConnectionManagerConfig::new()
             .set_response_timeout(Some(options.response_timeout))
             .set_connection_timeout(Some(options.response_timeout))
-            .set_number_of_retries(2);
-        let conn = ConnectionManager::new_with_config(client, config)
-            .await
-            .map_err(map_err)?;
+            .set_number_of_retries(0)
+            .set_min_delay(retry::FIRST_DELAY)
+            .set_max_delay(retry::MAX_DELAY);
+        let conn = ConnectionManager::new_lazy_with_config(client, config).map_err(map_err)?;
         let base = format!(
             "{}:{{{}}}:",
             options.key_prefix,
             options.namespace.storage_key()
         );
-        Ok(Self {
+        let receipt_ttl = options
+            .retry_budget
+            .saturating_add(options.response_timeout.saturating_mul(3))
+            .saturating_add(RECEIPT_MARGIN);
+        let store = Self {
             conn,
             namespace: options.namespace,
             base,
-        })
+            retry_budget: options.retry_budget,
+            receipt_ttl_ms: duration_ms(receipt_ttl).max(1),
+        };
+        // The first command opens the connection (the manager is lazy), retried like any other.
+        store
+            .idempotent(|mut c| async move { redis::cmd("PING").query_async::<()>(&mut c).await })
+            .await?;
+        Ok(store)
     }
 
     /// The same server, seen through another (isolated) namespace.
@@ -226,12 +390,19 @@ impl RedisStore {
             conn: self.conn.clone(),
             base: format!("{prefix}:{{{}}}:", namespace.storage_key()),
             namespace,
+            retry_budget: self.retry_budget,
+            receipt_ttl_ms: self.receipt_ttl_ms,
         }
     }
 
     /// This store's namespace.
     pub fn namespace(&self) -> &Namespace {
         &self.namespace
+    }
+
+    /// How long connection-type failures are retried ([`RedisOptions::retry_budget`]).
+    pub fn retry_budget(&self) -> Duration {
+        self.retry_budget
     }
 
     fn record_key(&self, key: &RecordKey) -> String {
@@ -254,16 +425,82 @@ impl RedisStore {
         )
     }
 
-    /// Runs an idempotent operation, once more if the connection had dropped (the
-    /// `ConnectionManager` reconnects, but the first command after a drop fails).
+    /// A fresh operation id and the key of its receipt.
+    fn new_receipt(&self) -> (String, String) {
+        let id = new_version();
+        let key = self.receipt_key(&id);
+        (id, key)
+    }
+
+    fn receipt_key(&self, op_id: &str) -> String {
+        format!("{}op:{op_id}", self.base)
+    }
+
+    /// The store error for a failure that ended the retries.
+    fn gave_up(&self, error: RedisError) -> StoreError {
+        if retry::is_transient(&error) {
+            StoreError::unavailable(
+                BACKEND,
+                RedisStoreError::RetriesExhausted {
+                    budget: self.retry_budget,
+                    source: error,
+                },
+            )
+        } else {
+            map_err(error)
+        }
+    }
+
+    /// Runs an operation that may be repeated (a read, or a write that is a no-op the second
+    /// time), retrying connection-type failures within the retry budget.
     async fn idempotent<T, F, Fut>(&self, op: F) -> Result<T, StoreError>
     where
         F: Fn(ConnectionManager) -> Fut,
         Fut: Future<Output = RedisResult<T>>,
     {
-        match op(self.conn.clone()).await {
-            Err(e) if retryable(&e) => op(self.conn.clone()).await.map_err(map_err),
-            other => other.map_err(map_err),
+        retry::within(&self.conn, self.retry_budget, op)
+            .await
+            .map_err(|gave_up| self.gave_up(gave_up.error))
+    }
+
+    /// Runs a write that leaves a receipt (see the scripts), retrying connection-type failures
+    /// within the retry budget. Retries reuse the operation id, so the write is applied at most
+    /// once and a retry returns what the first attempt did. If the retries failed after an
+    /// attempt that may have been applied (its reply lost), the outcome is read back (`landed`)
+    /// before anything is reported.
+    async fn exactly_once<F, Fut>(
+        &self,
+        what: &(dyn fmt::Display + Sync),
+        op: F,
+        landed: Landed<'_>,
+    ) -> Result<i64, StoreError>
+    where
+        F: Fn(ConnectionManager) -> Fut,
+        Fut: Future<Output = RedisResult<i64>>,
+    {
+        let gave_up = match retry::within(&self.conn, self.retry_budget, op).await {
+            Ok(result) => return Ok(result),
+            Err(gave_up) => gave_up,
+        };
+        if !gave_up.maybe_applied {
+            return Err(self.gave_up(gave_up.error));
+        }
+        let read_back = retry::within(&self.conn, self.retry_budget.min(CONFIRM_BUDGET), |c| {
+            landed.read(c)
+        })
+        .await;
+        match read_back {
+            Ok(Some(result)) => Ok(result),
+            Ok(None) => Err(self.gave_up(gave_up.error)),
+            Err(_) if retry::is_transient(&gave_up.error) => Err(StoreError::unavailable(
+                BACKEND,
+                RedisStoreError::OutcomeUnknown {
+                    key: what.to_string(),
+                    budget: self.retry_budget,
+                    source: gave_up.error,
+                },
+            )),
+            Err(_) => Err(map_err(gave_up.error)),
         }
     }
 
@@ -299,33 +536,32 @@ impl RedisStore {
         expect: Expect,
     ) -> Result<Version, StoreError> {
         let (mode, expected) = expect_args(&expect);
+        // The new version doubles as the operation id: versions are random, never reused.
         let version = new_version();
+        let receipt_key = self.receipt_key(&version);
         let record_key = self.record_key(key);
+        let index_key = self.index_key();
         let member = key.storage_key();
-        let attempt = |mut c: ConnectionManager| {
-            let mut invocation = scripts::PUT.key(&record_key);
-            invocation
-                .key(self.index_key())
-                .arg(mode)
-                .arg(&expected)
-                .arg(&version)
-                .arg(&bytes)
-                .arg(&member);
-            async move { invocation.invoke_async::<i64>(&mut c).await }
-        };
-        let written = match attempt(self.conn.clone()).await {
-            Ok(n) => n,
-            Err(e) if retryable(&e) => match attempt(self.conn.clone()).await.map_err(map_err)? {
-                // The first attempt may have been applied before the connection dropped: the
-                // random version tells whether the record is ours.
-                0 => match self.get_raw(key).await? {
-                    Some((_, v)) if v.as_str() == version => 1,
-                    _ => 0,
+        let ttl = self.receipt_ttl_ms;
+        let written = self
+            .exactly_once(
+                key,
+                |mut c| {
+                    let mut invocation = scripts::PUT.key(&record_key);
+                    invocation
+                        .key(&index_key)
+                        .key(&receipt_key)
+                        .arg(mode)
+                        .arg(&expected)
+                        .arg(&version)
+                        .arg(&bytes)
+                        .arg(&member)
+                        .arg(ttl);
+                    async move { invocation.invoke_async::<i64>(&mut c).await }
                 },
-                n => n,
-            },
-            Err(e) => return Err(map_err(e)),
-        };
+                Landed::Receipt(&receipt_key),
+            )
+            .await?;
         if written == 1 {
             Ok(Version::new(version))
         } else {
@@ -339,17 +575,25 @@ impl RedisStore {
         let (mode, expected) = expect_args(&expect);
         let record_key = self.record_key(key);
         let index_key = self.index_key();
+        let (_, receipt_key) = self.new_receipt();
         let member = key.storage_key();
-        let n: i64 = self
-            .idempotent(|mut c| {
-                let mut invocation = scripts::DELETE.key(&record_key);
-                invocation
-                    .key(&index_key)
-                    .arg(mode)
-                    .arg(&expected)
-                    .arg(&member);
-                async move { invocation.invoke_async::<i64>(&mut c).await }
-            })
+        let ttl = self.receipt_ttl_ms;
+        let n = self
+            .exactly_once(
+                key,
+                |mut c| {
+                    let mut invocation = scripts::DELETE.key(&record_key);
+                    invocation
+                        .key(&index_key)
+                        .key(&receipt_key)
+                        .arg(mode)
+                        .arg(&expected)
+                        .arg(&member)
+                        .arg(ttl);
+                    async move { invocation.invoke_async::<i64>(&mut c).await }
+                },
+                Landed::Receipt(&receipt_key),
+            )
             .await?;
         match n {
             -1 => Err(StoreError::Conflict {
@@ -474,12 +718,23 @@ impl TokenStore for RedisStore {
         let member_prefix = format!("{}/{}.", RecordKind::Tokens.as_str(), issuer.storage_key());
         let record_prefix = format!("{}r:", self.base);
         let index_key = self.index_key();
-        let n: i64 = self
-            .idempotent(|mut c| {
-                let mut invocation = scripts::DELETE_PREFIX.key(&index_key);
-                invocation.arg(&member_prefix).arg(&record_prefix);
-                async move { invocation.invoke_async::<i64>(&mut c).await }
-            })
+        let (_, receipt_key) = self.new_receipt();
+        let ttl = self.receipt_ttl_ms;
+        let what = format!("tokens of issuer {issuer}");
+        let n = self
+            .exactly_once(
+                &what,
+                |mut c| {
+                    let mut invocation = scripts::DELETE_PREFIX.key(&index_key);
+                    invocation
+                        .key(&receipt_key)
+                        .arg(&member_prefix)
+                        .arg(&record_prefix)
+                        .arg(ttl);
+                    async move { invocation.invoke_async::<i64>(&mut c).await }
+                },
+                Landed::Receipt(&receipt_key),
+            )
             .await?;
         Ok(usize::try_from(n).unwrap_or(0))
     }
@@ -495,42 +750,25 @@ impl TokenStore for RedisStore {
     ) -> Result<Option<RefreshLease>, StoreError> {
         let lease = RefreshLease::new(key.clone(), ttl);
         let lease_key = self.lease_key(key);
-        let ms = u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX).max(1);
-        // SET NX is not idempotent across a lost reply; a retry that finds our own token
-        // counts as acquired.
-        let attempt = |mut c: ConnectionManager| {
-            let k = lease_key.clone();
-            let token = lease.token().to_owned();
-            async move {
-                redis::cmd("SET")
-                    .arg(k)
-                    .arg(token)
-                    .arg("NX")
-                    .arg("PX")
-                    .arg(ms)
-                    .query_async::<Option<String>>(&mut c)
-                    .await
-            }
-        };
-        let acquired = match attempt(self.conn.clone()).await {
-            Ok(reply) => reply.is_some(),
-            Err(e) if retryable(&e) => {
-                let reply = attempt(self.conn.clone()).await.map_err(map_err)?;
-                if reply.is_some() {
-                    true
-                } else {
-                    let holder: Option<String> = self
-                        .idempotent(|mut c| {
-                            let k = lease_key.clone();
-                            async move { redis::cmd("GET").arg(k).query_async(&mut c).await }
-                        })
-                        .await?;
-                    holder.as_deref() == Some(lease.token())
-                }
-            }
-            Err(e) => return Err(map_err(e)),
-        };
-        Ok(acquired.then_some(lease))
+        let ms = duration_ms(ttl).max(1);
+        let what = format!("refresh lease for {key}");
+        // The holder token is random per lease: a retry (or the read-back) that finds it holding
+        // the lease knows the first attempt took it.
+        let acquired = self
+            .exactly_once(
+                &what,
+                |mut c| {
+                    let mut invocation = scripts::ACQUIRE_LEASE.key(&lease_key);
+                    invocation.arg(lease.token()).arg(ms);
+                    async move { invocation.invoke_async::<i64>(&mut c).await }
+                },
+                Landed::LeaseHeldBy {
+                    lease_key: &lease_key,
+                    token: lease.token(),
+                },
+            )
+            .await?;
+        Ok((acquired == 1).then_some(lease))
     }
 
     async fn renew_refresh_lease(
@@ -539,8 +777,9 @@ impl TokenStore for RedisStore {
         ttl: Duration,
     ) -> Result<Option<RefreshLease>, StoreError> {
         let lease_key = self.lease_key(lease.key());
-        let ms = u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX).max(1);
-        // Idempotent: a retry after a lost reply finds our own token and extends it again.
+        let ms = duration_ms(ttl).max(1);
+        // Idempotent: a retry after a lost reply finds our own token and extends it again. When
+        // the budget is spent the caller still holds the lease it had, until its old expiry.
         let n: i64 = self
             .idempotent(|mut c| {
                 let mut invocation = scripts::RENEW_LEASE.key(&lease_key);
@@ -553,12 +792,19 @@ impl TokenStore for RedisStore {
 
     async fn release_refresh_lease(&self, lease: &RefreshLease) -> Result<bool, StoreError> {
         let lease_key = self.lease_key(lease.key());
-        let n: i64 = self
-            .idempotent(|mut c| {
-                let mut invocation = scripts::COMPARE_AND_DELETE.key(&lease_key);
-                invocation.arg(lease.token());
-                async move { invocation.invoke_async::<i64>(&mut c).await }
-            })
+        let (_, receipt_key) = self.new_receipt();
+        let ttl = self.receipt_ttl_ms;
+        let what = format!("refresh lease for {}", lease.key());
+        let n = self
+            .exactly_once(
+                &what,
+                |mut c| {
+                    let mut invocation = scripts::COMPARE_AND_DELETE.key(&lease_key);
+                    invocation.key(&receipt_key).arg(lease.token()).arg(ttl);
+                    async move { invocation.invoke_async::<i64>(&mut c).await }
+                },
+                Landed::Receipt(&receipt_key),
+            )
             .await?;
         Ok(n > 0)
     }
@@ -570,17 +816,21 @@ impl PendingAuthorizationStore for RedisStore {
         let key = RecordKey::Pending(pending.state.clone());
         let bytes = record::encode_pending(pending)?;
         let pending_key = self.pending_key(&pending.state);
+        let (_, receipt_key) = self.new_receipt();
         let at = pending.expires_at.unix_seconds().max(1);
-        let reply: Option<String> = redis::cmd("SET")
-            .arg(&pending_key)
-            .arg(&bytes)
-            .arg("NX")
-            .arg("EXAT")
-            .arg(at)
-            .query_async(&mut self.conn.clone())
-            .await
-            .map_err(map_err)?;
-        if reply.is_none() {
+        let ttl = self.receipt_ttl_ms;
+        let inserted = self
+            .exactly_once(
+                &key,
+                |mut c| {
+                    let mut invocation = scripts::INSERT_PENDING.key(&pending_key);
+                    invocation.key(&receipt_key).arg(&bytes).arg(at).arg(ttl);
+                    async move { invocation.invoke_async::<i64>(&mut c).await }
+                },
+                Landed::Receipt(&receipt_key),
+            )
+            .await?;
+        if inserted != 1 {
             return Err(StoreError::Conflict {
                 key: key.to_string(),
             });
@@ -589,6 +839,7 @@ impl PendingAuthorizationStore for RedisStore {
     }
 
     async fn take_pending(&self, state: &str) -> Result<Option<PendingAuthorization>, StoreError> {
+        let key = RecordKey::Pending(state.to_owned());
         let pending_key = self.pending_key(state);
         let found: Option<Vec<u8>> = self
             .idempotent(|mut c| {
@@ -601,12 +852,19 @@ impl PendingAuthorizationStore for RedisStore {
         };
         // Decode before deleting: a corrupt record is reported and left in place.
         let pending = record::decode_pending(state, &bytes)?;
-        let deleted: i64 = self
-            .idempotent(|mut c| {
-                let mut invocation = scripts::COMPARE_AND_DELETE.key(&pending_key);
-                invocation.arg(&bytes);
-                async move { invocation.invoke_async::<i64>(&mut c).await }
-            })
+        // Exactly once: a redemption whose reply was lost is still ours when retried.
+        let (_, receipt_key) = self.new_receipt();
+        let ttl = self.receipt_ttl_ms;
+        let deleted = self
+            .exactly_once(
+                &key,
+                |mut c| {
+                    let mut invocation = scripts::COMPARE_AND_DELETE.key(&pending_key);
+                    invocation.key(&receipt_key).arg(&bytes).arg(ttl);
+                    async move { invocation.invoke_async::<i64>(&mut c).await }
+                },
+                Landed::Receipt(&receipt_key),
+            )
             .await?;
         // Another replica may have redeemed it first: then it is theirs.
         Ok((deleted > 0 && !pending.expires_at.is_past()).then_some(pending))

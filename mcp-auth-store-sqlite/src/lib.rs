@@ -57,6 +57,77 @@ pub enum SqliteStoreError {
     /// A blocking task was cancelled or panicked.
     #[error("database task failed: {0}")]
     Task(String),
+    /// A write (or the refresh lease) on a store opened read-only.
+    #[error(
+        "{} is open read-only ({reason}), so {operation} is refused; {}",
+        path.display(),
+        reason.remedy()
+    )]
+    ReadOnly {
+        /// Database path.
+        path: PathBuf,
+        /// What was refused (`"writing tokens/…"`, `"taking the refresh lease for …"`).
+        operation: String,
+        /// Why the store is read-only.
+        reason: ReadOnlyReason,
+    },
+    /// A database this process may not write has a `-wal` file with changes not yet in the main
+    /// file, and no usable `-shm` index to read it through.
+    #[error(
+        "{}: its -wal file holds changes not yet in the main file, and this process can neither use nor create the -shm index beside it (the directory is not writable); open the database once with write access so SQLite folds the WAL into the file, or make the directory writable ({source})",
+        path.display()
+    )]
+    WalUnreadable {
+        /// Database path.
+        path: PathBuf,
+        /// SQLite's error.
+        #[source]
+        source: rusqlite::Error,
+    },
+    /// A database this process may only read needs a schema upgrade that only a writer can do.
+    #[error(
+        "database {} has schema version {found}, older than this mcp-auth uses ({supported}), and it is read-only here so it cannot be upgraded; open it once with write access",
+        path.display()
+    )]
+    ReadOnlyNeedsUpgrade {
+        /// Database path.
+        path: PathBuf,
+        /// `PRAGMA user_version` found.
+        found: i64,
+        /// The version this crate uses.
+        supported: i64,
+    },
+}
+
+/// Why a store is read-only ([`SqliteStore::read_only_reason`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum ReadOnlyReason {
+    /// [`SqliteOptions::read_only`] asked for it.
+    Requested,
+    /// The database file, its directory or its file system is not writable by this process
+    /// (SQLite also needs to create `<file>-wal` and `<file>-shm` beside the file).
+    NotWritable,
+}
+
+impl ReadOnlyReason {
+    fn remedy(self) -> &'static str {
+        match self {
+            Self::Requested => "open the store without SqliteOptions::read_only to write",
+            Self::NotWritable => {
+                "make the file and its directory writable by this user (SQLite creates <file>-wal and <file>-shm beside it), or use a writable copy"
+            }
+        }
+    }
+}
+
+impl fmt::Display for ReadOnlyReason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::Requested => "opened with SqliteOptions::read_only",
+            Self::NotWritable => "the file or its directory is not writable by this process",
+        })
+    }
 }
 
 /// Options for [`SqliteStore::open_with`].
@@ -66,6 +137,11 @@ pub struct SqliteOptions {
     pub namespace: Namespace,
     /// How long to wait for another process's lock (see [`DEFAULT_BUSY_TIMEOUT`]).
     pub busy_timeout: Duration,
+    /// Open the database read-only (default `false`): reads work, every write and the refresh
+    /// lease fail with [`StoreError::PermissionDenied`] ([`SqliteStoreError::ReadOnly`]). The
+    /// file must exist. Without this option a database whose file or directory is not writable
+    /// is opened read-only anyway ([`SqliteStore::read_only`] tells).
+    pub read_only: bool,
 }
 
 impl Default for SqliteOptions {
@@ -73,13 +149,17 @@ impl Default for SqliteOptions {
         Self {
             namespace: Namespace::default(),
             busy_timeout: DEFAULT_BUSY_TIMEOUT,
+            read_only: false,
         }
     }
 }
 
 struct Shared {
     path: PathBuf,
-    conn: Mutex<Connection>,
+    conn: Mutex<Conn>,
+    /// `Some` when the database could only be opened read-only (or was asked to be).
+    read_only: Option<ReadOnlyReason>,
+    busy_timeout: Duration,
     /// Decoded token sets by (namespace, storage key), each with the version it was decoded at.
     /// A read still asks SQLite for the current version (so another process's write is always
     /// seen); only the JSON decoding is skipped when the version is unchanged. Versions are
@@ -89,6 +169,32 @@ struct Shared {
 
 /// Entries kept in the decoded-token cache before it is cleared.
 const DECODED_TOKENS_MAX: usize = 1024;
+
+struct Conn {
+    connection: Connection,
+    /// Set while the connection is `immutable=1` (a read-only database whose WAL index could not
+    /// be created): what the files looked like when it was opened. SQLite does no change
+    /// detection on such a connection, so when the files change (another process with write
+    /// access writes) the connection is reopened.
+    immutable_snapshot: Option<schema::FilesState>,
+}
+
+impl Conn {
+    /// Reopens an `immutable=1` connection once the files changed under it, so that another
+    /// process's writes are seen (through the `-shm` index it created, when there is one).
+    fn refresh_if_stale(&mut self, path: &Path, busy_timeout: Duration) -> Result<(), StoreError> {
+        let Some(snapshot) = &self.immutable_snapshot else {
+            return Ok(());
+        };
+        if *snapshot == schema::FilesState::of(path) {
+            return Ok(());
+        }
+        let reopened = schema::open_read_only(path, busy_timeout, ReadOnlyReason::NotWritable)?;
+        self.connection = reopened.conn;
+        self.immutable_snapshot = reopened.immutable_snapshot;
+        Ok(())
+    }
+}
 
 /// A credential store in one SQLite file, safe to share between processes.
 ///
@@ -105,6 +211,7 @@ impl fmt::Debug for SqliteStore {
         f.debug_struct("SqliteStore")
             .field("path", &self.shared.path)
             .field("namespace", &self.namespace)
+            .field("read_only", &self.shared.read_only)
             .finish_non_exhaustive()
     }
 }
@@ -129,23 +236,35 @@ impl SqliteStore {
         Self::open_with(path, SqliteOptions::default()).await
     }
 
-    /// Opens (creating if needed) the database at `path` with `options`. A new file is created
-    /// with mode 0600 and a new parent directory with mode 0700.
+    /// Opens (creating if needed) the database at `path` with `options`.
+    ///
+    /// A new database is created with mode 0600 (and a new parent directory with mode 0700),
+    /// fully initialised before it appears at `path`. An existing file of length 0 is refused
+    /// with [`StoreError::Corrupt`] (it can only be a truncated database), never initialised
+    /// again. A database whose file or directory this process may not write is opened
+    /// read-only: reads work, writes fail with [`StoreError::PermissionDenied`] (see
+    /// [`SqliteStore::read_only`]).
     pub async fn open_with(
         path: impl Into<PathBuf>,
         options: SqliteOptions,
     ) -> Result<Self, StoreError> {
         let path = path.into();
         let busy = options.busy_timeout;
-        let conn = run_blocking({
+        let read_only = options.read_only;
+        let opened = run_blocking({
             let path = path.clone();
-            move || schema::open_connection(&path, busy)
+            move || schema::open(&path, busy, read_only)
         })
         .await?;
         Ok(Self {
             shared: Arc::new(Shared {
                 path,
-                conn: Mutex::new(conn),
+                conn: Mutex::new(Conn {
+                    connection: opened.conn,
+                    immutable_snapshot: opened.immutable_snapshot,
+                }),
+                read_only: opened.read_only,
+                busy_timeout: busy,
                 decoded_tokens: Mutex::default(),
             }),
             namespace: options.namespace,
@@ -170,6 +289,33 @@ impl SqliteStore {
         &self.namespace
     }
 
+    /// True when the database is open read-only: reads work, every write (and the refresh
+    /// lease) fails with [`StoreError::PermissionDenied`] whose source is
+    /// [`SqliteStoreError::ReadOnly`], saying why and what to do.
+    pub fn read_only(&self) -> bool {
+        self.shared.read_only.is_some()
+    }
+
+    /// Why the database is open read-only, if it is.
+    pub fn read_only_reason(&self) -> Option<ReadOnlyReason> {
+        self.shared.read_only
+    }
+
+    /// Refuses a write on a read-only store, naming the operation.
+    fn check_writable(&self, operation: impl FnOnce() -> String) -> Result<(), StoreError> {
+        match self.shared.read_only {
+            None => Ok(()),
+            Some(reason) => Err(StoreError::PermissionDenied {
+                backend: BACKEND,
+                source: Box::new(SqliteStoreError::ReadOnly {
+                    path: self.shared.path.clone(),
+                    operation: operation(),
+                    reason,
+                }),
+            }),
+        }
+    }
+
     /// Runs `f` on the connection without stalling the async executor: through
     /// `block_in_place` on a multi-threaded tokio runtime (no thread hop for the caller),
     /// `spawn_blocking` on a current-thread runtime, inline outside tokio.
@@ -181,7 +327,8 @@ impl SqliteStore {
         let namespace = self.namespace.clone();
         run_blocking(move || {
             let mut conn = shared.conn.lock().unwrap_or_else(PoisonError::into_inner);
-            f(&mut conn, namespace.as_str())
+            conn.refresh_if_stale(&shared.path, shared.busy_timeout)?;
+            f(&mut conn.connection, namespace.as_str())
         })
         .await
     }
@@ -212,6 +359,7 @@ impl SqliteStore {
         bytes: Vec<u8>,
         expect: Expect,
     ) -> Result<Version, StoreError> {
+        self.check_writable(|| format!("writing {key}"))?;
         // The issuer column serves `delete_issuer_tokens` (exact byte comparison).
         let issuer = match &key {
             RecordKey::Registration(issuer) => Some(issuer.as_str().to_owned()),
@@ -276,6 +424,7 @@ impl SqliteStore {
     }
 
     async fn delete_raw(&self, key: RecordKey, expect: Expect) -> Result<bool, StoreError> {
+        self.check_writable(|| format!("deleting {key}"))?;
         self.with_conn(move |conn, ns| {
             let storage_key = key.storage_key();
             match &expect {
@@ -541,6 +690,7 @@ impl TokenStore for SqliteStore {
     }
 
     async fn delete_issuer_tokens(&self, issuer: &IssuerId) -> Result<usize, StoreError> {
+        self.check_writable(|| format!("deleting the tokens of issuer {issuer}"))?;
         let issuer = issuer.clone();
         self.with_conn(move |conn, ns| {
             let what = format!("tokens of issuer {issuer}");
@@ -563,6 +713,7 @@ impl TokenStore for SqliteStore {
         key: &TokenKey,
         ttl: Duration,
     ) -> Result<Option<RefreshLease>, StoreError> {
+        self.check_writable(|| format!("taking the refresh lease for {key}"))?;
         let key = key.clone();
         self.with_conn(move |conn, ns| {
             let what = format!("refresh lease for {key}");
@@ -595,6 +746,7 @@ impl TokenStore for SqliteStore {
         lease: &RefreshLease,
         ttl: Duration,
     ) -> Result<Option<RefreshLease>, StoreError> {
+        self.check_writable(|| format!("renewing the refresh lease for {}", lease.key()))?;
         let lease = lease.clone();
         self.with_conn(move |conn, ns| {
             let what = format!("refresh lease for {}", lease.key());
@@ -632,6 +784,7 @@ impl TokenStore for SqliteStore {
     }
 
     async fn release_refresh_lease(&self, lease: &RefreshLease) -> Result<bool, StoreError> {
+        self.check_writable(|| format!("releasing the refresh lease for {}", lease.key()))?;
         let lease = lease.clone();
         self.with_conn(move |conn, ns| {
             let what = format!("refresh lease for {}", lease.key());
@@ -650,6 +803,7 @@ impl TokenStore for SqliteStore {
 impl PendingAuthorizationStore for SqliteStore {
     async fn insert_pending(&self, pending: &PendingAuthorization) -> Result<(), StoreError> {
         let key = RecordKey::Pending(pending.state.clone());
+        self.check_writable(|| format!("recording {key}"))?;
         let bytes = record::encode_pending(pending)?;
         let expires_at = pending.expires_at.unix_seconds();
         self.with_conn(move |conn, ns| {
@@ -681,6 +835,8 @@ impl PendingAuthorizationStore for SqliteStore {
     }
 
     async fn take_pending(&self, state: &str) -> Result<Option<PendingAuthorization>, StoreError> {
+        // Redeeming deletes the flow: a write.
+        self.check_writable(|| format!("redeeming {}", RecordKey::Pending(state.to_owned())))?;
         let state = state.to_owned();
         self.with_conn(move |conn, ns| {
             let key = RecordKey::Pending(state.clone());
