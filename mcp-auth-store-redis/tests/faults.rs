@@ -842,3 +842,160 @@ async fn lost_reply_while_redis_stays_unreachable_is_reported_as_unknown() {
         "the proxy did not let the write land"
     );
 }
+
+// ---------------------------------------------------------------------------------------------
+// Never lose a grant: redis-server killed while eight processes refresh one expired token
+
+/// Worker process body: one `cached_access_token()` over the Redis store, then `flush()` (the
+/// rotated tokens must reach the store before the process exits). Prints `OK <token>` or
+/// `ERR <error>`.
+#[test]
+#[ignore = "worker process body, started by redis_killed_for_3_s_while_8_processes_refresh_loses_no_grant"]
+fn grant_outage_worker() {
+    let Ok(url) = std::env::var("GRANT_REDIS_URL") else {
+        return;
+    };
+    let namespace = Namespace::new(std::env::var("GRANT_NAMESPACE").unwrap()).unwrap();
+    let resource = ResourceUri::new(std::env::var("GRANT_RESOURCE").unwrap()).unwrap();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async move {
+        let store = RedisStore::connect_with(&url, options(&namespace, Duration::from_secs(5)))
+            .await
+            .unwrap();
+        let auth = mcp_auth_core::McpAuth::builder(Arc::new(store))
+            .http_policy(mcp_auth_core::HttpPolicy::allowing_loopback())
+            .build()
+            .unwrap();
+        match auth.cached_access_token(&resource).await {
+            Ok(token) => match auth.flush().await {
+                Ok(()) => {
+                    use mcp_auth_core::ExposeSecret as _;
+                    println!("\nWORKER OK {}", token.expose_secret());
+                }
+                Err(e) => println!("\nWORKER ERR flush: {e}"),
+            },
+            Err(e) => println!("\nWORKER ERR {e}"),
+        }
+    });
+}
+
+/// redis-server (append-only file, `appendfsync always`) is SIGKILLed right after the
+/// authorization server has processed the one refresh, and restarted 3 s later. Every one of
+/// the eight processes ends with the same valid token, the AS sees exactly one refresh and no
+/// refresh-token reuse, and the store holds the rotated tokens afterwards.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_killed_for_3_s_while_8_processes_refresh_loses_no_grant() {
+    use mcp_auth_core::{ExposeSecret as _, McpAuth, Timestamp};
+    use mcp_auth_testkit::{AuthServer, AuthServerConfig, McpServer, McpServerConfig, TokenFault};
+
+    let Some(bin) = redis_server_binary() else {
+        return;
+    };
+    let mut redis = PrivateRedis::started(&bin).await;
+    let as1 = AuthServer::start(AuthServerConfig::default())
+        .await
+        .unwrap();
+    let mcp = McpServer::start(McpServerConfig {
+        authorization_servers: vec![as1.clone()],
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let resource = ResourceUri::new(mcp.url()).unwrap();
+    let namespace = Namespace::new("grant-outage").unwrap();
+    let store = RedisStore::connect_with(&redis.url(), options(&namespace, Duration::from_secs(5)))
+        .await
+        .unwrap();
+    McpAuth::builder(Arc::new(store.clone()))
+        .http_policy(mcp_auth_core::HttpPolicy::allowing_loopback())
+        .build()
+        .unwrap()
+        .access_token(&resource)
+        .await
+        .unwrap();
+    let key = TokenKey::new(IssuerId::new(as1.issuer()).unwrap(), resource.clone());
+    let current = store.get_tokens(&key).await.unwrap().unwrap();
+    let mut expired = current.value.clone();
+    expired.expires_at = Some(Timestamp::from_unix_seconds(1));
+    store
+        .put_tokens(&key, &expired, Expect::Version(current.version))
+        .await
+        .unwrap();
+    as1.clear_requests();
+    // The answer comes 300 ms after the AS rotated the token: by then Redis is gone.
+    as1.set_token_fault(TokenFault::Delay(Duration::from_millis(300)));
+
+    let children: Vec<_> = (0..8)
+        .map(|_| {
+            tokio::process::Command::new(std::env::current_exe().unwrap())
+                .args([
+                    "grant_outage_worker",
+                    "--exact",
+                    "--ignored",
+                    "--nocapture",
+                    "--test-threads=1",
+                ])
+                .env("GRANT_REDIS_URL", redis.url())
+                .env("GRANT_NAMESPACE", namespace.as_str())
+                .env("GRANT_RESOURCE", resource.as_str())
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped())
+                .kill_on_drop(true)
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while as1.refresh_requests() == 0 {
+        assert!(Instant::now() < deadline, "no process sent the refresh");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    redis.kill();
+    let killed = Instant::now();
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    redis.start();
+    println!("redis-server down for {:?}", killed.elapsed());
+
+    let mut tokens = HashSet::new();
+    for child in children {
+        let out = tokio::time::timeout(Duration::from_secs(90), child.wait_with_output())
+            .await
+            .expect("a worker hung")
+            .unwrap();
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        let line = stdout
+            .lines()
+            .find_map(|l| l.strip_prefix("WORKER "))
+            .unwrap_or_else(|| {
+                panic!(
+                    "worker printed no result: {stdout}\n{}",
+                    String::from_utf8_lossy(&out.stderr)
+                )
+            });
+        let token = line
+            .strip_prefix("OK ")
+            .unwrap_or_else(|| panic!("a process ended without a token: {line}"));
+        tokens.insert(token.to_owned());
+    }
+    println!("processes done {:?} after the kill", killed.elapsed());
+    assert_eq!(tokens.len(), 1, "processes ended with different tokens");
+    let token = tokens.into_iter().next().unwrap();
+    let info = as1.introspect(&token).unwrap();
+    assert!(
+        !info.expired && !info.revoked,
+        "the token is not valid at the AS"
+    );
+    assert_eq!(as1.refresh_requests(), 1);
+    assert_eq!(as1.reuse_detections(), 0);
+    redis.wait_ready().await;
+    let store = RedisStore::connect_with(&redis.url(), options(&namespace, Duration::from_secs(5)))
+        .await
+        .unwrap();
+    let saved = store.get_tokens(&key).await.unwrap().unwrap().value;
+    assert_eq!(saved.access_token.expose_secret(), token);
+    assert!(saved.refresh_state.is_none(), "{:?}", saved.refresh_state);
+}
