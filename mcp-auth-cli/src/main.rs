@@ -331,7 +331,7 @@ async fn login(
         });
     }
     let authorizer: Arc<dyn Authorizer> = if args.headless {
-        Arc::new(HeadlessAuthorizer::new()?)
+        Arc::new(HeadlessAuthorizer::with_policy(policy(cli))?)
     } else {
         let no_browser = args.no_browser;
         Arc::new(LoopbackAuthorizer::new(
@@ -368,6 +368,19 @@ async fn login(
         "[3/3] Logged in to {resource} (authorization server {}).",
         printable(&binding)
     );
+    if let Ok(issuer) = IssuerId::new(&binding)
+        && let Ok(Some(tokens)) = auth
+            .store()
+            .get_tokens(&TokenKey::new(issuer, resource.clone()))
+            .await
+        && tokens.value.refresh_token.is_none()
+    {
+        eprintln!(
+            "Note: the authorization server issued no refresh token. The access token is used \
+             until it expires ({}); then run `mcp-auth login {resource}` again.",
+            expiry(&tokens.value)
+        );
+    }
     Ok(())
 }
 

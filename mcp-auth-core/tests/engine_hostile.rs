@@ -720,7 +720,8 @@ async fn tampered(
         .client(ClientConfig::default().with_redirect_uri(REDIRECT))
         .http_policy(HttpPolicy::allowing_loopback())
         .authorizer(Arc::new(Tampering {
-            inner: mcp_auth_core::HeadlessAuthorizer::new().unwrap(),
+            inner: mcp_auth_core::HeadlessAuthorizer::with_policy(HttpPolicy::allowing_loopback())
+                .unwrap(),
             tamper,
         }))
         .build()
@@ -779,7 +780,8 @@ async fn stale_pending_flow_from_another_server_cannot_complete_this_login() {
         .client(ClientConfig::default().with_redirect_uri(REDIRECT))
         .http_policy(HttpPolicy::allowing_loopback())
         .authorizer(Arc::new(Tampering {
-            inner: mcp_auth_core::HeadlessAuthorizer::new().unwrap(),
+            inner: mcp_auth_core::HeadlessAuthorizer::with_policy(HttpPolicy::allowing_loopback())
+                .unwrap(),
             tamper: |u, _| {
                 with_query(
                     u,

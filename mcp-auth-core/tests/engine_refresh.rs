@@ -354,3 +354,69 @@ async fn refresh_after_restart_uses_stored_metadata() {
     );
     assert_eq!(call(&mcp, &token).await.0, 200);
 }
+
+/// SEP-2207 + OpenID Connect Core §11: an OpenID provider grants `offline_access` only with
+/// `prompt=consent`; the client sends it, and so gets a refresh token.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn openid_provider_gets_prompt_consent_with_offline_access() {
+    let as1 = auth_server(|c| {
+        c.oidc_offline_access = true;
+        c.scopes_supported = Some(vec!["mcp".into(), "offline_access".into()]);
+    })
+    .await;
+    let mcp = mcp_server(vec![as1.clone()], |c| {
+        c.scopes_supported = Some(vec!["mcp".into()]);
+    })
+    .await;
+    let store = memory();
+    engine(store.clone())
+        .access_token(&resource(&mcp))
+        .await
+        .unwrap();
+    let authorize = as1
+        .requests()
+        .into_iter()
+        .find(|r| r.endpoint == Endpoint::Authorize)
+        .unwrap();
+    assert_eq!(
+        authorize.query.get("prompt").map(String::as_str),
+        Some("consent")
+    );
+    assert!(
+        authorize.query["scope"]
+            .split(' ')
+            .any(|s| s == "offline_access")
+    );
+    let tokens = store.get_tokens(&key(&as1, &mcp)).await.unwrap().unwrap();
+    assert!(
+        tokens.value.refresh_token.is_some(),
+        "the OpenID provider issued no refresh token"
+    );
+}
+
+/// A plain OAuth server (no OpenID metadata) gets no `prompt`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn plain_oauth_server_gets_no_prompt() {
+    let as1 = auth_server(|c| {
+        c.scopes_supported = Some(vec!["mcp".into(), "offline_access".into()]);
+    })
+    .await;
+    let mcp = mcp_server(vec![as1.clone()], |c| {
+        c.scopes_supported = Some(vec!["mcp".into()]);
+    })
+    .await;
+    engine(memory())
+        .access_token(&resource(&mcp))
+        .await
+        .unwrap();
+    let authorize = as1
+        .requests()
+        .into_iter()
+        .find(|r| r.endpoint == Endpoint::Authorize)
+        .unwrap();
+    assert!(
+        !authorize.query.contains_key("prompt"),
+        "{:?}",
+        authorize.query
+    );
+}

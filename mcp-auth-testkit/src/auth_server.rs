@@ -65,6 +65,11 @@ pub struct AuthServerConfig {
     pub dcr_token_endpoint_auth_method: String,
     /// Advertise `revocation_endpoint` and serve RFC 7009 revocation (default `true`).
     pub revocation: bool,
+    /// The OpenID provider rule for `offline_access` (OpenID Connect Core §11): a refresh token
+    /// is issued only when the authorization request asked for `offline_access` **and** sent
+    /// `prompt=consent`; metadata then also carries `id_token_signing_alg_values_supported`, as
+    /// OpenID providers' does (default `false`).
+    pub oidc_offline_access: bool,
 }
 
 impl Default for AuthServerConfig {
@@ -83,6 +88,7 @@ impl Default for AuthServerConfig {
             access_token_ttl: Duration::from_secs(3600),
             dcr_token_endpoint_auth_method: "client_secret_basic".to_string(),
             revocation: true,
+            oidc_offline_access: false,
         }
     }
 }
@@ -227,6 +233,8 @@ pub struct TokenInfo {
 }
 
 struct CodeRec {
+    /// `prompt` of the authorization request included `consent`.
+    consent: bool,
     client_id: String,
     redirect_uri: String,
     challenge: String,
@@ -778,6 +786,12 @@ impl AsInner {
                 json!(["client_secret_basic", "client_secret_post", "none"]),
             );
         }
+        if c.oidc_offline_access {
+            d.insert(
+                "id_token_signing_alg_values_supported".into(),
+                json!(["RS256"]),
+            );
+        }
         d.insert("response_types_supported".into(), json!(["code"]));
         d.insert("response_modes_supported".into(), json!(["query"]));
         d.insert(
@@ -1184,6 +1198,9 @@ impl AsInner {
         lock(&self.state).codes.insert(
             code.clone(),
             CodeRec {
+                consent: q
+                    .get("prompt")
+                    .is_some_and(|p| p.split(' ').any(|v| v == "consent")),
                 client_id: client.client_id.clone(),
                 redirect_uri: redirect_uri.to_string(),
                 challenge: challenge.to_string(),
@@ -1377,7 +1394,9 @@ impl AsInner {
         let grant = st.grants.len();
         st.grants.push(false);
         rec.grant = Some(grant);
-        let refresh = self.config.issue_refresh_tokens;
+        let refresh = self.config.issue_refresh_tokens
+            && (!self.config.oidc_offline_access
+                || (rec.consent && scopes.iter().any(|s| s == "offline_access")));
         self.issue(st, grant, &client.client_id, resource, scopes, refresh)
     }
 

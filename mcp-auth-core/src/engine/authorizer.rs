@@ -1,13 +1,28 @@
 //! How an authorization code is obtained: the [`Authorizer`] sends the user (or a test) to the
 //! authorization URL and returns the URL the authorization server redirected back to.
+//!
+//! Both authorizers here accept only the response of their own login: a redirect whose single
+//! `state` is the request's own (a response carrying another state may be an attacker's, sent
+//! to the loopback port or planted in a redirect chain).
 
+use std::collections::BTreeMap;
+use std::convert::Infallible;
 use std::fmt;
+use std::sync::Arc;
+use std::time::Duration;
 
 use async_trait::async_trait;
+use hyper::body::Incoming;
+use hyper::header::{self, HeaderValue};
+use hyper::{Method, Request, Response, StatusCode};
+use hyper_util::rt::{TokioIo, TokioTimer};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
 use url::Url;
 
 use super::error::AuthError;
-use super::http::redact;
+use super::http::{Http, HttpPolicy, redact};
 
 /// One authorization request to complete.
 #[derive(Clone)]
@@ -20,6 +35,18 @@ pub struct AuthorizationRequest {
     /// The `state` of this request: a callback carrying any other state is not this login's
     /// answer (it may be an attacker's) and must be refused.
     pub state: String,
+}
+
+impl AuthorizationRequest {
+    /// A request to complete: the authorization `url`, the `redirect_uri` it names and its
+    /// `state` (for authorizers written and tested outside this crate).
+    pub fn new(url: Url, redirect_uri: impl Into<String>, state: impl Into<String>) -> Self {
+        Self {
+            url,
+            redirect_uri: redirect_uri.into(),
+            state: state.into(),
+        }
+    }
 }
 
 impl fmt::Debug for AuthorizationRequest {
@@ -41,53 +68,73 @@ pub trait Authorizer: Send + Sync + fmt::Debug {
 
 /// Fetches the authorization URL without a browser and returns the redirect it answers with, as
 /// authorization servers that approve at once do (test servers, the MCP conformance suite).
-/// Follows redirects inside the authorization server up to 5 times; stops at the first one
-/// pointing at the redirect URI.
+/// Follows redirects inside the authorization server's origin up to 5 requests; stops at the
+/// first one pointing at the redirect URI, which must carry exactly one `state`: the request's.
+///
+/// Every request goes through the engine's HTTP client and [`HttpPolicy`]: scheme check, SSRF
+/// filtering of IP literals and of every DNS answer, timeout and size limit.
 #[derive(Clone)]
 pub struct HeadlessAuthorizer {
-    client: reqwest::Client,
+    http: Http,
 }
 
 impl HeadlessAuthorizer {
-    /// A headless authorizer with a 10 s timeout.
+    /// A headless authorizer under the default [`HttpPolicy`]: `https` to public addresses
+    /// only, 10 s timeout.
     pub fn new() -> Result<Self, AuthError> {
-        let client = reqwest::Client::builder()
-            .redirect(reqwest::redirect::Policy::none())
-            .no_proxy()
-            .timeout(std::time::Duration::from_secs(10))
-            .build()
-            .map_err(|e| AuthError::Config(format!("cannot build the HTTP client: {e}")))?;
-        Ok(Self { client })
+        Self::with_policy(HttpPolicy::default())
+    }
+
+    /// A headless authorizer under `policy` (give it the engine's: with
+    /// [`HttpPolicy::allowing_loopback`] it reaches a local test server).
+    pub fn with_policy(policy: HttpPolicy) -> Result<Self, AuthError> {
+        Ok(Self {
+            http: Http::new(policy)?,
+        })
     }
 }
 
 impl fmt::Debug for HeadlessAuthorizer {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("HeadlessAuthorizer").finish_non_exhaustive()
+        f.debug_struct("HeadlessAuthorizer")
+            .field("http", &self.http)
+            .finish()
     }
 }
 
 #[async_trait]
 impl Authorizer for HeadlessAuthorizer {
     async fn authorize(&self, request: AuthorizationRequest) -> Result<Url, AuthError> {
+        let redirect = Url::parse(&request.redirect_uri)
+            .map_err(|_| AuthError::Config("redirect_uri is not an absolute URL".to_owned()))?;
+        if request.state.is_empty() {
+            return Err(AuthError::Config(
+                "the authorization request has no state".to_owned(),
+            ));
+        }
         let mut current = request.url.clone();
         for _ in 0..5 {
-            let response = self.client.get(current.clone()).send().await.map_err(|e| {
-                AuthError::Authorizer(format!("authorization request failed: {}", e.without_url()))
-            })?;
-            let status = response.status();
-            let location = response
-                .headers()
+            let fetched = self.http.get_page(&current).await?;
+            let status = fetched.status;
+            let location = fetched
+                .headers
                 .get(reqwest::header::LOCATION)
                 .and_then(|v| v.to_str().ok())
                 .and_then(|l| current.join(l).ok());
-            let Some(next) = location.filter(|_| status.is_redirection()) else {
+            let Some(next) = location.filter(|_| (300..400).contains(&status)) else {
                 return Err(AuthError::Authorizer(format!(
                     "the authorization endpoint answered {status} instead of redirecting"
                 )));
             };
-            if next.as_str().starts_with(&request.redirect_uri) {
-                return Ok(next);
+            if is_redirect_uri(&next, &redirect) {
+                return match check_callback(next.query(), &request.state) {
+                    Ok(_) => Ok(next),
+                    Err(Refusal::State) => Err(AuthError::StateMismatch),
+                    Err(Refusal::Repeated) => Err(AuthError::Authorizer(
+                        "the authorization response repeats state, iss, code or error; refused"
+                            .to_owned(),
+                    )),
+                };
             }
             if next.origin() != request.url.origin() {
                 return Err(AuthError::Authorizer(format!(
@@ -101,18 +148,104 @@ impl Authorizer for HeadlessAuthorizer {
     }
 }
 
+/// Whether `url` is the redirect URI (scheme, host, port and path equal; the query is the
+/// response). A prefix is not enough: `/callbackevil` and port `80801` are not `/callback` and
+/// port `8080`.
+fn is_redirect_uri(url: &Url, redirect: &Url) -> bool {
+    url.scheme() == redirect.scheme()
+        && url.host_str() == redirect.host_str()
+        && url.port_or_known_default() == redirect.port_or_known_default()
+        && url.path() == redirect.path()
+        && url.username() == redirect.username()
+        && url.password() == redirect.password()
+}
+
+/// Why a response to the redirect URI is not this login's.
+#[derive(Debug, PartialEq, Eq)]
+enum Refusal {
+    /// No `state`, several, or another login's.
+    State,
+    /// `iss`, `code` or `error` repeated: which copy a parser takes varies, so none is trusted.
+    Repeated,
+}
+
+/// What a response to the redirect URI carries, once it is known to be this login's.
+#[derive(Debug, PartialEq, Eq)]
+enum Outcome {
+    /// An authorization code (or nothing: the engine reports that).
+    Code,
+    /// An `error`: the authorization server refused.
+    Error,
+}
+
+/// Accepts a redirect query only if it carries exactly one `state`, equal to `state`, and at
+/// most one `iss`, `code` and `error`.
+fn check_callback(query: Option<&str>, state: &str) -> Result<Outcome, Refusal> {
+    let (mut states, mut matched) = (0usize, false);
+    let (mut iss, mut code, mut error) = (0usize, 0usize, 0usize);
+    for (key, value) in url::form_urlencoded::parse(query.unwrap_or_default().as_bytes()) {
+        match &*key {
+            "state" => {
+                states += 1;
+                matched = same_secret(value.as_bytes(), state.as_bytes());
+            }
+            "iss" => iss += 1,
+            "code" => code += 1,
+            "error" => error += 1,
+            _ => {}
+        }
+    }
+    if states != 1 || !matched || state.is_empty() {
+        return Err(Refusal::State);
+    }
+    if iss > 1 || code > 1 || error > 1 {
+        return Err(Refusal::Repeated);
+    }
+    Ok(if error == 1 {
+        Outcome::Error
+    } else {
+        Outcome::Code
+    })
+}
+
+/// Compares without stopping at the first difference (the state is a secret).
+fn same_secret(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+/// How long one connection to the callback listener may take to send its request head, and
+/// to be served in all.
+const CONNECTION_TIMEOUT: Duration = Duration::from_secs(10);
+/// The largest request head the listener reads (hyper answers 431 beyond); bodies are never
+/// read.
+const MAX_REQUEST_BYTES: usize = 16 * 1024;
+/// Connections served at once; a new one beyond this closes the oldest.
+const MAX_CONNECTIONS: usize = 128;
+/// How long the connection that brought the callback has to receive its page before the
+/// listener shuts down.
+const PAGE_GRACE: Duration = Duration::from_secs(2);
+
 /// The browser flow for people (RFC 8252): listens on the loopback redirect URI, hands the
 /// authorization URL to `open` (which shows it or opens a browser — never through a shell), and
-/// returns the first request that arrives at the redirect path.
+/// returns the callback of this login: a `GET` of the redirect path whose only `state` is the
+/// request's.
+///
+/// Anything else — another path (404), another method (405), another or a repeated `state`, a
+/// repeated `iss`, `code` or `error` (400) — gets a static page saying it is not for this
+/// login, and the listener keeps waiting. Connections are served concurrently by hyper, each
+/// with a 10 s limit to send its request and a 16 KiB bound on its request head, so idle,
+/// slow or garbage connections cannot hold the real callback back. Pages reflect nothing from
+/// the request and are sent `Cache-Control: no-store`, `Referrer-Policy: no-referrer`. The
+/// listener and every connection are closed when `authorize` returns.
 pub struct LoopbackAuthorizer {
     open: Box<dyn Fn(&Url) + Send + Sync>,
-    timeout: std::time::Duration,
+    timeout: Duration,
 }
 
 impl LoopbackAuthorizer {
     /// `open` receives the authorization URL (print it, or open a browser with a crate such as
     /// `webbrowser`). The user has `timeout` to finish.
-    pub fn new(open: impl Fn(&Url) + Send + Sync + 'static, timeout: std::time::Duration) -> Self {
+    pub fn new(open: impl Fn(&Url) + Send + Sync + 'static, timeout: Duration) -> Self {
         Self {
             open: Box::new(open),
             timeout,
@@ -131,8 +264,6 @@ impl fmt::Debug for LoopbackAuthorizer {
 #[async_trait]
 impl Authorizer for LoopbackAuthorizer {
     async fn authorize(&self, request: AuthorizationRequest) -> Result<Url, AuthError> {
-        use tokio::io::{AsyncReadExt, AsyncWriteExt};
-
         let redirect = Url::parse(&request.redirect_uri)
             .map_err(|_| AuthError::Config("redirect_uri is not a URL".to_owned()))?;
         let host = redirect.host_str().unwrap_or_default();
@@ -144,54 +275,265 @@ impl Authorizer for LoopbackAuthorizer {
                     .to_owned(),
             ));
         }
-        let port = redirect.port_or_known_default().unwrap_or(80);
-        let bind = if host == "[::1]" {
-            "[::1]"
-        } else {
-            "127.0.0.1"
-        };
-        let listener = tokio::net::TcpListener::bind((bind.trim_matches(['[', ']']), port))
-            .await
-            .map_err(|e| AuthError::Authorizer(format!("cannot listen on {bind}:{port}: {e}")))?;
-        (self.open)(&request.url);
-        let wait = async {
-            loop {
-                let (mut socket, _) = listener
-                    .accept()
-                    .await
-                    .map_err(|e| AuthError::Authorizer(format!("callback listener failed: {e}")))?;
-                let mut buf = vec![0u8; 16 * 1024];
-                let n = socket.read(&mut buf).await.unwrap_or(0);
-                let head = String::from_utf8_lossy(&buf[..n]);
-                let target = head
-                    .lines()
-                    .next()
-                    .and_then(|line| line.split_whitespace().nth(1))
-                    .unwrap_or("/")
-                    .to_owned();
-                let Ok(callback) = redirect.join(&target) else {
-                    continue;
-                };
-                if callback.path() != redirect.path() {
-                    let _ = socket
-                        .write_all(b"HTTP/1.1 404 Not Found\r\ncontent-length: 0\r\nconnection: close\r\n\r\n")
-                        .await;
-                    continue;
-                }
-                let page = "<!doctype html><title>mcp-auth</title><p>Authorization received. You can close this window.</p>";
-                let response = format!(
-                    "HTTP/1.1 200 OK\r\ncontent-type: text/html; charset=utf-8\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{page}",
-                    page.len()
-                );
-                let _ = socket.write_all(response.as_bytes()).await;
-                return Ok(callback);
-            }
-        };
-        match tokio::time::timeout(self.timeout, wait).await {
-            Ok(result) => result,
-            Err(_) => Err(AuthError::Authorizer(
-                "no authorization response arrived in time".to_owned(),
-            )),
+        if request.state.is_empty() {
+            return Err(AuthError::Config(
+                "the authorization request has no state".to_owned(),
+            ));
         }
+        let port = redirect.port_or_known_default().unwrap_or(80);
+        let bind = if host == "[::1]" { "::1" } else { "127.0.0.1" };
+        let listener = TcpListener::bind((bind, port)).await.map_err(|e| {
+            AuthError::Authorizer(format!("cannot listen on {bind} port {port}: {e}"))
+        })?;
+        let expected = Arc::new(Expected {
+            redirect: redirect.clone(),
+            state: request.state.clone(),
+        });
+        (self.open)(&request.url);
+        // Dropped when this returns (or is cancelled): the listener closes, connections abort.
+        let mut server = CallbackServer::new(listener, expected);
+        match tokio::time::timeout(self.timeout, server.wait()).await {
+            Ok((connection, callback)) => {
+                server.finish(connection).await;
+                Ok(callback)
+            }
+            Err(_) => Err(AuthError::Authorizer(format!(
+                "no authorization response for this login arrived at {} within {:?}; \
+                 the login was not finished in the browser (start it again)",
+                redact(&redirect),
+                self.timeout
+            ))),
+        }
+    }
+}
+
+/// What the listener accepts.
+struct Expected {
+    redirect: Url,
+    state: String,
+}
+
+/// The callback listener: accepts connections and serves each in its own task.
+struct CallbackServer {
+    listener: TcpListener,
+    expected: Arc<Expected>,
+    callbacks: mpsc::Receiver<(u64, Url)>,
+    sender: mpsc::Sender<(u64, Url)>,
+    /// Connections being served, oldest first.
+    connections: BTreeMap<u64, JoinHandle<()>>,
+    next_id: u64,
+}
+
+enum Event {
+    Callback(u64, Url),
+    Accepted(std::io::Result<TcpStream>),
+}
+
+impl CallbackServer {
+    fn new(listener: TcpListener, expected: Arc<Expected>) -> Self {
+        let (sender, callbacks) = mpsc::channel(1);
+        Self {
+            listener,
+            expected,
+            callbacks,
+            sender,
+            connections: BTreeMap::new(),
+            next_id: 0,
+        }
+    }
+
+    /// Serves until this login's callback arrives; returns it and the connection it came on.
+    async fn wait(&mut self) -> (u64, Url) {
+        loop {
+            let event = tokio::select! {
+                Some((id, callback)) = self.callbacks.recv() => Event::Callback(id, callback),
+                accepted = self.listener.accept() => Event::Accepted(accepted.map(|(s, _)| s)),
+            };
+            match event {
+                Event::Callback(id, callback) => return (id, callback),
+                Event::Accepted(Ok(stream)) => self.serve(stream),
+                // Out of file descriptors or a connection reset before accept: keep serving
+                // (connections time out and free their descriptors).
+                Event::Accepted(Err(_)) => tokio::time::sleep(Duration::from_millis(50)).await,
+            }
+        }
+    }
+
+    /// Lets the connection that brought the callback receive its page (within
+    /// [`PAGE_GRACE`]); the others are closed when the server is dropped.
+    async fn finish(&mut self, connection: u64) {
+        if let Some(mut task) = self.connections.remove(&connection)
+            && tokio::time::timeout(PAGE_GRACE, &mut task).await.is_err()
+        {
+            task.abort();
+        }
+    }
+
+    fn serve(&mut self, stream: TcpStream) {
+        self.connections.retain(|_, task| !task.is_finished());
+        while self.connections.len() >= MAX_CONNECTIONS {
+            if let Some((_, oldest)) = self.connections.pop_first() {
+                oldest.abort();
+            }
+        }
+        let id = self.next_id;
+        self.next_id += 1;
+        let task = tokio::spawn(serve_connection(
+            stream,
+            id,
+            self.expected.clone(),
+            self.sender.clone(),
+        ));
+        self.connections.insert(id, task);
+    }
+}
+
+impl Drop for CallbackServer {
+    fn drop(&mut self) {
+        for task in self.connections.values() {
+            task.abort();
+        }
+    }
+}
+
+/// One connection: one request (no keep-alive), its head within [`MAX_REQUEST_BYTES`] and
+/// [`CONNECTION_TIMEOUT`].
+async fn serve_connection(
+    stream: TcpStream,
+    id: u64,
+    expected: Arc<Expected>,
+    callbacks: mpsc::Sender<(u64, Url)>,
+) {
+    let service = hyper::service::service_fn(move |request: Request<Incoming>| {
+        let (response, callback) = answer(&expected, &request);
+        if let Some(callback) = callback {
+            // Only the first callback counts; the listener stops after it.
+            let _ = callbacks.try_send((id, callback));
+        }
+        std::future::ready(Ok::<_, Infallible>(response))
+    });
+    let connection = hyper::server::conn::http1::Builder::new()
+        .timer(TokioTimer::new())
+        .header_read_timeout(CONNECTION_TIMEOUT)
+        .keep_alive(false)
+        .max_buf_size(MAX_REQUEST_BYTES)
+        .serve_connection(TokioIo::new(stream), service);
+    let _ = tokio::time::timeout(CONNECTION_TIMEOUT, connection).await;
+}
+
+const RECEIVED_PAGE: &str = "<!doctype html><meta charset=utf-8><title>mcp-auth</title>\
+<p>Authorization received. You can close this window and return to the application.</p>";
+const DENIED_PAGE: &str = "<!doctype html><meta charset=utf-8><title>mcp-auth</title>\
+<p>The authorization server did not grant access. You can close this window; the application \
+tells why.</p>";
+const NOT_THIS_LOGIN_PAGE: &str = "<!doctype html><meta charset=utf-8><title>mcp-auth</title>\
+<p>This response is not for this login, so it was ignored. If you are logging in, finish in \
+the window the application opened.</p>";
+const NOT_FOUND_PAGE: &str = "<!doctype html><meta charset=utf-8><title>mcp-auth</title>\
+<p>Not found. This address only receives the response of the login in progress; this request \
+is not for this login.</p>";
+const METHOD_PAGE: &str = "<!doctype html><meta charset=utf-8><title>mcp-auth</title>\
+<p>Only the browser's redirect (GET) is accepted here; this request is not for this login.</p>";
+
+/// The page for a request, and the callback if it is this login's.
+fn answer(expected: &Expected, request: &Request<Incoming>) -> (Response<String>, Option<Url>) {
+    let uri = request.uri();
+    if uri.path() != expected.redirect.path() {
+        return (page(StatusCode::NOT_FOUND, NOT_FOUND_PAGE), None);
+    }
+    if request.method() != Method::GET {
+        let mut response = page(StatusCode::METHOD_NOT_ALLOWED, METHOD_PAGE);
+        response
+            .headers_mut()
+            .insert(header::ALLOW, HeaderValue::from_static("GET"));
+        return (response, None);
+    }
+    match check_callback(uri.query(), &expected.state) {
+        Err(_) => (page(StatusCode::BAD_REQUEST, NOT_THIS_LOGIN_PAGE), None),
+        Ok(outcome) => {
+            let mut callback = expected.redirect.clone();
+            callback.set_query(uri.query());
+            let body = match outcome {
+                Outcome::Code => RECEIVED_PAGE,
+                Outcome::Error => DENIED_PAGE,
+            };
+            (page(StatusCode::OK, body), Some(callback))
+        }
+    }
+}
+
+/// A static page that is not cached, not framed, runs nothing and sends no referrer.
+fn page(status: StatusCode, body: &'static str) -> Response<String> {
+    let mut response = Response::new(body.to_owned());
+    *response.status_mut() = status;
+    let headers = response.headers_mut();
+    for (name, value) in [
+        (header::CONTENT_TYPE, "text/html; charset=utf-8"),
+        (header::CACHE_CONTROL, "no-store"),
+        (header::PRAGMA, "no-cache"),
+        (header::REFERRER_POLICY, "no-referrer"),
+        (header::X_CONTENT_TYPE_OPTIONS, "nosniff"),
+        (header::X_FRAME_OPTIONS, "DENY"),
+        (
+            header::CONTENT_SECURITY_POLICY,
+            "default-src 'none'; frame-ancestors 'none'",
+        ),
+        (header::CONNECTION, "close"),
+    ] {
+        headers.insert(name, HeaderValue::from_static(value));
+    }
+    response
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+
+    const STATE: &str = "s3cr3t-state";
+
+    #[test]
+    fn a_callback_needs_exactly_one_matching_state() {
+        let check = |q: &str| check_callback(Some(q), STATE);
+        assert_eq!(check("code=a&state=s3cr3t-state"), Ok(Outcome::Code));
+        assert_eq!(
+            check("error=access_denied&state=s3cr3t-state"),
+            Ok(Outcome::Error)
+        );
+        assert_eq!(check("state=s3cr3t-stat%65&code=a"), Ok(Outcome::Code));
+        for refused in [
+            "code=a",
+            "code=a&state=",
+            "code=a&state=other",
+            "code=a&state=s3cr3t-state-",
+            "code=a&state=s3cr3t-state&state=s3cr3t-state",
+            "code=a&state=other&state=s3cr3t-state",
+            "code=a&state=s3cr3t-state&state=other",
+        ] {
+            assert_eq!(check(refused), Err(Refusal::State), "{refused}");
+        }
+        for repeated in [
+            "code=a&state=s3cr3t-state&iss=x&iss=y",
+            "code=a&code=b&state=s3cr3t-state",
+            "error=a&error=b&state=s3cr3t-state",
+        ] {
+            assert_eq!(check(repeated), Err(Refusal::Repeated), "{repeated}");
+        }
+        assert_eq!(check_callback(None, STATE), Err(Refusal::State));
+        assert_eq!(check_callback(Some("state="), ""), Err(Refusal::State));
+    }
+
+    #[test]
+    fn the_redirect_uri_is_matched_exactly() {
+        let redirect = Url::parse("http://127.0.0.1:8080/callback").unwrap();
+        let is = |u: &str| is_redirect_uri(&Url::parse(u).unwrap(), &redirect);
+        assert!(is("http://127.0.0.1:8080/callback?code=a&state=b"));
+        assert!(!is("http://127.0.0.1:8080/callbackevil?code=a"));
+        assert!(!is("http://127.0.0.1:8080/callback/x?code=a"));
+        assert!(!is("http://127.0.0.1:8081/callback?code=a"));
+        assert!(!is("https://127.0.0.1:8080/callback?code=a"));
+        assert!(!is("http://127.0.0.2:8080/callback?code=a"));
+        assert!(!is("http://user@127.0.0.1:8080/callback?code=a"));
     }
 }

@@ -342,6 +342,32 @@ pub(crate) struct ServerMetadata {
 }
 
 impl ServerMetadata {
+    /// True when the authorization server is also an OpenID provider (its metadata has the
+    /// fields OpenID Connect Discovery requires, or lists the `openid` scope). Such servers drop
+    /// `offline_access` unless the request asks for consent (OpenID Connect Core §11).
+    pub(crate) fn is_openid_provider(&self) -> bool {
+        self.raw
+            .contains_key("id_token_signing_alg_values_supported")
+            || self.raw.contains_key("userinfo_endpoint")
+            || self
+                .scopes_supported
+                .as_ref()
+                .is_some_and(|s| s.iter().any(|s| s == "openid"))
+    }
+
+    /// Whether `prompt=consent` may be sent: the server lists it in `prompt_values_supported`
+    /// (OpenID Connect Prompt Create), or lists no prompt values at all.
+    pub(crate) fn accepts_prompt_consent(&self) -> bool {
+        match self
+            .raw
+            .get("prompt_values_supported")
+            .and_then(Value::as_array)
+        {
+            Some(values) => values.iter().any(|v| v.as_str() == Some("consent")),
+            None => true,
+        }
+    }
+
     /// Validates metadata fetched for `issuer` (or stored for it): the `issuer` field must be
     /// the identical string (RFC 8414 §3.3), and every endpoint must pass the URL policy (R34).
     pub(crate) fn from_json(

@@ -4,7 +4,7 @@
 //! allows them.
 
 use std::fmt;
-use std::net::{IpAddr, SocketAddr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -64,45 +64,172 @@ impl HttpPolicy {
         self
     }
 
-    /// Why `ip` may not be contacted, if it may not.
+    /// Why `ip` may not be contacted, if it may not. IPv6 forms that carry an IPv4 address
+    /// (mapped, compatible, translated, NAT64, 6to4, Teredo, ISATAP) are judged by every IPv4
+    /// address they carry as well, since a relay or translator on the path may deliver to it.
     fn refuse_ip(&self, ip: IpAddr) -> Option<&'static str> {
-        let ip = match ip {
-            IpAddr::V6(v6) => v6
-                .to_ipv4_mapped()
-                .map(IpAddr::V4)
-                .unwrap_or(IpAddr::V6(v6)),
-            v4 => v4,
+        let v6 = match ip {
+            IpAddr::V4(v4) => return self.refuse_class(ipv4_class(v4), false),
+            IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+                // ::ffff:a.b.c.d is the IPv4 address itself on a dual-stack socket.
+                Some(v4) => return self.refuse_class(ipv4_class(v4), false),
+                None => v6,
+            },
         };
-        if ip.is_loopback() {
-            return (!self.allow_loopback).then_some("loopback address");
+        if let Some(reason) = self.refuse_class(ipv6_class(v6), false) {
+            return Some(reason);
         }
-        if ip.is_unspecified() || ip.is_multicast() {
-            return Some("unspecified or multicast address");
+        let embedded = embedded_ipv4(v6);
+        if let Some(reason) = embedded
+            .exact
+            .iter()
+            .flatten()
+            .find_map(|&v4| self.refuse_class(ipv4_class(v4), true))
+        {
+            return Some(reason);
         }
-        let private = match ip {
-            IpAddr::V4(v4) => {
-                let o = v4.octets();
-                v4.is_private()
-                    || v4.is_link_local()
-                    || v4.is_broadcast()
-                    || v4.is_documentation()
-                    || o[0] == 0
-                    || (o[0] == 100 && (o[1] & 0xc0) == 64) // 100.64.0.0/10
-                    || (o[0] == 192 && o[1] == 0 && o[2] == 0) // 192.0.0.0/24
-                    || (o[0] == 198 && (o[1] & 0xfe) == 18) // 198.18.0.0/15
-                    || o[0] >= 240
-            }
-            IpAddr::V6(v6) => {
-                let s = v6.segments();
-                (s[0] & 0xfe00) == 0xfc00 // unique local
-                    || (s[0] & 0xffc0) == 0xfe80 // link-local
-                    || (s[0] & 0xffc0) == 0xfec0 // site-local
-                    || (s[0] == 0x2001 && s[1] == 0x0db8) // documentation
-                    || (s[0] == 0x0064 && s[1] == 0xff9b) // NAT64
-            }
-        };
-        (private && !self.allow_private).then_some("private or link-local address")
+        // NAT64 local-use prefixes (RFC 8215) have an operator-chosen length, so the IPv4
+        // address may sit at any RFC 6052 position; the range itself is non-global (refused
+        // unless private addresses are allowed), and none of the positions may be loopback.
+        embedded
+            .possible
+            .iter()
+            .flatten()
+            .find_map(|&v4| match ipv4_class(v4) {
+                AddressClass::Loopback => self.refuse_class(AddressClass::Loopback, true),
+                _ => None,
+            })
     }
+
+    fn refuse_class(&self, class: AddressClass, embedded: bool) -> Option<&'static str> {
+        match class {
+            AddressClass::Public => None,
+            AddressClass::Loopback if self.allow_loopback => None,
+            AddressClass::Private if self.allow_private => None,
+            AddressClass::Loopback if embedded => {
+                Some("IPv6 address carrying a loopback IPv4 address")
+            }
+            AddressClass::Loopback => Some("loopback address"),
+            AddressClass::Private if embedded => {
+                Some("IPv6 address carrying a private or link-local IPv4 address")
+            }
+            AddressClass::Private => Some("private or link-local address"),
+            AddressClass::Never if embedded => {
+                Some("IPv6 address carrying an unspecified, broadcast or multicast IPv4 address")
+            }
+            AddressClass::Never => Some("unspecified, broadcast or multicast address"),
+        }
+    }
+}
+
+/// What the address policy makes of an address.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum AddressClass {
+    /// Globally reachable: always allowed.
+    Public,
+    /// This host: allowed only with `allow_loopback`.
+    Loopback,
+    /// Private, link-local (cloud metadata), carrier-grade NAT, documentation, benchmarking,
+    /// reserved: allowed only with `allow_private`.
+    Private,
+    /// Unspecified (which reaches this host), broadcast, multicast: never.
+    Never,
+}
+
+fn ipv4_class(v4: Ipv4Addr) -> AddressClass {
+    let o = v4.octets();
+    let reserved = o[0] >= 240; // 240.0.0.0/4 (255.255.255.255 is caught before as broadcast)
+    if v4.is_loopback() {
+        AddressClass::Loopback
+    } else if o[0] == 0 || v4.is_broadcast() || v4.is_multicast() {
+        // 0.0.0.0/8 "this network" (0.0.0.0 reaches this host).
+        AddressClass::Never
+    } else if v4.is_private()
+        || v4.is_link_local() // 169.254.0.0/16, cloud metadata
+        || v4.is_documentation()
+        || (o[0] == 100 && (o[1] & 0xc0) == 64) // 100.64.0.0/10 carrier-grade NAT
+        || (o[0] == 192 && o[1] == 0 && o[2] == 0) // 192.0.0.0/24 protocol assignments
+        || (o[0] == 192 && o[1] == 88 && o[2] == 99) // 192.88.99.0/24 6to4 relay anycast
+        || (o[0] == 198 && (o[1] & 0xfe) == 18) // 198.18.0.0/15 benchmarking
+        || reserved
+    {
+        AddressClass::Private
+    } else {
+        AddressClass::Public
+    }
+}
+
+/// The class of an IPv6 address by its own range (the IPv4 addresses it carries are judged
+/// separately, by [`embedded_ipv4`]).
+fn ipv6_class(v6: Ipv6Addr) -> AddressClass {
+    let s = v6.segments();
+    if v6.is_loopback() {
+        AddressClass::Loopback
+    } else if v6.is_unspecified() || v6.is_multicast() {
+        AddressClass::Never
+    } else if (s[0] & 0xfe00) == 0xfc00 // fc00::/7 unique local
+        || (s[0] & 0xffc0) == 0xfe80 // fe80::/10 link-local
+        || (s[0] & 0xffc0) == 0xfec0 // fec0::/10 site-local (deprecated)
+        || (s[0] == 0x2001 && s[1] == 0x0db8) // 2001:db8::/32 documentation
+        || (s[0] & 0xfff0) == 0x3ff0 // 3fff::/20 documentation (RFC 9637)
+        || (s[0] == 0x0100 && s[1] == 0 && s[2] == 0 && s[3] == 0) // 100::/64 discard-only
+        || (s[0] == 0x2001 && s[1] == 0x0002 && s[2] == 0) // 2001:2::/48 benchmarking
+        || (s[0] == 0x2001 && (s[1] & 0xffe0) == 0x0020) // 2001:20::/28 ORCHIDv2
+        || (s[0] == 0x2001 && (s[1] & 0xfff0) == 0x0010) // 2001:10::/28 ORCHID (deprecated)
+        // 64:ff9b::/32 outside the well-known /96 (this covers 64:ff9b:1::/48 local-use).
+        || (s[0] == 0x0064 && s[1] == 0xff9b && s[2..6] != [0, 0, 0, 0])
+    {
+        AddressClass::Private
+    } else {
+        AddressClass::Public
+    }
+}
+
+/// IPv4 addresses an IPv6 address carries.
+struct EmbeddedIpv4 {
+    /// Addresses at a position fixed by the address form.
+    exact: [Option<Ipv4Addr>; 3],
+    /// Every position an address may occupy under a NAT64 local-use prefix.
+    possible: [Option<Ipv4Addr>; 4],
+}
+
+fn embedded_ipv4(v6: Ipv6Addr) -> EmbeddedIpv4 {
+    let s = v6.segments();
+    let b = v6.octets();
+    let v4 = |i: usize| Some(Ipv4Addr::new(b[i], b[i + 1], b[i + 2], b[i + 3]));
+    let mut exact = [None; 3];
+    let mut possible = [None; 4];
+    if s[..6] == [0; 6] && !v6.is_unspecified() && !v6.is_loopback() {
+        // ::a.b.c.d IPv4-compatible (deprecated, RFC 4291 §2.5.5.1).
+        exact[0] = v4(12);
+    } else if s[..4] == [0; 4] && s[4] == 0xffff && s[5] == 0 {
+        // ::ffff:0:a.b.c.d IPv4-translated (RFC 2765).
+        exact[0] = v4(12);
+    } else if s[0] == 0x0064 && s[1] == 0xff9b && s[2..6] == [0; 4] {
+        // 64:ff9b::a.b.c.d NAT64 well-known prefix (RFC 6052).
+        exact[0] = v4(12);
+    } else if s[0] == 0x0064 && s[1] == 0xff9b && s[2] == 0x0001 {
+        // 64:ff9b:1::/48 NAT64 local-use (RFC 8215), prefix /48, /56, /64 or /96 (RFC 6052
+        // §2.2: the octet at bits 64..72 is skipped).
+        possible = [
+            Some(Ipv4Addr::new(b[6], b[7], b[9], b[10])),
+            Some(Ipv4Addr::new(b[7], b[9], b[10], b[11])),
+            v4(9),
+            v4(12),
+        ];
+    } else if s[0] == 0x2002 {
+        // 2002:a.b.c.d::/48 6to4 (RFC 3056).
+        exact[0] = v4(2);
+    } else if s[0] == 0x2001 && s[1] == 0 {
+        // 2001:0:SERVER:flags:port:CLIENT Teredo (RFC 4380); the client address is inverted.
+        exact[0] = v4(4);
+        exact[1] = Some(!Ipv4Addr::new(b[12], b[13], b[14], b[15]));
+    }
+    if (s[4] & 0xfdff) == 0 && s[5] == 0x5efe {
+        // PREFIX::0:5efe:a.b.c.d / PREFIX::200:5efe:a.b.c.d ISATAP (RFC 5214), any prefix.
+        exact[2] = v4(12);
+    }
+    EmbeddedIpv4 { exact, possible }
 }
 
 /// The URL without query or fragment, for messages and logs (queries carry state, codes and
@@ -293,6 +420,18 @@ impl Http {
         })
     }
 
+    /// GET `url` as a browser would (the authorization endpoint), following no redirect: the
+    /// caller decides where a redirect may lead. Same checks and limits as every request.
+    pub(crate) async fn get_page(&self, url: &Url) -> Result<Fetched, AuthError> {
+        self.send(
+            self.client
+                .get(url.clone())
+                .header("Accept", "text/html,application/xhtml+xml"),
+            url,
+        )
+        .await
+    }
+
     /// POST an `application/x-www-form-urlencoded` body, optionally with HTTP Basic client
     /// authentication (already form-encoded as RFC 6749 §2.3.1 requires).
     pub(crate) async fn post_form(
@@ -440,6 +579,192 @@ impl Http {
         AuthError::Http {
             url: redact(url),
             source: reason.into(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+    use super::*;
+
+    /// Which of the four policies (default, loopback, private, both) let an address through.
+    #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+    enum Class {
+        /// Every policy.
+        Public,
+        /// Only policies with `allow_loopback`.
+        Loopback,
+        /// Only policies with `allow_private`.
+        Private,
+        /// Only the policy allowing both (a non-public range embedding a loopback address).
+        Both,
+        /// No policy: unspecified, multicast, broadcast, "this network".
+        Never,
+    }
+
+    fn policies() -> [(bool, bool); 4] {
+        [(false, false), (true, false), (false, true), (true, true)]
+    }
+
+    fn allowed(class: Class, (loopback, private): (bool, bool)) -> bool {
+        match class {
+            Class::Public => true,
+            Class::Loopback => loopback,
+            Class::Private => private,
+            Class::Both => loopback && private,
+            Class::Never => false,
+        }
+    }
+
+    /// Every address form, and what each policy must do with it. Pure: nothing is contacted.
+    const TABLE: &[(&str, Class)] = &[
+        // IPv4
+        ("8.8.8.8", Class::Public),
+        ("1.1.1.1", Class::Public),
+        ("127.0.0.1", Class::Loopback),
+        ("127.255.255.254", Class::Loopback),
+        ("10.0.0.1", Class::Private),
+        ("172.16.0.1", Class::Private),
+        ("172.31.255.255", Class::Private),
+        ("192.168.1.1", Class::Private),
+        ("169.254.169.254", Class::Private), // cloud metadata (link-local)
+        ("100.64.0.1", Class::Private),      // carrier-grade NAT
+        ("100.100.100.200", Class::Private), // cloud metadata (CGNAT range)
+        ("192.0.0.192", Class::Private),     // cloud metadata (IETF protocol assignments)
+        ("192.0.2.1", Class::Private),       // documentation
+        ("198.51.100.1", Class::Private),    // documentation
+        ("203.0.113.1", Class::Private),     // documentation
+        ("198.18.0.1", Class::Private),      // benchmarking
+        ("192.88.99.1", Class::Private),     // 6to4 relay anycast (deprecated)
+        ("240.0.0.1", Class::Private),       // reserved
+        ("0.0.0.0", Class::Never),
+        ("0.1.2.3", Class::Never),
+        ("255.255.255.255", Class::Never),
+        ("224.0.0.1", Class::Never),
+        ("239.255.255.250", Class::Never),
+        // IPv6
+        ("2606:4700:4700::1111", Class::Public),
+        ("2001:4860:4860::8888", Class::Public),
+        ("::1", Class::Loopback),
+        ("::", Class::Never),
+        ("ff02::1", Class::Never),
+        ("ff05::1:3", Class::Never),
+        ("ff0e::1", Class::Never),
+        ("fc00::1", Class::Private),       // unique local
+        ("fd00:ec2::254", Class::Private), // cloud metadata (unique local)
+        ("fe80::1", Class::Private),       // link-local
+        ("febf:ffff::1", Class::Private),  // link-local
+        ("fec0::1", Class::Private),       // site-local (deprecated)
+        ("feff::1", Class::Private),       // site-local (deprecated)
+        ("2001:db8::1", Class::Private),   // documentation
+        ("3fff::1", Class::Private),       // documentation (RFC 9637)
+        ("100::1", Class::Private),        // discard-only
+        ("2001:2::1", Class::Private),     // benchmarking
+        ("2001:20::1", Class::Private),    // ORCHIDv2
+        // IPv4-mapped ::ffff:a.b.c.d
+        ("::ffff:127.0.0.1", Class::Loopback),
+        ("::ffff:10.0.0.1", Class::Private),
+        ("::ffff:169.254.169.254", Class::Private),
+        ("::ffff:8.8.8.8", Class::Public),
+        ("::ffff:0.0.0.0", Class::Never),
+        ("::ffff:224.0.0.1", Class::Never),
+        // IPv4-compatible ::a.b.c.d (deprecated)
+        ("::127.0.0.1", Class::Loopback),
+        ("::10.0.0.1", Class::Private),
+        ("::169.254.169.254", Class::Private),
+        ("::8.8.8.8", Class::Public),
+        ("::2", Class::Never), // 0.0.0.2
+        // IPv4-translated ::ffff:0:a.b.c.d (RFC 2765)
+        ("::ffff:0:127.0.0.1", Class::Loopback),
+        ("::ffff:0:10.1.2.3", Class::Private),
+        ("::ffff:0:169.254.169.254", Class::Private),
+        ("::ffff:0:8.8.8.8", Class::Public),
+        // 6to4 2002:V4ADDR::/48
+        ("2002:7f00:1::1", Class::Loopback),
+        ("2002:a9fe:a9fe::1", Class::Private),
+        ("2002:c0a8:101::1", Class::Private),
+        ("2002:a00:1:1::1", Class::Private),
+        ("2002:808:808::1", Class::Public),
+        ("2002::1", Class::Never), // 0.0.0.0
+        // Teredo 2001:0:SERVER:flags:port:~CLIENT
+        ("2001:0:7f00:1:0:0:f7f7:f7f7", Class::Loopback), // server 127.0.0.1, client 8.8.8.8
+        ("2001:0:808:808:0:0:80ff:fffe", Class::Loopback), // client 127.0.0.1
+        ("2001:0:808:808:0:0:f5ff:fffe", Class::Private), // client 10.0.0.1
+        ("2001:0:808:808:0:0:5601:5601", Class::Private), // client 169.254.169.254
+        ("2001:0:a9fe:a9fe:0:0:f7f7:f7f7", Class::Private), // server 169.254.169.254
+        ("2001:0:808:808:0:0:fefe:fefe", Class::Public),  // server 8.8.8.8, client 1.1.1.1
+        ("2001:0:4136:e378:8000:63bf:3fff:fdd2", Class::Private), // RFC 4380: client 192.0.2.45
+        // NAT64 well-known prefix 64:ff9b::/96 (RFC 6052)
+        ("64:ff9b::127.0.0.1", Class::Loopback),
+        ("64:ff9b::7f00:1", Class::Loopback),
+        ("64:ff9b::10.0.0.1", Class::Private),
+        ("64:ff9b::169.254.169.254", Class::Private),
+        ("64:ff9b::8.8.8.8", Class::Public),
+        ("64:ff9b::0.0.0.0", Class::Never),
+        ("64:ff9b:0:1::1", Class::Private), // in 64:ff9b::/32 but not the /96 form
+        // NAT64 local-use 64:ff9b:1::/48 (RFC 8215): non-global, any RFC 6052 position
+        ("64:ff9b:1::8.8.8.8", Class::Private),
+        ("64:ff9b:1::a9fe:a9fe", Class::Private),
+        ("64:ff9b:1::127.0.0.1", Class::Both),   // /96
+        ("64:ff9b:1:7f00:0:100::", Class::Both), // /48: 127.0.0.1
+        ("64:ff9b:1:7f:0:1::", Class::Both),     // /56: 127.0.0.1
+        ("64:ff9b:1:0:7f:0:100:0", Class::Both), // /64: 127.0.0.1
+        // ISATAP interface identifiers (::0:5efe:V4, ::200:5efe:V4)
+        ("2606:4700::5efe:7f00:1", Class::Loopback),
+        ("2606:4700::200:5efe:a00:1", Class::Private),
+        ("2606:4700::5efe:808:808", Class::Public),
+    ];
+
+    #[test]
+    fn every_address_form_is_classified_under_every_policy() {
+        let mut wrong = Vec::new();
+        for &(text, class) in TABLE {
+            let ip: IpAddr = text.parse().unwrap_or_else(|e| panic!("{text}: {e}"));
+            for (loopback, private) in policies() {
+                let policy = HttpPolicy {
+                    allow_loopback: loopback,
+                    allow_private: private,
+                    ..HttpPolicy::default()
+                };
+                let refused = policy.refuse_ip(ip);
+                if refused.is_none() != allowed(class, (loopback, private)) {
+                    wrong.push(format!(
+                        "{text} ({class:?}) with allow_loopback={loopback} allow_private={private}: {}",
+                        refused.map_or("allowed".to_owned(), |r| format!("refused ({r})"))
+                    ));
+                }
+            }
+        }
+        assert!(
+            wrong.is_empty(),
+            "{} wrong:\n{}",
+            wrong.len(),
+            wrong.join("\n")
+        );
+    }
+
+    /// The same table through `check_url`, as every request sees it (https, so the scheme is
+    /// not what refuses): an address refused by the policy is refused before any connection.
+    #[test]
+    fn check_url_refuses_ip_literals_the_policy_refuses() {
+        let http = Http::new(HttpPolicy::default()).unwrap();
+        for &(text, class) in TABLE {
+            let ip: IpAddr = text.parse().unwrap();
+            let host = match ip {
+                IpAddr::V4(v4) => v4.to_string(),
+                IpAddr::V6(v6) => format!("[{v6}]"),
+            };
+            let url = Url::parse(&format!(
+                "https://{host}/.well-known/oauth-protected-resource"
+            ))
+            .unwrap();
+            let result = http.check_url(&url);
+            assert_eq!(result.is_ok(), class == Class::Public, "{text}: {result:?}");
+            if let Err(e) = result {
+                assert!(matches!(e, AuthError::UnsafeUrl { .. }), "{text}: {e:?}");
+            }
         }
     }
 }

@@ -363,7 +363,7 @@ impl McpAuthBuilder {
                 ));
             }
         }
-        let http = Http::new(self.policy)?;
+        let http = Http::new(self.policy.clone())?;
         if let Some(raw) = &self.config.client_metadata_url {
             // R21: a Client ID Metadata Document URL is https with a path (http only to loopback
             // when the policy allows it, for tests).
@@ -380,7 +380,7 @@ impl McpAuthBuilder {
         }
         let authorizer = match self.authorizer {
             Some(a) => a,
-            None => Arc::new(HeadlessAuthorizer::new()?),
+            None => Arc::new(HeadlessAuthorizer::with_policy(self.policy.clone())?),
         };
         Ok(McpAuth {
             store: self.store,
@@ -868,6 +868,15 @@ impl McpAuth {
                     .append_pair("resource", &prm.resource_raw);
                 if !scopes.is_empty() {
                     q.append_pair("scope", &scopes.join(" "));
+                }
+                // SEP-2207 lets a client ask for `offline_access` when the AS lists it; an
+                // OpenID provider grants it only with `prompt=consent` (OIDC Core §11), else the
+                // user gets no refresh token and must log in again when the access token ends.
+                if scopes.iter().any(|s| s == "offline_access")
+                    && meta.is_openid_provider()
+                    && meta.accepts_prompt_consent()
+                {
+                    q.append_pair("prompt", "consent");
                 }
             }
             debug!(endpoint = %redact(&meta.authorization_endpoint), "starting authorization");
