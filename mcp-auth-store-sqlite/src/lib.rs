@@ -418,6 +418,9 @@ impl SqliteStore {
                     key: key.to_string(),
                 });
             }
+            // A write of a secret-bearing record replaced older secrets: move it into the main
+            // file (where secure_delete zeroed the old bytes) without waiting for readers.
+            scrub(conn, false);
             Ok(version_of(version))
         })
         .await
@@ -427,7 +430,7 @@ impl SqliteStore {
         self.check_writable(|| format!("deleting {key}"))?;
         self.with_conn(move |conn, ns| {
             let storage_key = key.storage_key();
-            match &expect {
+            let deleted = match &expect {
                 Expect::Any => conn
                     .prepare_cached("DELETE FROM records WHERE namespace = ?1 AND key = ?2")
                     .and_then(|mut s| s.execute(params![ns, storage_key]))
@@ -465,7 +468,12 @@ impl SqliteStore {
                     }
                     Ok(false)
                 }
+            };
+            // A logout: no byte of what was deleted stays in the file or its `-wal`.
+            if matches!(deleted, Ok(true)) {
+                scrub(conn, true);
             }
+            deleted
         })
         .await
     }
@@ -695,11 +703,16 @@ impl TokenStore for SqliteStore {
         self.with_conn(move |conn, ns| {
             let what = format!("tokens of issuer {issuer}");
             // `issuer` is compared as an exact byte string (BINARY collation).
-            conn.prepare_cached(
-                "DELETE FROM records WHERE namespace = ?1 AND kind = 'tokens' AND issuer = ?2",
-            )
-            .and_then(|mut stmt| stmt.execute(params![ns, issuer.as_str()]))
-            .map_err(|e| map_err_named(e, &what))
+            let deleted = conn
+                .prepare_cached(
+                    "DELETE FROM records WHERE namespace = ?1 AND kind = 'tokens' AND issuer = ?2",
+                )
+                .and_then(|mut stmt| stmt.execute(params![ns, issuer.as_str()]))
+                .map_err(|e| map_err_named(e, &what))?;
+            if deleted > 0 {
+                scrub(conn, true);
+            }
+            Ok(deleted)
         })
         .await
     }
@@ -888,3 +901,12 @@ pub async fn write_raw_record(
 #[cfg(doctest)]
 #[doc = include_str!("../../README.md")]
 struct WorkspaceReadme;
+
+/// Checkpoints the `-wal` into the main file so replaced or deleted secrets leave no copy
+/// behind: `TRUNCATE` (waits for readers up to the busy timeout, then empties the `-wal`) after
+/// deletions, `PASSIVE` (never waits) after writes. Best effort: a busy checkpoint is finished
+/// by a later one, and the data itself is already committed.
+fn scrub(conn: &rusqlite::Connection, truncate: bool) {
+    let mode = if truncate { "TRUNCATE" } else { "PASSIVE" };
+    let _ = conn.query_row(&format!("PRAGMA wal_checkpoint({mode})"), [], |_| Ok(()));
+}

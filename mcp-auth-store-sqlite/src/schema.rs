@@ -271,8 +271,36 @@ fn open_read_write(path: &Path, busy_timeout: Duration) -> Result<Connection, St
         .map_err(|e| map_err_named(e, &what))?;
     conn.pragma_update(None, "synchronous", "FULL")
         .map_err(|e| map_err_named(e, &what))?;
+    // Deleted and overwritten records (old tokens, logged-out credentials) are zeroed in the
+    // file, not left in free pages; the `-wal` shrinks to nothing whenever it is reset, and the
+    // store checkpoints after writes of secrets (see `SqliteStore::scrub`).
+    conn.pragma_update(None, "secure_delete", "ON")
+        .map_err(|e| map_err_named(e, &what))?;
+    conn.pragma_update(None, "journal_size_limit", 0)
+        .map_err(|e| map_err_named(e, &what))?;
+    tighten_modes(path)?;
     migrate(&mut conn, path)?;
     Ok(conn)
+}
+
+/// An existing database made readable by others (a copy, a restore, a umask) is tightened to
+/// 0600, with its `-wal` and `-shm`: they hold client secrets and tokens.
+fn tighten_modes(path: &Path) -> Result<(), StoreError> {
+    use std::os::unix::fs::PermissionsExt;
+    for file in [
+        path.to_owned(),
+        sibling(path, "-wal"),
+        sibling(path, "-shm"),
+    ] {
+        let Ok(meta) = std::fs::metadata(&file) else {
+            continue;
+        };
+        if meta.permissions().mode() & 0o077 != 0 {
+            std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o600))
+                .map_err(|e| io_err(&file, e))?;
+        }
+    }
+    Ok(())
 }
 
 /// Opens read-only, for reads only.
