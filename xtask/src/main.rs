@@ -3,6 +3,7 @@
 //! and last the official MCP conformance suite (`cargo xtask conformance`).
 
 mod conformance;
+mod interop;
 mod services;
 
 use std::env;
@@ -14,9 +15,15 @@ const USAGE: &str = "\
 usage: cargo xtask <command>
 
 commands:
-  test-all [--keep-going]   fmt check, clippy -D warnings, docs, nextest, doc tests,
-                            conformance (starts the services the tests need; --keep-going
-                            runs every step and reports all failures at the end)
+  test-all [--keep-going]   fmt check, clippy -D warnings, docs, interop setup, nextest,
+                            doc tests, conformance (starts the services the tests need;
+                            --keep-going runs every step and reports all failures at the end)
+  interop-setup             installs what the interop tests against oidc-provider
+                            (mcp-auth-cli/tests/interop_oidc_provider.rs) run on: Node 22
+                            (as for conformance) and `npm ci` in interop/oidc-provider/
+                            (oidc-provider 9.13.3, pinned by its package-lock.json); prints the
+                            MCP_AUTH_TEST_NODE and MCP_AUTH_TEST_OIDC_PROVIDER values that
+                            run those tests alone
   conformance [--keep-going]
                             the official MCP conformance suite, pinned to
                             @modelcontextprotocol/conformance@0.2.0-alpha.12 on Node 22
@@ -46,6 +53,7 @@ fn main() -> ExitCode {
     let result = match args.first().map(String::as_str) {
         Some("test-all") => test_all(&args[1..]),
         Some("conformance") => conformance::command(&args[1..]),
+        Some("interop-setup") => interop::command(&args[1..]),
         Some("bench") => bench(),
         Some("help" | "--help" | "-h") | None => {
             print!("{USAGE}");
@@ -197,6 +205,10 @@ fn test_all(args: &[String]) -> Result<(), String> {
     // Real services for the backend tests; stopped when `_redis` drops, on every exit path.
     let (_redis, redis_url) = services::start_redis()?;
     let keyrings = services::keyring_session()?;
+    // Installed by the "interop setup" step; the tests step only needs the paths.
+    let root = project_root();
+    let interop = interop::Interop::locate(&root)?;
+    let interop_env = interop.env();
 
     let steps = vec![
         Step::new(
@@ -223,6 +235,13 @@ fn test_all(args: &[String]) -> Result<(), String> {
             "fix the rustdoc warnings above (broken links, missing docs)",
         )
         .env("RUSTDOCFLAGS", "-D warnings"),
+        Step::routine(
+            "interop setup",
+            "interop-setup",
+            move || interop::setup(&root).map(drop),
+            "Node 22 or the npm dependencies of interop/oidc-provider could not be installed \
+             (see above; rerun alone with `cargo xtask interop-setup`)",
+        ),
         Step::new(
             "tests",
             &[
@@ -233,9 +252,13 @@ fn test_all(args: &[String]) -> Result<(), String> {
                 "--no-fail-fast",
             ],
             "a test failed; rerun it alone with `cargo nextest run -E 'test(NAME)' --all-features` \
-             (backend tests need MCP_AUTH_TEST_REDIS_URL, which test-all sets)",
+             (backend tests need MCP_AUTH_TEST_REDIS_URL, the interop tests MCP_AUTH_TEST_NODE \
+             and MCP_AUTH_TEST_OIDC_PROVIDER; test-all sets them, and `cargo xtask interop-setup` \
+             prints the last two)",
         )
         .env("MCP_AUTH_TEST_REDIS_URL", &redis_url)
+        .env(interop_env[0].0, &interop_env[0].1)
+        .env(interop_env[1].0, &interop_env[1].1)
         .wrapped(keyrings),
         Step::new(
             "doc tests",
