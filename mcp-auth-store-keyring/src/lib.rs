@@ -4,6 +4,7 @@
 
 use std::collections::{BTreeSet, HashMap};
 use std::fmt;
+use std::path::PathBuf;
 use std::sync::{Arc, LazyLock, Mutex, MutexGuard, PoisonError, Weak};
 use std::time::{Duration, SystemTime};
 
@@ -21,6 +22,14 @@ use mcp_auth_core::{
 use serde::{Deserialize, Serialize};
 
 pub use keyring_core;
+
+mod lease;
+#[cfg(unix)]
+mod lock;
+mod search;
+
+use lease::LeaseTable;
+use search::Search;
 
 const BACKEND: &str = "keyring";
 
@@ -60,6 +69,53 @@ pub enum KeyringStoreError {
     /// The blocking task that ran the keyring call failed (it panicked or was cancelled).
     #[error("the blocking keyring task failed")]
     Task(#[source] tokio::task::JoinError),
+    /// Another process held the namespace's lock file for too long (see the crate
+    /// documentation for where lock files live). If no mcp-auth process is running, a process
+    /// stopped while holding it (for example with SIGSTOP).
+    #[error(
+        "waited {waited:?} for the lock file {} held by another process; giving up",
+        path.display()
+    )]
+    LockTimeout {
+        /// The lock file.
+        path: PathBuf,
+        /// How long the call waited.
+        waited: Duration,
+    },
+    /// A lock file (or the lease table beside it) could not be used.
+    #[error("cannot {action} {}", path.display())]
+    LockIo {
+        /// The file or directory.
+        path: PathBuf,
+        /// What was attempted.
+        action: &'static str,
+        /// The I/O error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The lock directory is not private to this user, so it is not used.
+    #[error("refusing the lock directory {}: it {reason}", path.display())]
+    UnsafeLockDir {
+        /// The directory.
+        path: PathBuf,
+        /// What is wrong with it.
+        reason: String,
+    },
+}
+
+impl From<KeyringStoreError> for StoreError {
+    fn from(e: KeyringStoreError) -> Self {
+        match e {
+            KeyringStoreError::UnsafeLockDir { .. } => StoreError::PermissionDenied {
+                backend: BACKEND,
+                source: Box::new(e),
+            },
+            KeyringStoreError::LockTimeout { .. } | KeyringStoreError::LockIo { .. } => {
+                StoreError::unavailable(BACKEND, e)
+            }
+            KeyringStoreError::Task(_) => StoreError::backend(BACKEND, e),
+        }
+    }
 }
 
 /// Options for [`KeyringStore::open`].
@@ -76,9 +132,13 @@ pub struct KeyringOptions {
 /// `{"ver": "<random hex>", "data": "<base64 record>"}`. A per-namespace `index` item lists the
 /// record keys, for `list_*` and per-issuer deletion.
 ///
-/// Compare-and-swap and refresh leases are exact **inside one process** (every store over the
-/// same keyring and namespace in the process shares one lock and one lease table), not across
-/// processes: the keyring has no conditional write. See the crate documentation.
+/// The keyring has no conditional write, so every mutation of a namespace (a record and the
+/// index, compare-and-swap, pending authorizations) runs under the namespace's lock: an
+/// in-process mutex and an advisory `flock` on a lock file whose path derives from the keyring
+/// and the namespace only (see the crate documentation); refresh leases live in a file beside
+/// it, under a lock of their own. Compare-and-swap and refresh
+/// leases are therefore exact across all processes of the user on Unix; elsewhere only inside
+/// one process, and [`StoreInfo::capabilities`] says which.
 ///
 /// Every keyring call runs on tokio's blocking pool when called inside a tokio runtime (the
 /// Secret Service client blocks, and panics if it runs on a runtime worker), and inline
@@ -91,9 +151,13 @@ pub struct KeyringStore {
 struct Inner {
     keyring: KeyringHandle,
     label: String,
+    /// Which keyring this is, for the lock file name; see [`KeyringId`].
+    id: KeyringId,
     namespace: Namespace,
     /// `mcp-auth:<namespace key>`
     service: String,
+    /// The file name stem of the namespace's lock and lease files.
+    lock_stem: String,
     max_payload: Option<usize>,
     durable: bool,
     shared: Arc<Shared>,
@@ -102,22 +166,96 @@ struct Inner {
 /// What every store over one keyring and namespace in this process shares.
 #[derive(Default)]
 struct Shared {
-    /// Serialises every mutation (read, check, write) of the namespace.
+    /// Serialises every mutation (read, check, write) of the namespace inside this process; the
+    /// lock file does the same between processes.
     write: Mutex<()>,
-    /// Refresh leases: token key storage key -> (holder token, expiry).
-    leases: Mutex<HashMap<String, (String, SystemTime)>>,
+    /// Index entries a listing found without their item, dropped from the index by the next
+    /// write (under the lock, once no writer can be between adding the entry and the item).
+    stale: Mutex<BTreeSet<String>>,
+    /// Serialises lease changes inside this process; the lease lock file does the same between
+    /// processes.
+    #[cfg(unix)]
+    lease_write: Mutex<()>,
+    /// Refresh leases where there is no lock file.
+    #[cfg(not(unix))]
+    leases: Mutex<LeaseTable>,
+}
+
+/// Which keyring a store is, independent of the process and its environment: the same keyring
+/// and namespace give the same lock file in every process.
+#[derive(Clone)]
+struct KeyringId {
+    /// `secret-service`, `keyutils` or `keyring` (any other keyring-core store).
+    kind: &'static str,
+    /// The keyring's identity within its kind: for the kernel keyring, its key-description
+    /// format; for another store, its vendor string.
+    identity: String,
+    search: Search,
+}
+
+impl KeyringId {
+    /// Recognises the two Linux stores (however they were opened) by their type.
+    fn of(keyring: &keyring_core::CredentialStore) -> Self {
+        #[cfg(all(target_os = "linux", feature = "secret-service"))]
+        if keyring
+            .as_any()
+            .downcast_ref::<zbus_secret_service_keyring_store::Store>()
+            .is_some()
+        {
+            // Items are created in the default collection: one Secret Service, one keyring.
+            return Self {
+                kind: "secret-service",
+                identity: "secret-service".to_owned(),
+                search: Search::Attributes,
+            };
+        }
+        #[cfg(all(target_os = "linux", feature = "keyutils"))]
+        if let Some(store) = keyring
+            .as_any()
+            .downcast_ref::<linux_keyutils_keyring_store::Store>()
+        {
+            // Descriptions `<prefix><user><divider><service><suffix>` name the keys, so the
+            // delimiters are part of which items a store sees.
+            let [prefix, divider, suffix] = store.delimiters.clone();
+            return Self {
+                kind: "keyutils",
+                identity: format!("keyutils\n{prefix}\n{divider}\n{suffix}"),
+                search: Search::KeyDescriptions {
+                    prefix,
+                    divider,
+                    suffix,
+                },
+            };
+        }
+        Self {
+            kind: "keyring",
+            identity: keyring.vendor(),
+            search: Search::Unsupported,
+        }
+    }
+
+    fn lock_stem(&self, service: &str) -> String {
+        #[cfg(unix)]
+        {
+            lock::stem(self.kind, &self.identity, service)
+        }
+        #[cfg(not(unix))]
+        {
+            format!("{}\n{}\n{service}", self.kind, self.identity)
+        }
+    }
 }
 
 static SHARED: LazyLock<Mutex<HashMap<String, Weak<Shared>>>> = LazyLock::new(Default::default);
 
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+fn lock_mutex<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     // A panic while holding the lock cannot leave the keyring half-written in a way the lock
     // protects against better than continuing does: every item write is atomic on its own.
     m.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
 fn shared_for(key: String) -> Arc<Shared> {
-    let mut map = lock(&SHARED);
+    let mut map = lock_mutex(&SHARED);
     if let Some(shared) = map.get(&key).and_then(Weak::upgrade) {
         return shared;
     }
@@ -267,35 +405,37 @@ fn build_keyring(
 
 impl KeyringStore {
     /// Opens the namespace of `options` in `backend`, and checks that the keyring answers (by
-    /// reading the namespace's index).
+    /// reading the namespace's index item) and that the namespace's lock file can be used.
     ///
     /// Errors: the backend is not compiled in ([`StoreError::Unsupported`]), the keyring service
-    /// cannot be reached ([`StoreError::Unavailable`]), it is locked or refuses access
-    /// ([`StoreError::PermissionDenied`]).
+    /// cannot be reached or the lock directory cannot be created ([`StoreError::Unavailable`]),
+    /// the keyring is locked or refuses access, or the lock directory is not private to this
+    /// user ([`StoreError::PermissionDenied`]).
     pub async fn open(
         backend: KeyringBackend,
         options: KeyringOptions,
     ) -> Result<Self, StoreError> {
-        let max_payload = match backend {
-            KeyringBackend::Keyutils => Some(KEYUTILS_MAX_PAYLOAD),
-            KeyringBackend::SecretService => None,
-        };
         blocking(move || {
             let keyring = build_keyring(backend)?;
-            Self::assemble(keyring, backend.label().to_owned(), max_payload, options)
+            Self::assemble(keyring, backend.label().to_owned(), options)
         })
         .await
     }
 
     /// Opens the namespace of `options` in a keyring-core store you built (for example the
     /// Apple or Windows store crates). Prefer [`KeyringStore::open`] on Linux.
+    ///
+    /// The Secret Service and kernel keyring stores of the two Linux store crates are
+    /// recognised and share their lock files with [`KeyringStore::open`]; any other store is
+    /// identified by its vendor string, and its index cannot be rebuilt by a search (see the
+    /// crate documentation).
     pub async fn open_with_store(
         keyring: Arc<keyring_core::CredentialStore>,
         options: KeyringOptions,
     ) -> Result<Self, StoreError> {
         blocking(move || {
             let label = format!("{} ({})", keyring.vendor(), keyring.id());
-            Self::assemble(keyring, label, None, options)
+            Self::assemble(keyring, label, options)
         })
         .await
     }
@@ -304,21 +444,23 @@ impl KeyringStore {
     fn assemble(
         keyring: Arc<keyring_core::CredentialStore>,
         label: String,
-        max_payload: Option<usize>,
         options: KeyringOptions,
     ) -> Result<Self, StoreError> {
         let durable = matches!(keyring.persistence(), CredentialPersistence::UntilDelete);
-        let service = format!("mcp-auth:{}", options.namespace.storage_key());
-        let inner = Inner {
-            shared: shared_for(format!("{label}\n{service}")),
-            keyring: KeyringHandle(Some(keyring)),
+        let id = KeyringId::of(keyring.as_ref());
+        let max_payload = (id.kind == "keyutils").then_some(KEYUTILS_MAX_PAYLOAD);
+        let inner = Inner::new(
+            KeyringHandle(Some(keyring)),
             label,
-            namespace: options.namespace,
-            service,
+            id,
+            options.namespace,
             max_payload,
             durable,
-        };
-        inner.read_index()?;
+        );
+        // The keyring answers. The index is only read here: a damaged one is rebuilt when used.
+        inner.read_item(INDEX_USER, INDEX_USER)?;
+        #[cfg(unix)]
+        lock::lock_dir()?;
         Ok(Self {
             inner: Arc::new(inner),
         })
@@ -326,24 +468,42 @@ impl KeyringStore {
 
     /// The same keyring, seen through another (isolated) namespace.
     pub fn with_namespace(&self, namespace: Namespace) -> Self {
-        let service = format!("mcp-auth:{}", namespace.storage_key());
         let inner = &self.inner;
         Self {
-            inner: Arc::new(Inner {
-                keyring: KeyringHandle(inner.keyring.get().cloned()),
-                label: inner.label.clone(),
-                shared: shared_for(format!("{}\n{service}", inner.label)),
+            inner: Arc::new(Inner::new(
+                KeyringHandle(inner.keyring.get().cloned()),
+                inner.label.clone(),
+                inner.id.clone(),
                 namespace,
-                service,
-                max_payload: inner.max_payload,
-                durable: inner.durable,
-            }),
+                inner.max_payload,
+                inner.durable,
+            )),
         }
     }
 
     /// This store's namespace.
     pub fn namespace(&self) -> &Namespace {
         &self.inner.namespace
+    }
+
+    /// The lock file that serialises this namespace's mutations across processes (its
+    /// directory is created if missing; the file exists while the namespace holds records).
+    /// Every store over the same keyring and namespace names the same file, in every process of
+    /// the user and whatever its environment variables.
+    ///
+    /// Errors: the lock directory is not private to this user
+    /// ([`StoreError::PermissionDenied`]) or cannot be created ([`StoreError::Unavailable`]);
+    /// not on Unix, where there is no lock file ([`StoreError::Unsupported`]).
+    pub fn lock_file(&self) -> Result<PathBuf, StoreError> {
+        #[cfg(unix)]
+        {
+            Ok(lock::lock_path(&self.inner.lock_stem)?)
+        }
+        #[cfg(not(unix))]
+        Err(StoreError::Unsupported {
+            backend: BACKEND,
+            operation: "cross-process lock files (Unix only)",
+        })
     }
 
     async fn run<T, F>(&self, f: F) -> Result<T, StoreError>
@@ -354,19 +514,103 @@ impl KeyringStore {
         let inner = Arc::clone(&self.inner);
         blocking(move || f(&inner)).await
     }
+}
 
-    fn leases(&self) -> MutexGuard<'_, HashMap<String, (String, SystemTime)>> {
-        lock(&self.inner.shared.leases)
-    }
+/// Proof that this process holds the namespace's lock: the in-process mutex and, on Unix, the
+/// lock file (released first: fields drop in order).
+struct NamespaceLock<'a> {
+    #[cfg(unix)]
+    file: lock::FileLock,
+    _mutex: MutexGuard<'a, ()>,
+}
+
+/// The namespace's index item, as read.
+enum IndexItem {
+    Missing,
+    /// Not a JSON array of strings.
+    Damaged,
+    Members(BTreeSet<String>),
 }
 
 /// Synchronous keyring access; every method runs on a blocking thread (or outside a runtime).
 impl Inner {
+    fn new(
+        keyring: KeyringHandle,
+        label: String,
+        id: KeyringId,
+        namespace: Namespace,
+        max_payload: Option<usize>,
+        durable: bool,
+    ) -> Self {
+        let service = format!("mcp-auth:{}", namespace.storage_key());
+        let lock_stem = id.lock_stem(&service);
+        Self {
+            shared: shared_for(lock_stem.clone()),
+            keyring,
+            label,
+            id,
+            namespace,
+            service,
+            lock_stem,
+            max_payload,
+            durable,
+        }
+    }
+
+    /// Takes the namespace's lock: the in-process mutex, then the lock file (waiting at most
+    /// [`lock::LOCK_TIMEOUT`] for another process).
+    fn lock(&self) -> Result<NamespaceLock<'_>, StoreError> {
+        let mutex = lock_mutex(&self.shared.write);
+        Ok(NamespaceLock {
+            #[cfg(unix)]
+            file: lock::FileLock::acquire(
+                &self.lock_stem,
+                lock::LockKind::Records,
+                lock::LOCK_TIMEOUT,
+            )?,
+            _mutex: mutex,
+        })
+    }
+
+    /// Runs `f` on the namespace's lease table under the namespace's lease lock, and saves the
+    /// table when `f` reports a change. The lease lock is not the records' lock: a slow keyring
+    /// call never delays a lease renewal.
+    fn with_leases<T>(
+        &self,
+        f: impl FnOnce(&mut LeaseTable) -> (T, bool),
+    ) -> Result<T, StoreError> {
+        #[cfg(unix)]
+        {
+            let _mutex = lock_mutex(&self.shared.lease_write);
+            let file = lock::FileLock::acquire(
+                &self.lock_stem,
+                lock::LockKind::Leases,
+                lock::LOCK_TIMEOUT,
+            )?;
+            let mut table = file.read_leases()?;
+            let (out, changed) = f(&mut table);
+            if changed {
+                file.write_leases(&table)?;
+                if table.is_empty() {
+                    file.remove_file();
+                }
+            }
+            Ok(out)
+        }
+        #[cfg(not(unix))]
+        {
+            Ok(f(&mut lock_mutex(&self.shared.leases)).0)
+        }
+    }
+
+    fn keyring(&self) -> Result<&Arc<keyring_core::CredentialStore>, StoreError> {
+        self.keyring
+            .get()
+            .ok_or_else(|| StoreError::backend(BACKEND, "the keyring store was already released"))
+    }
+
     fn entry(&self, what: &str, user: &str) -> Result<Entry, StoreError> {
-        let keyring = self.keyring.get().ok_or_else(|| {
-            StoreError::backend(BACKEND, "the keyring store was already released")
-        })?;
-        Entry::new_in_store(keyring, &self.service, user).map_err(|e| map_keyring(what, e))
+        Entry::new_in_store(self.keyring()?, &self.service, user).map_err(|e| map_keyring(what, e))
     }
 
     fn read_item(&self, what: &str, user: &str) -> Result<Option<Vec<u8>>, StoreError> {
@@ -435,29 +679,112 @@ impl Inner {
     /// Adds `key` to the index, then writes the item built by [`Inner::envelope`].
     fn store_record(
         &self,
+        held: &NamespaceLock<'_>,
         key: &RecordKey,
         (version, value): (Version, Vec<u8>),
     ) -> Result<Version, StoreError> {
-        self.index_add(key)?;
+        self.index_add(held, key)?;
         self.write_item(&key.to_string(), &key.storage_key(), &value)?;
         Ok(version)
     }
 
-    fn read_index(&self) -> Result<BTreeSet<String>, StoreError> {
-        match self.read_item(INDEX_USER, INDEX_USER)? {
-            None => Ok(BTreeSet::new()),
-            Some(raw) => serde_json::from_slice(&raw).map_err(|_| {
-                corrupt(
-                    INDEX_USER,
-                    "the namespace index is not a JSON array of record keys",
-                )
-            }),
+    fn load_index(&self) -> Result<IndexItem, StoreError> {
+        Ok(match self.read_item(INDEX_USER, INDEX_USER)? {
+            None => IndexItem::Missing,
+            Some(raw) => {
+                serde_json::from_slice(&raw).map_or(IndexItem::Damaged, IndexItem::Members)
+            }
+        })
+    }
+
+    /// The record users stored in this namespace, found by searching the keyring itself (see
+    /// [`search`]); `None` when this keyring cannot be searched.
+    fn search_records(&self) -> Result<Option<BTreeSet<String>>, StoreError> {
+        match &self.id.search {
+            Search::Attributes => search::by_attributes(self.keyring()?, &self.service)
+                .map(Some)
+                .map_err(|e| map_keyring(INDEX_USER, e)),
+            Search::KeyDescriptions {
+                prefix,
+                divider,
+                suffix,
+            } => {
+                let Some(proc_keys) = search::read_proc_keys() else {
+                    return Ok(None);
+                };
+                let candidates =
+                    search::in_proc_keys(&proc_keys, (prefix, divider, suffix), &self.service);
+                let mut found = BTreeSet::new();
+                for user in candidates {
+                    // Keys of other session keyrings are listed too; only ours can be read.
+                    if self.read_item("a keyring item", &user)?.is_some() {
+                        found.insert(user);
+                    }
+                }
+                Ok(Some(found))
+            }
+            Search::Unsupported => Ok(None),
         }
     }
 
-    fn write_index(&self, index: &BTreeSet<String>) -> Result<(), StoreError> {
+    /// The index as it should be, under the lock, and whether that differs from the stored
+    /// item: a damaged index is rebuilt by searching the keyring, and so is a missing one when
+    /// `search_if_missing` (a missing index can only lose entries when something is added);
+    /// entries a listing found without their item are dropped if their item is still missing
+    /// (no writer can now be between adding an entry and writing its item).
+    fn locked_index(
+        &self,
+        _held: &NamespaceLock<'_>,
+        search_if_missing: bool,
+    ) -> Result<(BTreeSet<String>, bool), StoreError> {
+        let (mut members, mut dirty) = match self.load_index()? {
+            IndexItem::Members(members) => (members, false),
+            IndexItem::Missing if !search_if_missing => (BTreeSet::new(), false),
+            // Missing: a namespace without records, or an index lost (deleted by hand, a
+            // keyring cleaner). Only a search tells them apart.
+            IndexItem::Missing => match self.search_records()? {
+                Some(found) => {
+                    let dirty = !found.is_empty();
+                    (found, dirty)
+                }
+                None => (BTreeSet::new(), false),
+            },
+            IndexItem::Damaged => match self.search_records()? {
+                Some(found) => (found, true),
+                None => {
+                    return Err(corrupt(
+                        INDEX_USER,
+                        "the namespace index is damaged and this keyring cannot be searched to \
+                         rebuild it (records it listed stay in the keyring, unlisted)",
+                    ));
+                }
+            },
+        };
+        let stale = std::mem::take(&mut *lock_mutex(&self.shared.stale));
+        for member in stale {
+            if members.contains(&member) && self.read_item("an index entry", &member)?.is_none() {
+                members.remove(&member);
+                dirty = true;
+            }
+        }
+        Ok((members, dirty))
+    }
+
+    /// Saves the index; an empty one is removed, and so is the lock file (nothing is left to
+    /// guard). Removing the lock file makes this the last step under the lock: every caller
+    /// writes the index last (see `FileLock::remove_file`).
+    fn write_index(
+        &self,
+        held: &NamespaceLock<'_>,
+        index: &BTreeSet<String>,
+    ) -> Result<(), StoreError> {
         if index.is_empty() {
-            self.remove_item(INDEX_USER, INDEX_USER).map(|_| ())
+            self.remove_item(INDEX_USER, INDEX_USER)?;
+            #[cfg(unix)]
+            held.file.remove_file();
+            #[cfg(not(unix))]
+            let _ = held;
+            Ok(())
         } else {
             let value =
                 serde_json::to_vec(index).map_err(|e| StoreError::backend(BACKEND, Box::new(e)))?;
@@ -468,20 +795,36 @@ impl Inner {
     /// Adds `key` to the index if missing. Called before the record is written, so the index
     /// always covers every record (a failed write or a crash can leave an extra entry, which
     /// listing skips).
-    fn index_add(&self, key: &RecordKey) -> Result<(), StoreError> {
-        let mut index = self.read_index()?;
-        if index.insert(key.storage_key()) {
-            self.write_index(&index)?;
+    fn index_add(&self, held: &NamespaceLock<'_>, key: &RecordKey) -> Result<(), StoreError> {
+        let (mut index, dirty) = self.locked_index(held, true)?;
+        if index.insert(key.storage_key()) || dirty {
+            self.write_index(held, &index)?;
         }
         Ok(())
     }
 
-    fn index_remove(&self, key: &RecordKey) -> Result<(), StoreError> {
-        let mut index = self.read_index()?;
-        if index.remove(&key.storage_key()) {
-            self.write_index(&index)?;
+    /// Removes `key` from the index. A missing index stays missing (listing or the next added
+    /// record rebuilds it).
+    fn index_remove(&self, held: &NamespaceLock<'_>, key: &RecordKey) -> Result<(), StoreError> {
+        let (mut index, dirty) = self.locked_index(held, false)?;
+        if index.remove(&key.storage_key()) || dirty {
+            self.write_index(held, &index)?;
         }
         Ok(())
+    }
+
+    /// The index for listing: read without the lock when it is intact; rebuilt (and saved)
+    /// under the lock when it is missing or damaged.
+    fn listing_index(&self) -> Result<BTreeSet<String>, StoreError> {
+        if let IndexItem::Members(members) = self.load_index()? {
+            return Ok(members);
+        }
+        let held = self.lock()?;
+        let (members, dirty) = self.locked_index(&held, true)?;
+        if dirty {
+            self.write_index(&held, &members)?;
+        }
+        Ok(members)
     }
 
     /// The current version for a conditional write; `None` when absent. An unreadable record
@@ -503,48 +846,58 @@ impl Inner {
 
     fn put(&self, key: &RecordKey, bytes: &[u8], expect: &Expect) -> Result<Version, StoreError> {
         let item = self.envelope(key, bytes)?;
-        let _guard = lock(&self.shared.write);
+        let held = self.lock()?;
         if !matches!(expect, Expect::Any) && !self.check(key, expect)? {
             return Err(StoreError::Conflict {
                 key: key.to_string(),
             });
         }
-        self.store_record(key, item)
+        self.store_record(&held, key, item)
     }
 
     fn delete(&self, key: &RecordKey, expect: &Expect) -> Result<bool, StoreError> {
-        let _guard = lock(&self.shared.write);
+        let held = self.lock()?;
         if !matches!(expect, Expect::Any) && !self.check(key, expect)? {
             return Err(StoreError::Conflict {
                 key: key.to_string(),
             });
         }
         let removed = self.remove_item(&key.to_string(), &key.storage_key())?;
-        self.index_remove(key)?;
+        self.index_remove(&held, key)?;
         Ok(removed)
     }
 
     fn list(&self, kind: RecordKind) -> Result<Vec<RecordKey>, StoreError> {
         let mut keys = Vec::new();
-        for member in self.read_index()? {
-            let key = RecordKey::from_storage_key(&member).ok_or_else(|| {
-                corrupt(INDEX_USER, "the namespace index holds an unrecognised key")
-            })?;
-            // The index may name a record being written right now, or one a crash left out.
-            if key.kind() == kind
-                && self
-                    .read_item(&key.to_string(), &key.storage_key())?
-                    .is_some()
+        let mut stale = Vec::new();
+        for member in self.listing_index()? {
+            // Entries of record kinds this version does not know (a newer one wrote them).
+            let Some(key) = RecordKey::from_storage_key(&member) else {
+                continue;
+            };
+            if key.kind() != kind {
+                continue;
+            }
+            // The index may name a record being written right now, or one whose item is gone.
+            if self
+                .read_item(&key.to_string(), &key.storage_key())?
+                .is_some()
             {
                 keys.push(key);
+            } else {
+                stale.push(member);
             }
+        }
+        if !stale.is_empty() {
+            lock_mutex(&self.shared.stale).extend(stale);
         }
         Ok(keys)
     }
 
     fn delete_prefix(&self, prefix: &str) -> Result<usize, StoreError> {
-        let _guard = lock(&self.shared.write);
-        let mut index = self.read_index()?;
+        let held = self.lock()?;
+        // A missing index is searched: a lost index must not hide tokens of the issuer.
+        let (mut index, mut dirty) = self.locked_index(&held, true)?;
         let matching: Vec<String> = index
             .iter()
             .filter(|m| m.starts_with(prefix))
@@ -556,15 +909,18 @@ impl Inner {
                 deleted += 1;
             }
             index.remove(&member);
+            dirty = true;
         }
-        self.write_index(&index)?;
+        if dirty {
+            self.write_index(&held, &index)?;
+        }
         Ok(deleted)
     }
 
     fn insert_pending(&self, pending_bytes: &[u8], state: &str) -> Result<(), StoreError> {
         let key = RecordKey::Pending(state.to_owned());
         let item = self.envelope(&key, pending_bytes)?;
-        let _guard = lock(&self.shared.write);
+        let held = self.lock()?;
         match self.read_record(&key) {
             Ok(None) => {}
             // An expired flow no longer holds its state.
@@ -577,19 +933,19 @@ impl Inner {
             }
             Err(e) => return Err(e),
         }
-        self.store_record(&key, item).map(|_| ())
+        self.store_record(&held, &key, item).map(|_| ())
     }
 
     fn take_pending(&self, state: &str) -> Result<Option<PendingAuthorization>, StoreError> {
         let key = RecordKey::Pending(state.to_owned());
-        let _guard = lock(&self.shared.write);
+        let held = self.lock()?;
         let Some((bytes, _)) = self.read_record(&key)? else {
             return Ok(None);
         };
         // Decode before deleting: a corrupt record is reported and left in place.
         let pending = record::decode_pending(state, &bytes)?;
         self.remove_item(&key.to_string(), &key.storage_key())?;
-        self.index_remove(&key)?;
+        self.index_remove(&held, &key)?;
         Ok((!pending.expires_at.is_past()).then_some(pending))
     }
 }
@@ -606,6 +962,47 @@ pub async fn write_raw_record(
         .put_record(key, bytes.to_vec(), Expect::Any)
         .await
         .map(|_| ())
+}
+
+/// Direct access to a namespace's keyring items, bypassing the lock and the index, for tests
+/// that damage a store the way a user or another program could. Not part of the supported API.
+#[doc(hidden)]
+pub mod testing {
+    use mcp_auth_core::StoreError;
+    use mcp_auth_core::record::RecordKey;
+
+    use crate::{INDEX_USER, KeyringStore};
+
+    /// The raw value of the namespace's index item.
+    pub async fn index_item(store: &KeyringStore) -> Result<Option<Vec<u8>>, StoreError> {
+        store
+            .run(|inner| inner.read_item(INDEX_USER, INDEX_USER))
+            .await
+    }
+
+    /// Replaces the index item with `value`, or deletes it (`None`).
+    pub async fn set_index_item(
+        store: &KeyringStore,
+        value: Option<Vec<u8>>,
+    ) -> Result<(), StoreError> {
+        store
+            .run(move |inner| match value {
+                Some(value) => inner.write_item(INDEX_USER, INDEX_USER, &value),
+                None => inner.remove_item(INDEX_USER, INDEX_USER).map(|_| ()),
+            })
+            .await
+    }
+
+    /// Deletes a record's item without touching the index.
+    pub async fn remove_record_item(
+        store: &KeyringStore,
+        key: &RecordKey,
+    ) -> Result<bool, StoreError> {
+        let key = key.clone();
+        store
+            .run(move |inner| inner.remove_item("a record", &key.storage_key()))
+            .await
+    }
 }
 
 #[async_trait]
@@ -644,10 +1041,14 @@ impl StoreInfo for KeyringStore {
     }
 
     fn capabilities(&self) -> StoreCapabilities {
-        // The keyring has no conditional write: CAS and leases hold inside this process only.
+        // Every mutation and every lease change runs under the namespace's lock file on Unix,
+        // so compare-and-swap and leases hold across processes there; elsewhere there is no
+        // lock file, and they hold inside this process only.
         StoreCapabilities::NONE
             .with_durable(self.inner.durable)
             .with_list(true)
+            .with_atomic_cas(cfg!(unix))
+            .with_cross_process_lease(cfg!(unix))
     }
 }
 
@@ -686,16 +1087,15 @@ impl TokenStore for KeyringStore {
         key: &TokenKey,
         ttl: Duration,
     ) -> Result<Option<RefreshLease>, StoreError> {
-        let mut leases = self.leases();
-        let slot = key.storage_key();
-        if let Some((_, expires_at)) = leases.get(&slot)
-            && *expires_at > SystemTime::now()
-        {
-            return Ok(None);
-        }
-        let lease = RefreshLease::new(key.clone(), ttl);
-        leases.insert(slot, (lease.token().to_owned(), lease.expires_at()));
-        Ok(Some(lease))
+        let key = key.clone();
+        self.run(move |inner| {
+            inner.with_leases(|table| {
+                let lease = table.acquire(&key, ttl, SystemTime::now());
+                let changed = lease.is_some();
+                (lease, changed)
+            })
+        })
+        .await
     }
 
     async fn renew_refresh_lease(
@@ -703,29 +1103,26 @@ impl TokenStore for KeyringStore {
         lease: &RefreshLease,
         ttl: Duration,
     ) -> Result<Option<RefreshLease>, StoreError> {
-        let mut leases = self.leases();
-        let slot = lease.key().storage_key();
-        if let Some((token, expires_at)) = leases.get(&slot)
-            && token != lease.token()
-            && *expires_at > SystemTime::now()
-        {
-            return Ok(None);
-        }
-        let renewed = lease.renewed(ttl);
-        leases.insert(slot, (renewed.token().to_owned(), renewed.expires_at()));
-        Ok(Some(renewed))
+        let lease = lease.clone();
+        self.run(move |inner| {
+            inner.with_leases(|table| {
+                let renewed = table.renew(&lease, ttl, SystemTime::now());
+                let changed = renewed.is_some();
+                (renewed, changed)
+            })
+        })
+        .await
     }
 
     async fn release_refresh_lease(&self, lease: &RefreshLease) -> Result<bool, StoreError> {
-        let mut leases = self.leases();
-        let slot = lease.key().storage_key();
-        match leases.get(&slot) {
-            Some((token, _)) if token == lease.token() => {
-                leases.remove(&slot);
-                Ok(true)
-            }
-            _ => Ok(false),
-        }
+        let lease = lease.clone();
+        self.run(move |inner| {
+            inner.with_leases(|table| {
+                let released = table.release(&lease);
+                (released, released)
+            })
+        })
+        .await
     }
 }
 

@@ -110,8 +110,9 @@ mod extra {
     #[tokio::test(flavor = "current_thread")]
     async fn secret_service_holds_large_records_on_a_current_thread_runtime() {
         let store = open(KeyringBackend::SecretService).await;
-        assert!(store.capabilities().durable);
-        assert!(!store.capabilities().atomic_cas);
+        let caps = store.capabilities();
+        assert!(caps.durable);
+        assert!(caps.atomic_cas && caps.cross_process_lease, "{caps:?}");
         let big = TokenSet::new(SecretString::from("y".repeat(40 * 1024)));
         let v = store
             .put_tokens(&key(), &big, Expect::Absent)
