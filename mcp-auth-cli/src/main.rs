@@ -233,14 +233,10 @@ async fn run(cli: Cli) -> Result<(), Failure> {
             login(&cli, args, store).await
         }
         Command::Token { url } => {
+            // Every persistent store's refresh lease reaches other processes (the keyring's
+            // through a lock file derived from the keyring itself), so concurrent `token` calls
+            // refresh once whatever their environment.
             let store = store::open(cli.store.as_deref(), &namespace).await?;
-            // A store whose refresh lease does not reach other processes (the OS keyring) gets
-            // one from a lock file, so concurrent `token` calls still refresh once.
-            let _lock = if store.capabilities().cross_process_lease {
-                None
-            } else {
-                Some(token_lock()?)
-            };
             let auth = McpAuth::builder(store).http_policy(policy(&cli)).build()?;
             let resource = ResourceUri::new(url)?;
             match auth.cached_access_token(&resource).await {
@@ -265,25 +261,6 @@ async fn run(cli: Cli) -> Result<(), Failure> {
             logout(&cli, args, store).await
         }
     }
-}
-
-/// An exclusive advisory lock on `<runtime or data dir>/mcp-auth/token.lock`, held until dropped.
-fn token_lock() -> Result<std::fs::File, Failure> {
-    let dir = dirs::runtime_dir()
-        .or_else(dirs::data_dir)
-        .unwrap_or_else(std::env::temp_dir)
-        .join("mcp-auth");
-    std::fs::create_dir_all(&dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
-    let path = dir.join("token.lock");
-    let file = std::fs::OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .open(&path)
-        .map_err(|e| format!("cannot open {}: {e}", path.display()))?;
-    file.lock()
-        .map_err(|e| format!("cannot lock {}: {e}", path.display()))?;
-    Ok(file)
 }
 
 async fn login(

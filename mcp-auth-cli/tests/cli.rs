@@ -481,8 +481,9 @@ async fn keyring_store_round_trip() {
     assert_no_secret(&as1, &text(&out.stdout));
     assert!(text(&out.stdout).contains(&as1.issuer()));
 
-    // Eight `token` processes on an expired token: the CLI's lock file stands in for the
-    // keyring's missing cross-process lease, so the AS sees one refresh.
+    // Eight `token` processes on an expired token, in two different environments (runtime
+    // dir, temp dir): the keyring's lock derives from the keyring itself, so the AS sees one
+    // refresh and no reuse.
     {
         use mcp_auth_core::Namespace;
         use mcp_auth_store_keyring::{KeyringBackend, KeyringOptions, KeyringStore};
@@ -499,13 +500,27 @@ async fn keyring_store_round_trip() {
     as1.clear_requests();
     let url = mcp.url();
     let mut handles = Vec::new();
-    for _ in 0..8 {
-        let fut = run(&["token", &url]);
-        handles.push(tokio::spawn(fut));
+    let envs = [tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap()];
+    for i in 0..8 {
+        let env = envs[i % 2].path().to_owned();
+        let mut all = vec!["--namespace".to_owned(), ns.clone(), "--store".to_owned()];
+        all.extend(["keyring:".to_owned(), "token".to_owned(), url.clone()]);
+        handles.push(tokio::spawn(async move {
+            tokio::process::Command::new(env!("CARGO_BIN_EXE_mcp-auth"))
+                .args(all)
+                .env("MCP_AUTH_INSECURE_LOOPBACK", "true")
+                .env("XDG_RUNTIME_DIR", &env)
+                .env("TMPDIR", &env)
+                .output()
+                .await
+                .unwrap()
+        }));
     }
+    let mut tokens = std::collections::HashSet::new();
     for h in handles {
         let out = h.await.unwrap();
         assert!(out.status.success(), "{}", text(&out.stderr));
+        tokens.insert(text(&out.stdout).trim().to_owned());
     }
     assert_eq!(
         as1.count(Endpoint::Token),
@@ -513,6 +528,8 @@ async fn keyring_store_round_trip() {
         "{} token requests",
         as1.count(Endpoint::Token)
     );
+    assert_eq!(as1.reuse_detections(), 0);
+    assert_eq!(tokens.len(), 1, "processes printed different tokens");
 
     assert!(run(&["logout", "--all"]).await.status.success());
     assert_eq!(run(&["token", &mcp.url()]).await.status.code(), Some(3));
@@ -772,4 +789,66 @@ async fn logout_all_survives_a_damaged_record_and_reports_revocation() {
             Some(3)
         );
     }
+}
+
+/// 100 trials of two concurrent `mcp-auth login`s (to two servers) over one kernel keyring:
+/// afterwards `status` lists both servers every time (no lost index entry).
+#[cfg(feature = "keyring")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_logins_over_one_keyring_lose_no_server() {
+    assert!(
+        std::env::var_os("MCP_AUTH_TEST_KEYRINGS").is_some(),
+        "needs throwaway keyrings: run `cargo xtask test-all`, or see mcp-auth-store-keyring/scripts/with-keyrings.sh"
+    );
+    let as1 = AuthServer::start(AuthServerConfig::default())
+        .await
+        .unwrap();
+    let mut servers = Vec::new();
+    for _ in 0..2 {
+        servers.push(
+            McpServer::start(McpServerConfig {
+                authorization_servers: vec![as1.clone()],
+                ..Default::default()
+            })
+            .await
+            .unwrap(),
+        );
+    }
+    let urls: Vec<String> = servers.iter().map(McpServer::url).collect();
+    let run = |ns: String, args: Vec<String>| async move {
+        tokio::process::Command::new(env!("CARGO_BIN_EXE_mcp-auth"))
+            .args(["--namespace", &ns, "--store", "keyring:keyutils"])
+            .args(args)
+            .env("MCP_AUTH_INSECURE_LOOPBACK", "true")
+            .output()
+            .await
+            .unwrap()
+    };
+    let mut lost = 0;
+    for trial in 0..100 {
+        let ns = format!("cli-logins-{}-{trial}", std::process::id());
+        let logins: Vec<_> = urls
+            .iter()
+            .map(|u| {
+                tokio::spawn(run(
+                    ns.clone(),
+                    vec!["login".into(), u.clone(), "--headless".into()],
+                ))
+            })
+            .collect();
+        for l in logins {
+            let out = l.await.unwrap();
+            assert!(out.status.success(), "{}", text(&out.stderr));
+        }
+        let out = run(ns.clone(), vec!["status".into(), "--json".into()]).await;
+        let status = text(&out.stdout);
+        lost += urls.iter().filter(|u| !status.contains(u.as_str())).count();
+        assert!(
+            run(ns, vec!["logout".into(), "--all".into()])
+                .await
+                .status
+                .success()
+        );
+    }
+    assert_eq!(lost, 0, "{lost} servers vanished from status in 100 trials");
 }
