@@ -285,6 +285,30 @@ async fn slow_as_answer_after_the_http_timeout_is_kept() {
     assert_eq!(as1.reuse_detections(), 0);
 }
 
+/// The lease holder's heartbeat keeps waiters off while an answer takes longer than two lease
+/// TTLs (1 s lease, 2.5 s answer): one refresh, one token for everyone, no reuse.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn heartbeat_holds_the_lease_through_a_slow_answer() {
+    let as1 = auth_server(|_| {}).await;
+    let mcp = mcp_server(vec![as1.clone()], |_| {}).await;
+    let store = logged_in_and_expired(&as1, &mcp, memory()).await;
+    as1.set_token_fault(TokenFault::Delay(Duration::from_millis(2500)));
+    let engines = engines(
+        &store,
+        || ClientConfig::default().with_lease_ttl(Duration::from_secs(1)),
+        HttpPolicy::allowing_loopback,
+    );
+    let mut tokens = std::collections::HashSet::new();
+    for r in storm(&engines, &resource(&mcp)).await {
+        let t = r.unwrap();
+        assert_valid_at(&as1, &t);
+        tokens.insert(t.expose_secret().to_owned());
+    }
+    assert_eq!(tokens.len(), 1);
+    assert_eq!(as1.refresh_requests(), 1);
+    assert_eq!(as1.reuse_detections(), 0);
+}
+
 /// An AS slower than even the refresh timeout: the outcome is unknown, so nobody resends the
 /// refresh token (0 reuse), and every caller is told why, naming the AS.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -313,6 +337,18 @@ async fn refresh_with_a_lost_answer_is_never_resent() {
         assert_eq!(as1.refresh_requests(), 1, "{fault:?}");
         assert_eq!(as1.reuse_detections(), 0, "{fault:?}");
         let stored = store.get_tokens(&key(&as1, &mcp)).await.unwrap().unwrap();
+        if fault == TokenFault::DropAfterProcessing {
+            // Unknown is not "failed": no retry time ever makes the token sendable again.
+            tokio::time::sleep(Duration::from_millis(5500)).await;
+            for r in storm(&engines, &resource(&mcp)).await {
+                assert!(
+                    matches!(r, Err(AuthError::RefreshOutcomeUnknown { .. })),
+                    "{r:?}"
+                );
+            }
+            assert_eq!(as1.refresh_requests(), 1, "resent after a wait");
+            assert_eq!(as1.reuse_detections(), 0);
+        }
         assert!(
             matches!(
                 stored.value.refresh_state,

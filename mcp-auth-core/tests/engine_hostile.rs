@@ -760,19 +760,27 @@ async fn callback_with_another_flows_state_is_refused() {
 }
 
 /// An attacker's code arriving with the state of a stale flow at another AS (the pending record
-/// still in the store) is never redeemed: the flow's issuer and client must be the ones in use.
+/// still in the store) is never redeemed, and the other flow's record is left alone: a callback
+/// answers only the flow that is waiting for it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn stale_pending_flow_from_another_server_cannot_complete_this_login() {
+    const STALE: &str = "stale-state-from-an-earlier-login-0123456789";
     let as1 = auth_server(|_| {}).await;
     let mcp = mcp_server(vec![as1.clone()], |_| {}).await;
     let store = memory();
     let stale = mcp_auth_core::PendingAuthorization::new(
-        "stale-state-from-an-earlier-login-0123456789",
+        STALE,
         SecretString::from("v".repeat(43)),
         mcp_auth_core::IssuerId::new("https://evil-issuer.example").unwrap(),
         resource(&mcp),
         "attacker-client".to_owned(),
-        REDIRECT.to_owned(),
+        // The path this login's callback uses, so only the state and issuer checks can stop it.
+        format!(
+            "{REDIRECT}/{}",
+            mcp_auth_core::IssuerId::new(as1.issuer())
+                .unwrap()
+                .storage_key()
+        ),
         Duration::from_secs(600),
     );
     store.insert_pending(&stale).await.unwrap();
@@ -786,12 +794,70 @@ async fn stale_pending_flow_from_another_server_cannot_complete_this_login() {
                 with_query(
                     u,
                     &[
-                        ("state", "stale-state-from-an-earlier-login-0123456789"),
+                        ("state", STALE),
                         ("iss", "https://evil-issuer.example"),
                         ("code", "attackers-code"),
                     ],
                 )
             },
+        }))
+        .build()
+        .unwrap();
+    let r = auth.access_token(&resource(&mcp)).await;
+    err_is!(r, AuthError::StateMismatch);
+    no_code_exchange(&as1);
+    assert!(
+        store.take_pending(STALE).await.unwrap().is_some(),
+        "the other flow's record was consumed"
+    );
+}
+
+/// Replaces the pending record of the running flow with one naming another authorization
+/// server and client (as a corrupted or tampered store would), then answers the flow.
+#[derive(Debug)]
+struct SwapPending {
+    inner: mcp_auth_core::HeadlessAuthorizer,
+    store: Arc<dyn mcp_auth_core::CredentialStore>,
+}
+
+#[async_trait::async_trait]
+impl mcp_auth_core::Authorizer for SwapPending {
+    async fn authorize(
+        &self,
+        request: mcp_auth_core::AuthorizationRequest,
+    ) -> Result<url::Url, AuthError> {
+        let state = request.state.clone();
+        let callback = self.inner.authorize(request).await?;
+        let mine = self.store.take_pending(&state).await.unwrap().unwrap();
+        let swapped = mcp_auth_core::PendingAuthorization::new(
+            state,
+            mine.pkce_verifier.clone(),
+            mcp_auth_core::IssuerId::new("https://evil-issuer.example").unwrap(),
+            mine.resource.clone(),
+            "attacker-client".to_owned(),
+            mine.redirect_uri.clone(),
+            Duration::from_secs(600),
+        );
+        self.store.insert_pending(&swapped).await.unwrap();
+        Ok(callback)
+    }
+}
+
+/// The pending record must name the authorization server and client in use now, or the code is
+/// not redeemed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pending_record_of_another_server_or_client_is_refused() {
+    // Without `iss` in the response, only the record's issuer and client stand in the way.
+    let as1 = auth_server(|c| c.iss_parameter_supported = false).await;
+    let mcp = mcp_server(vec![as1.clone()], |_| {}).await;
+    let store = memory();
+    let auth = McpAuth::builder(store.clone())
+        .client(ClientConfig::default().with_redirect_uri(REDIRECT))
+        .http_policy(HttpPolicy::allowing_loopback())
+        .authorizer(Arc::new(SwapPending {
+            inner: mcp_auth_core::HeadlessAuthorizer::with_policy(HttpPolicy::allowing_loopback())
+                .unwrap(),
+            store: store.clone(),
         }))
         .build()
         .unwrap();
