@@ -268,6 +268,22 @@ impl TokenStore for MemoryStore {
         raw::list_tokens(self).await
     }
 
+    async fn binding_and_token_versions(
+        &self,
+        key: &TokenKey,
+    ) -> Result<(Option<Version>, Option<Version>), StoreError> {
+        let binding = self.slot(&RecordKey::Binding(key.resource.clone()));
+        let tokens = self.slot(&RecordKey::Tokens(key.clone()));
+        let shared = self.lock();
+        let version = |slot| {
+            shared
+                .records
+                .get(slot)
+                .map(|e: &Entry| Version::new(e.version.to_string()))
+        };
+        Ok((version(&binding), version(&tokens)))
+    }
+
     async fn try_acquire_refresh_lease(
         &self,
         key: &TokenKey,

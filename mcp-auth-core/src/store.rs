@@ -259,6 +259,26 @@ pub trait TokenStore: StoreInfo {
     /// Every token key in this namespace.
     async fn list_tokens(&self) -> Result<Vec<TokenKey>, StoreError>;
 
+    /// The current versions of the binding of `key.resource` and of the tokens under `key`
+    /// (`None`: absent), in **one** round trip. The engine keeps the decoded binding and token
+    /// set of each server in memory and revalidates them with this on every `access_token()`, so
+    /// a warm call reads no value and decodes nothing while neither record changed, and still
+    /// sees every other process's write at once.
+    ///
+    /// The default answers [`StoreError::Unsupported`]: the engine then reads both records on
+    /// every call, as before. Backends should implement it (the conformance suite checks it when
+    /// they do).
+    async fn binding_and_token_versions(
+        &self,
+        key: &TokenKey,
+    ) -> Result<(Option<Version>, Option<Version>), StoreError> {
+        let _ = key;
+        Err(StoreError::Unsupported {
+            backend: self.backend_name(),
+            operation: "binding_and_token_versions",
+        })
+    }
+
     /// Tries to take the refresh lease for `key` for `ttl`. `Ok(None)`: another holder has it and
     /// it has not expired. An expired lease is taken over.
     async fn try_acquire_refresh_lease(
@@ -399,6 +419,12 @@ macro_rules! forward_store_impls {
             }
             async fn list_tokens(&self) -> Result<Vec<TokenKey>, StoreError> {
                 (**self).list_tokens().await
+            }
+            async fn binding_and_token_versions(
+                &self,
+                key: &TokenKey,
+            ) -> Result<(Option<Version>, Option<Version>), StoreError> {
+                (**self).binding_and_token_versions(key).await
             }
             async fn try_acquire_refresh_lease(
                 &self,

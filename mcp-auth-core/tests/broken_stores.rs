@@ -37,6 +37,8 @@ enum Defect {
     DeleteIssuerDeletesAll,
     /// Renewal overwrites whoever holds the lease, and never extends it.
     RenewStealsLease,
+    /// Reports the first versions it ever saw, forever (a stale cache).
+    StaleVersions,
 }
 
 const SLOT: &str = "https://one-slot.invalid";
@@ -45,6 +47,7 @@ struct Broken {
     inner: MemoryStore,
     defect: Defect,
     seen_secrets: Mutex<Vec<String>>,
+    first_versions: Mutex<std::collections::HashMap<TokenKey, (Option<Version>, Option<Version>)>>,
 }
 
 impl fmt::Debug for Broken {
@@ -192,6 +195,20 @@ impl TokenStore for Broken {
                 })
             })
     }
+    async fn binding_and_token_versions(
+        &self,
+        key: &TokenKey,
+    ) -> Result<(Option<Version>, Option<Version>), StoreError> {
+        let fresh = self
+            .inner
+            .binding_and_token_versions(&self.key_in(key))
+            .await?;
+        if self.defect == Defect::StaleVersions {
+            let mut first = self.first_versions.lock().unwrap();
+            return Ok(first.entry(key.clone()).or_insert(fresh).clone());
+        }
+        Ok(fresh)
+    }
     async fn renew_refresh_lease(
         &self,
         lease: &RefreshLease,
@@ -286,6 +303,7 @@ impl StoreFactory for BrokenFactory {
             inner: self.memory.open(&namespace).await?,
             defect: self.defect,
             seen_secrets: Mutex::default(),
+            first_versions: Mutex::default(),
         })
     }
 
@@ -390,6 +408,15 @@ async fn catches_renewal_that_does_not_hold_the_lease() {
             "renewed_lease_stays_exclusive",
             "taken_over_lease_cannot_be_renewed",
         ],
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn catches_stale_versions() {
+    assert_caught(
+        Defect::StaleVersions,
+        &["binding_and_token_versions_match_reads"],
     )
     .await;
 }

@@ -743,6 +743,29 @@ impl TokenStore for RedisStore {
         raw::list_tokens(self).await
     }
 
+    async fn binding_and_token_versions(
+        &self,
+        key: &TokenKey,
+    ) -> Result<(Option<Version>, Option<Version>), StoreError> {
+        let binding = self.record_key(&RecordKey::Binding(key.resource.clone()));
+        let tokens = self.record_key(&RecordKey::Tokens(key.clone()));
+        // One round trip: both keys share the namespace's hash slot, so one pipeline serves a
+        // cluster too.
+        let (b, t): (Option<String>, Option<String>) = self
+            .idempotent(|mut c| {
+                let mut pipe = redis::pipe();
+                pipe.cmd("HGET")
+                    .arg(&binding)
+                    .arg("ver")
+                    .cmd("HGET")
+                    .arg(&tokens)
+                    .arg("ver");
+                async move { pipe.query_async(&mut c).await }
+            })
+            .await?;
+        Ok((b.map(Version::new), t.map(Version::new)))
+    }
+
     async fn try_acquire_refresh_lease(
         &self,
         key: &TokenKey,

@@ -721,6 +721,38 @@ impl TokenStore for SqliteStore {
         raw::list_tokens(self).await
     }
 
+    async fn binding_and_token_versions(
+        &self,
+        key: &TokenKey,
+    ) -> Result<(Option<Version>, Option<Version>), StoreError> {
+        let binding = RecordKey::Binding(key.resource.clone()).storage_key();
+        let tokens = RecordKey::Tokens(key.clone()).storage_key();
+        let what = format!("versions of {key}");
+        self.with_conn(move |conn, ns| {
+            // One statement, versions only: no value (and no overflow page) is read.
+            let mut stmt = conn
+                .prepare_cached(
+                    "SELECT key, version FROM records WHERE namespace = ?1 AND key IN (?2, ?3)",
+                )
+                .map_err(|e| map_err_named(e, &what))?;
+            let mut rows = stmt
+                .query(params![ns, binding, tokens])
+                .map_err(|e| map_err_named(e, &what))?;
+            let (mut b, mut t) = (None, None);
+            while let Some(row) = rows.next().map_err(|e| map_err_named(e, &what))? {
+                let k: String = row.get(0).map_err(|e| map_err_named(e, &what))?;
+                let v: i64 = row.get(1).map_err(|e| map_err_named(e, &what))?;
+                if k == binding {
+                    b = Some(version_of(v));
+                } else if k == tokens {
+                    t = Some(version_of(v));
+                }
+            }
+            Ok((b, t))
+        })
+        .await
+    }
+
     async fn try_acquire_refresh_lease(
         &self,
         key: &TokenKey,

@@ -1165,6 +1165,71 @@ pub async fn put_version_conflicts_when_deleted<F: StoreFactory>(factory: &F) ->
     })
 }
 
+/// `binding_and_token_versions` reports exactly the versions reads see: absent → `None`,
+/// every write → the new version, other issuers' tokens and other namespaces never.
+pub async fn binding_and_token_versions_match_reads<F: StoreFactory>(factory: &F) -> CheckResult {
+    with_cx!(factory, |cx| {
+        let a = TokenKey::new(issuer(ISSUER_A)?, resource(RESOURCE_1)?);
+        match cx.store.binding_and_token_versions(&a).await {
+            Err(StoreError::Unsupported { .. }) => {
+                return Ok(Outcome::Skipped(
+                    "store does not implement binding_and_token_versions (the engine reads both records on every call)"
+                        .to_owned(),
+                ));
+            }
+            Err(e) => return Err(e.into()),
+            Ok(pair) => ensure!(pair == (None, None), "versions of absent records: {pair:?}"),
+        }
+        let tokens_v = cx
+            .store
+            .put_tokens(&a, &full_tokens("v1"), Expect::Absent)
+            .await?;
+        ensure!(
+            cx.store.binding_and_token_versions(&a).await? == (None, Some(tokens_v.clone())),
+            "tokens written, binding absent: versions do not match"
+        );
+        let binding_v = cx
+            .store
+            .put_binding(&full_binding(&a.resource, &a.issuer, "v1"), Expect::Any)
+            .await?;
+        let both = cx.store.binding_and_token_versions(&a).await?;
+        ensure!(
+            both == (Some(binding_v.clone()), Some(tokens_v.clone())),
+            "versions {both:?} differ from the writes' versions"
+        );
+        let tokens_v2 = cx
+            .store
+            .put_tokens(&a, &full_tokens("v2"), Expect::Version(tokens_v))
+            .await?;
+        let read = cx.store.get_tokens(&a).await?.map(|t| t.version);
+        let both = cx.store.binding_and_token_versions(&a).await?;
+        ensure!(
+            both == (Some(binding_v.clone()), Some(tokens_v2.clone())) && read == Some(tokens_v2),
+            "after a token write: versions {both:?}, read {read:?}"
+        );
+        // Another issuer's tokens for the same resource are not these tokens.
+        let b = TokenKey::new(issuer(ISSUER_B)?, resource(RESOURCE_1)?);
+        let other = cx.store.binding_and_token_versions(&b).await?;
+        ensure!(
+            other == (Some(binding_v), None),
+            "tokens of another issuer reported: {other:?}"
+        );
+        let (_, elsewhere) = cx.other_namespace(None).await?;
+        let seen = elsewhere.binding_and_token_versions(&a).await?;
+        ensure!(
+            seen == (None, None),
+            "another namespace sees versions {seen:?}"
+        );
+        cx.store.delete_tokens(&a, Expect::Any).await?;
+        let gone = cx.store.binding_and_token_versions(&a).await?;
+        ensure!(
+            gone.1.is_none(),
+            "deleted tokens still have a version: {gone:?}"
+        );
+        Ok(Outcome::Passed)
+    })
+}
+
 /// `Expect::Any` overwrites whatever is there.
 pub async fn put_any_overwrites<F: StoreFactory>(factory: &F) -> CheckResult {
     with_cx!(factory, |cx| {

@@ -292,6 +292,7 @@ macro_rules! __conformance_checks {
             put_version_conflicts_when_stale,
             put_version_conflicts_when_deleted,
             put_any_overwrites,
+            binding_and_token_versions_match_reads,
             versions_change_on_every_write,
             delete_with_stale_version_conflicts_and_keeps_record,
             delete_is_idempotent,

@@ -280,6 +280,20 @@ pub struct McpAuth {
     registration_locks: KeyedLocks<IssuerId>,
     step_ups: Mutex<HashMap<ResourceUri, (BTreeSet<String>, u32)>>,
     unsaved: Arc<refresh::Unsaved>,
+    /// The decoded binding's issuer and token set of each server, with the record versions
+    /// they were read at: a warm `access_token()` only asks the store whether both versions
+    /// are still current (one round trip, no value read, nothing decoded).
+    hot: Mutex<HashMap<ResourceUri, Arc<HotEntry>>>,
+    /// Cleared when the store answers `Unsupported` to the version probe.
+    versions_supported: std::sync::atomic::AtomicBool,
+}
+
+/// What a warm `access_token()` needs, and the versions that prove it current.
+struct HotEntry {
+    key: TokenKey,
+    binding_version: crate::store::Version,
+    token_version: crate::store::Version,
+    tokens: TokenSet,
 }
 
 /// One async mutex per key: single-flight for refreshes, authorizations and registrations
@@ -392,6 +406,8 @@ impl McpAuthBuilder {
             registration_locks: KeyedLocks::new(),
             step_ups: Mutex::default(),
             unsaved: Arc::default(),
+            hot: Mutex::default(),
+            versions_supported: std::sync::atomic::AtomicBool::new(true),
         })
     }
 }
@@ -464,19 +480,81 @@ impl McpAuth {
 
     /// A valid access token from the store, refreshed if needed; never starts an
     /// authorization ([`AuthError::LoginRequired`] instead). Makes no request at all while the
-    /// stored token is valid.
+    /// stored token is valid, and then reads no record value: one store round trip checks that
+    /// the binding and tokens this engine decoded before are still the current versions.
     pub async fn cached_access_token(
         &self,
         resource: &ResourceUri,
     ) -> Result<SecretString, AuthError> {
-        let binding = self.binding(resource).await?;
-        let key = TokenKey::new(binding.issuer.clone(), resource.clone());
+        if let Some(token) = self.hot_access_token(resource).await? {
+            return Ok(token);
+        }
+        let binding = self
+            .store_retry(|| self.store.get_binding(resource))
+            .await?
+            .ok_or_else(|| AuthError::LoginRequired {
+                resource: resource.to_string(),
+            })?;
+        let key = TokenKey::new(binding.value.issuer.clone(), resource.clone());
         match self.store_retry(|| self.store.get_tokens(&key)).await? {
-            Some(t) if !self.is_stale(&t.value) => Ok(t.value.access_token),
-            Some(_) => self.refresh(&binding, &key).await,
+            Some(t) if !self.is_stale(&t.value) => {
+                let token = t.value.access_token.clone();
+                if t.value.refresh_state.is_none() {
+                    let entry = HotEntry {
+                        key,
+                        binding_version: binding.version,
+                        token_version: t.version,
+                        tokens: t.value,
+                    };
+                    self.hot
+                        .lock()
+                        .unwrap_or_else(PoisonError::into_inner)
+                        .insert(resource.clone(), Arc::new(entry));
+                }
+                Ok(token)
+            }
+            Some(_) => self.refresh(&binding.value, &key).await,
             None => Err(AuthError::LoginRequired {
                 resource: resource.to_string(),
             }),
+        }
+    }
+
+    /// The warm path: the token this engine decoded before, if the store says both records are
+    /// unchanged and the token is not due for a refresh. `None`: take the full path.
+    async fn hot_access_token(
+        &self,
+        resource: &ResourceUri,
+    ) -> Result<Option<SecretString>, AuthError> {
+        use std::sync::atomic::Ordering;
+        if !self.versions_supported.load(Ordering::Relaxed) {
+            return Ok(None);
+        }
+        let Some(entry) = self
+            .hot
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(resource)
+            .cloned()
+        else {
+            return Ok(None);
+        };
+        match self.store.binding_and_token_versions(&entry.key).await {
+            Ok((Some(b), Some(t)))
+                if b == entry.binding_version
+                    && t == entry.token_version
+                    && !self.is_stale(&entry.tokens) =>
+            {
+                Ok(Some(entry.tokens.access_token.clone()))
+            }
+            Ok(_) => Ok(None),
+            Err(StoreError::Unsupported { .. }) => {
+                self.versions_supported.store(false, Ordering::Relaxed);
+                Ok(None)
+            }
+            // The full path retries within the store budget and reports what persists.
+            Err(e) if e.is_retryable() => Ok(None),
+            Err(e) => Err(e.into()),
         }
     }
 
