@@ -727,28 +727,19 @@ impl TokenStore for SqliteStore {
     ) -> Result<(Option<Version>, Option<Version>), StoreError> {
         let binding = RecordKey::Binding(key.resource.clone()).storage_key();
         let tokens = RecordKey::Tokens(key.clone()).storage_key();
-        let what = format!("versions of {key}");
         self.with_conn(move |conn, ns| {
-            // One statement, versions only: no value (and no overflow page) is read.
-            let mut stmt = conn
-                .prepare_cached(
-                    "SELECT key, version FROM records WHERE namespace = ?1 AND key IN (?2, ?3)",
-                )
-                .map_err(|e| map_err_named(e, &what))?;
-            let mut rows = stmt
-                .query(params![ns, binding, tokens])
-                .map_err(|e| map_err_named(e, &what))?;
-            let (mut b, mut t) = (None, None);
-            while let Some(row) = rows.next().map_err(|e| map_err_named(e, &what))? {
-                let k: String = row.get(0).map_err(|e| map_err_named(e, &what))?;
-                let v: i64 = row.get(1).map_err(|e| map_err_named(e, &what))?;
-                if k == binding {
-                    b = Some(version_of(v));
-                } else if k == tokens {
-                    t = Some(version_of(v));
-                }
-            }
-            Ok((b, t))
+            // One statement, one row, versions only: no value (and no overflow page) is read.
+            conn.prepare_cached(
+                "SELECT (SELECT version FROM records WHERE namespace = ?1 AND key = ?2),
+                        (SELECT version FROM records WHERE namespace = ?1 AND key = ?3)",
+            )
+            .and_then(|mut stmt| {
+                stmt.query_row(params![ns, binding, tokens], |row| {
+                    Ok((row.get::<_, Option<i64>>(0)?, row.get::<_, Option<i64>>(1)?))
+                })
+            })
+            .map(|(b, t)| (b.map(version_of), t.map(version_of)))
+            .map_err(|e| map_err_named(e, "the versions of a binding and its tokens"))
         })
         .await
     }
