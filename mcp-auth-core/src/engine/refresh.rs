@@ -14,9 +14,9 @@
 //!    process's memory until saved), [`RefreshState::Failed`] with a retry time when the AS
 //!    answered an error or was never reached, or [`RefreshState::Unknown`] when the request may
 //!    have been processed but its answer was lost. An unknown refresh token is never resent.
-//! 4. Waiters read the record. A marker left by a sender that no longer holds the lease gets one
-//!    lease TTL to be resolved (its sender may only have been cut off from the store), then
-//!    becomes `Unknown`.
+//! 4. Waiters read the record. A marker left by a sender that no longer holds the lease gets half
+//!    a lease TTL more to be resolved (its sender may only have been cut off from the store),
+//!    then becomes `Unknown`.
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -495,9 +495,11 @@ impl McpAuth {
     }
 
     /// An in-flight marker whose sender no longer holds the lease: it died, or lost the store
-    /// for a while. Give it one lease TTL to record its outcome, then mark the outcome unknown.
+    /// for a while (a sender that is alive retries its save every 250 ms at most, so it lands
+    /// soon after the store is back). Give it half a lease TTL more to record its outcome, then
+    /// mark the outcome unknown.
     async fn resolve_abandoned(&self, key: &TokenKey, current: Versioned<TokenSet>) -> Turn {
-        let deadline = Instant::now() + self.config.lease_ttl;
+        let deadline = Instant::now() + self.config.lease_ttl / 2;
         while Instant::now() < deadline {
             tokio::time::sleep(Duration::from_millis(100)).await;
             match self.read_tokens(key).await {
@@ -686,7 +688,7 @@ impl McpAuth {
                         if let Some(entry) = unsaved.lock().get_mut(&key) {
                             entry.last_error = Some(e.to_string());
                         }
-                        pause = (pause * 2).min(Duration::from_secs(1));
+                        pause = (pause * 2).min(Duration::from_millis(250));
                     }
                 }
             }
