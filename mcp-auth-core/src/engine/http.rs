@@ -301,7 +301,9 @@ impl Fetched {
 /// The engine's HTTP client.
 #[derive(Clone)]
 pub(crate) struct Http {
-    client: reqwest::Client,
+    /// Built on the first request, not before: building loads the system's CA certificates
+    /// (hundreds of file reads), which a process that answers from the store never needs.
+    client: std::sync::OnceLock<Result<reqwest::Client, String>>,
     policy: Arc<HttpPolicy>,
 }
 
@@ -315,21 +317,30 @@ impl fmt::Debug for Http {
 
 impl Http {
     pub(crate) fn new(policy: HttpPolicy) -> Result<Self, AuthError> {
-        let client = reqwest::Client::builder()
-            .redirect(reqwest::redirect::Policy::none())
-            .no_proxy()
-            .timeout(policy.timeout)
-            .connect_timeout(policy.timeout)
-            .user_agent(concat!("mcp-auth/", env!("CARGO_PKG_VERSION")))
-            .dns_resolver(Arc::new(PolicyResolver {
-                policy: policy.clone(),
-            }))
-            .build()
-            .map_err(|e| AuthError::Config(format!("cannot build the HTTP client: {e}")))?;
         Ok(Self {
-            client,
+            client: std::sync::OnceLock::new(),
             policy: Arc::new(policy),
         })
+    }
+
+    /// The client, built once, on first use.
+    fn client(&self) -> Result<&reqwest::Client, AuthError> {
+        self.client
+            .get_or_init(|| {
+                reqwest::Client::builder()
+                    .redirect(reqwest::redirect::Policy::none())
+                    .no_proxy()
+                    .timeout(self.policy.timeout)
+                    .connect_timeout(self.policy.timeout)
+                    .user_agent(concat!("mcp-auth/", env!("CARGO_PKG_VERSION")))
+                    .dns_resolver(Arc::new(PolicyResolver {
+                        policy: (*self.policy).clone(),
+                    }))
+                    .build()
+                    .map_err(|e| e.to_string())
+            })
+            .as_ref()
+            .map_err(|e| AuthError::Config(format!("cannot build the HTTP client: {e}")))
     }
 
     /// Refuses anything but `https` (or `http` to loopback when allowed) and forbidden IP
@@ -385,7 +396,7 @@ impl Http {
         for _ in 0..=self.policy.max_redirects {
             let fetched = self
                 .send(
-                    self.client
+                    self.client()?
                         .get(current.clone())
                         .header("Accept", "application/json"),
                     &current,
@@ -424,7 +435,7 @@ impl Http {
     /// caller decides where a redirect may lead. Same checks and limits as every request.
     pub(crate) async fn get_page(&self, url: &Url) -> Result<Fetched, AuthError> {
         self.send(
-            self.client
+            self.client()?
                 .get(url.clone())
                 .header("Accept", "text/html,application/xhtml+xml"),
             url,
@@ -441,7 +452,7 @@ impl Http {
         basic: Option<(&str, &str)>,
     ) -> Result<Fetched, AuthError> {
         let mut request = self
-            .client
+            .client()?
             .post(url.clone())
             .header("Accept", "application/json")
             .form(form);
@@ -465,7 +476,8 @@ impl Http {
     ) -> Result<Fetched, (AuthError, Delivery)> {
         self.check_url(url).map_err(|e| (e, Delivery::NotSent))?;
         let mut request = self
-            .client
+            .client()
+            .map_err(|e| (e, Delivery::NotSent))?
             .post(url.clone())
             .header("Accept", "application/json")
             .timeout(timeout)
@@ -481,7 +493,7 @@ impl Http {
     /// POST a JSON body.
     pub(crate) async fn post_json(&self, url: &Url, body: &Value) -> Result<Fetched, AuthError> {
         self.send(
-            self.client
+            self.client()?
                 .post(url.clone())
                 .header("Accept", "application/json")
                 .json(body),
