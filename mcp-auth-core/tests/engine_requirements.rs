@@ -5,7 +5,7 @@
 mod common;
 
 use common::*;
-use mcp_auth_core::{AuthError, ClientConfig};
+use mcp_auth_core::{AuthError, ClientConfig, ExposeSecret};
 use mcp_auth_testkit::{Endpoint, PrmLocation};
 
 /// R1: a 401 with `resource_metadata` → PRM fetched from exactly that URL, with no probe first.
@@ -357,4 +357,38 @@ async fn loopback_authorizer_receives_the_callback() {
         .unwrap();
     let token = auth.access_token(&resource(&mcp)).await.unwrap();
     assert_eq!(call(&mcp, &token).await.0, 200);
+}
+
+/// R18 under concurrency: several requests refused with the same `insufficient_scope` at once
+/// step up once; the others use the token that step-up obtained (no extra authorization, no
+/// attempt counted against the limit).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn r18_concurrent_step_ups_authorize_once() {
+    let as1 = auth_server(|_| {}).await;
+    let mcp = mcp_server(vec![as1.clone()], |c| {
+        c.scopes_supported = Some(vec!["read".into()])
+    })
+    .await;
+    let auth = std::sync::Arc::new(engine(memory()));
+    assert_eq!(call_with_recovery(&auth, &mcp).await.unwrap(), 200);
+    let before = as1.count(Endpoint::Authorize);
+    let header = r#"Bearer error="insufficient_scope", scope="read write""#;
+    let r = resource(&mcp);
+    let tasks: Vec<_> = (0..4)
+        .map(|_| {
+            let auth = std::sync::Arc::clone(&auth);
+            let r = r.clone();
+            tokio::spawn(async move { auth.handle_insufficient_scope(&r, header).await })
+        })
+        .collect();
+    let mut tokens = std::collections::HashSet::new();
+    for t in tasks {
+        tokens.insert(t.await.unwrap().unwrap().expose_secret().to_owned());
+    }
+    assert_eq!(
+        tokens.len(),
+        1,
+        "concurrent step-ups returned different tokens"
+    );
+    assert_eq!(as1.count(Endpoint::Authorize) - before, 1);
 }

@@ -685,6 +685,24 @@ impl McpAuth {
     ) -> Result<SecretString, AuthError> {
         let challenge = Challenge::parse(www_authenticate);
         let required: BTreeSet<String> = challenge.scopes().into_iter().collect();
+        // Concurrent 403s for the same scopes step up once: whoever waited for the lock uses
+        // the token the first one obtained, and no attempt is counted for it.
+        let seen = self.token_snapshot(resource).await?;
+        let lock = self.authorize_locks.get(resource);
+        let _guard = lock.lock().await;
+        if let Some((issuer, token)) = self.token_snapshot(resource).await?
+            && seen
+                .as_ref()
+                .is_some_and(|(_, t)| t.expose_secret() != token.expose_secret())
+            && let Some(current) = self
+                .store
+                .get_tokens(&TokenKey::new(issuer, resource.clone()))
+                .await?
+            && required.iter().all(|s| current.value.scopes.contains(s))
+            && !self.is_stale(&current.value)
+        {
+            return Ok(current.value.access_token);
+        }
         let attempts = {
             let mut step_ups = self.step_ups.lock().unwrap_or_else(PoisonError::into_inner);
             let entry = step_ups
@@ -715,6 +733,7 @@ impl McpAuth {
             challenge.resource_metadata.as_deref(),
         )
         .await?;
+        // Already under the per-server authorization lock.
         self.authorize_with(
             resource,
             &prm,
