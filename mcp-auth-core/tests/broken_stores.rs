@@ -47,8 +47,11 @@ struct Broken {
     inner: MemoryStore,
     defect: Defect,
     seen_secrets: Mutex<Vec<String>>,
-    first_versions: Mutex<std::collections::HashMap<TokenKey, (Option<Version>, Option<Version>)>>,
+    first_versions: Mutex<std::collections::HashMap<TokenKey, VersionPair>>,
 }
+
+/// The versions of a binding and of its tokens.
+type VersionPair = (Option<Version>, Option<Version>);
 
 impl fmt::Debug for Broken {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
