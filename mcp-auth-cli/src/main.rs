@@ -3,6 +3,7 @@
 #![allow(clippy::print_stdout, clippy::print_stderr)]
 
 mod demo;
+mod proxy;
 mod store;
 
 use std::process::ExitCode;
@@ -12,8 +13,8 @@ use std::time::Duration;
 use clap::{Args, Parser, Subcommand};
 use mcp_auth_core::{
     AuthError, Authorizer, ClientConfig, CredentialStore, Expect, ExposeSecret, HeadlessAuthorizer,
-    HttpPolicy, IssuerId, LoopbackAuthorizer, McpAuth, Namespace, PreRegisteredClient, ResourceUri,
-    SecretString, TokenKey,
+    HttpPolicy, IssuerId, LoopbackAuthorizer, McpAuth, Namespace, PasteAuthorizer,
+    PreRegisteredClient, ResourceUri, SecretString, TokenKey,
 };
 
 /// Exit code of `token` when a login is needed.
@@ -50,7 +51,13 @@ enum Command {
     Token {
         /// The MCP server URL.
         url: String,
+        /// Output: the bare token, `header-json` ({"Authorization":"Bearer …"}, for Claude
+        /// Code's headersHelper) or `json` (token, expires_at, scopes).
+        #[arg(long, value_enum, default_value_t = TokenFormat::Token)]
+        format: TokenFormat,
     },
+    /// Run a stdio MCP server that forwards to a remote MCP server, with OAuth handled here.
+    Proxy(proxy::ProxyArgs),
     /// Show issuers, registrations, bound servers and token state (never a secret).
     Status {
         /// Machine-readable output.
@@ -70,6 +77,17 @@ enum Command {
     },
     /// Run local authorization servers and an MCP server and narrate SEP-2352 in action.
     Demo,
+}
+
+/// Output format of `token`.
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+enum TokenFormat {
+    /// The bare access token.
+    Token,
+    /// `{"Authorization":"Bearer …"}`.
+    HeaderJson,
+    /// `{"access_token":…,"expires_at":…,"scopes":[…]}`.
+    Json,
 }
 
 #[derive(Args, Debug)]
@@ -102,9 +120,16 @@ struct LoginArgs {
     /// Scopes to request (space or comma separated; default: what the server asks for).
     #[arg(long)]
     scope: Option<String>,
-    /// Print the authorization URL instead of opening a browser.
+    /// Print the authorization URL instead of opening a browser. When the browser cannot reach
+    /// this machine's loopback (a login over SSH), paste the full URL it was redirected to on
+    /// standard input: whichever comes first, the redirect or the pasted URL, completes the login.
     #[arg(long)]
     no_browser: bool,
+    /// Log in with the device authorization grant (RFC 8628): prints a verification URI and a
+    /// code to enter there from any browser, and waits for approval. Needs an authorization
+    /// server that advertises a device_authorization_endpoint.
+    #[arg(long, conflicts_with_all = ["no_browser", "headless"])]
+    device: bool,
     /// Follow the authorization redirect without a browser (auto-approving servers only).
     #[arg(long, hide = true)]
     headless: bool,
@@ -232,7 +257,13 @@ async fn run(cli: Cli) -> Result<(), Failure> {
             let store = store::open(cli.store.as_deref(), &namespace).await?;
             login(&cli, args, store).await
         }
-        Command::Token { url } => {
+        Command::Proxy(args) => {
+            let store = store::open(cli.store.as_deref(), &namespace).await?;
+            proxy::run(args, store, cli.insecure_allow_loopback)
+                .await
+                .map_err(Failure::from)
+        }
+        Command::Token { url, format } => {
             // Every persistent store's refresh lease reaches other processes (the keyring's
             // through a lock file derived from the keyring itself), so concurrent `token` calls
             // refresh once whatever their environment.
@@ -241,7 +272,7 @@ async fn run(cli: Cli) -> Result<(), Failure> {
             let resource = ResourceUri::new(url)?;
             match auth.cached_access_token(&resource).await {
                 Ok(token) => {
-                    println!("{}", token.expose_secret());
+                    println!("{}", token_output(&auth, &resource, &token, *format).await?);
                     // A refresh that rotated the token must reach the store before we exit.
                     auth.flush().await.map_err(Failure::from)
                 }
@@ -309,6 +340,22 @@ async fn login(
     }
     let authorizer: Arc<dyn Authorizer> = if args.headless {
         Arc::new(HeadlessAuthorizer::with_policy(policy(cli))?)
+    } else if args.no_browser {
+        // Over SSH the browser's redirect cannot reach this loopback listener: the user pastes
+        // the URL it was sent to instead (checked exactly like the listener's callback).
+        Arc::new(PasteAuthorizer::new(
+            LoopbackAuthorizer::new(
+                |url| {
+                    eprintln!("Open this URL to authorize:\n  {url}");
+                    eprintln!(
+                        "If the browser then cannot reach this machine, paste the full URL it \
+                         was redirected to here and press Enter:"
+                    );
+                },
+                Duration::from_secs(300),
+            ),
+            tokio::io::BufReader::new(tokio::io::stdin()),
+        ))
     } else {
         let no_browser = args.no_browser;
         Arc::new(LoopbackAuthorizer::new(
@@ -334,7 +381,24 @@ async fn login(
             .collect::<Vec<_>>()
     });
     eprintln!("[2/3] Registering and authorizing …");
-    auth.authorize_with_scopes(&resource, scopes).await?;
+    if args.device {
+        auth.authorize_device(&resource, scopes, |code| {
+            eprintln!(
+                "To authorize, open {} and enter the code: {}",
+                code.verification_uri, code.user_code
+            );
+            if let Some(complete) = &code.verification_uri_complete {
+                eprintln!("(or open {complete} )");
+            }
+            eprintln!(
+                "Waiting for approval (the code expires in {} s) …",
+                code.expires_in.as_secs()
+            );
+        })
+        .await?;
+    } else {
+        auth.authorize_with_scopes(&resource, scopes).await?;
+    }
     let binding = auth
         .store()
         .get_binding(&resource)
@@ -359,6 +423,65 @@ async fn login(
         );
     }
     Ok(())
+}
+
+/// What `token --format …` prints.
+async fn token_output(
+    auth: &McpAuth,
+    resource: &ResourceUri,
+    token: &SecretString,
+    format: TokenFormat,
+) -> Result<String, Failure> {
+    let secret = token.expose_secret();
+    Ok(match format {
+        TokenFormat::Token => secret.to_owned(),
+        TokenFormat::HeaderJson => {
+            serde_json::json!({ "Authorization": format!("Bearer {secret}") }).to_string()
+        }
+        TokenFormat::Json => {
+            let mut expires_at = None;
+            let mut scopes = Vec::new();
+            if let Some(binding) = auth.store().get_binding(resource).await?
+                && let Some(tokens) = auth
+                    .store()
+                    .get_tokens(&TokenKey::new(binding.value.issuer, resource.clone()))
+                    .await?
+                && tokens.value.access_token.expose_secret() == secret
+            {
+                expires_at = tokens.value.expires_at.map(|t| rfc3339(t.unix_seconds()));
+                scopes = tokens.value.scopes;
+            }
+            serde_json::json!({
+                "access_token": secret,
+                "token_type": "Bearer",
+                "expires_at": expires_at,
+                "scopes": scopes,
+            })
+            .to_string()
+        }
+    })
+}
+
+/// `YYYY-MM-DDTHH:MM:SSZ` for Unix seconds (proleptic Gregorian, UTC).
+fn rfc3339(unix: i64) -> String {
+    let days = unix.div_euclid(86_400);
+    let secs = unix.rem_euclid(86_400);
+    // Howard Hinnant's civil_from_days.
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!(
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}Z",
+        secs / 3600,
+        secs % 3600 / 60,
+        secs % 60
+    )
 }
 
 fn expiry(tokens: &mcp_auth_core::TokenSet) -> String {

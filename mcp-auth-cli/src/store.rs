@@ -23,12 +23,9 @@ pub(crate) async fn open(
     match scheme {
         "redis" | "rediss" => open_redis(url, namespace).await,
         "keyring" => open_keyring(url.trim_start_matches("keyring:"), namespace).await,
-        "aws-sm" => Err(
-            "this build has no AWS Secrets Manager store yet (mcp-auth-store-aws has not landed)"
-                .to_owned(),
-        ),
+        "aws-sm" => open_aws(url.trim_start_matches("aws-sm:"), namespace).await,
         _ => Err(format!(
-            "unknown store {url:?}: use sqlite:PATH (or sqlite: for the default file), memory:, redis://…, keyring: or aws-sm:…"
+            "unknown store {url:?}: use sqlite:PATH (or sqlite: for the default file), memory:, redis://…, keyring: or aws-sm:[PREFIX]"
         )),
     }
 }
@@ -104,4 +101,34 @@ async fn open_keyring(
 #[cfg(not(feature = "keyring"))]
 async fn open_keyring(_: &str, _: &Namespace) -> Result<Arc<dyn CredentialStore>, String> {
     Err("this build has no OS keyring store (enable the `keyring` feature)".to_owned())
+}
+
+/// `aws-sm:` (secrets under `mcp-auth/`) or `aws-sm:PREFIX`; region, credentials and endpoint
+/// come from the standard AWS configuration (`AWS_REGION`, `AWS_PROFILE`, `AWS_ENDPOINT_URL`,
+/// instance or container credentials, ...).
+#[cfg(feature = "aws")]
+async fn open_aws(prefix: &str, namespace: &Namespace) -> Result<Arc<dyn CredentialStore>, String> {
+    use mcp_auth_store_aws::{AwsOptions, AwsSecretsStore};
+    let defaults = AwsOptions::default();
+    let options = AwsOptions {
+        namespace: namespace.clone(),
+        name_prefix: if prefix.is_empty() {
+            defaults.name_prefix.clone()
+        } else {
+            prefix.to_owned()
+        },
+        ..defaults
+    };
+    let store = AwsSecretsStore::connect(options)
+        .await
+        .map_err(|e| format!("cannot use AWS Secrets Manager: {e}"))?;
+    Ok(Arc::new(store))
+}
+
+#[cfg(not(feature = "aws"))]
+async fn open_aws(_: &str, _: &Namespace) -> Result<Arc<dyn CredentialStore>, String> {
+    Err(
+        "this build has no AWS Secrets Manager store (build mcp-auth with `--features aws`)"
+            .to_owned(),
+    )
 }

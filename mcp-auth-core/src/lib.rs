@@ -21,8 +21,8 @@ pub mod conformance;
 #[cfg(feature = "engine")]
 pub use engine::{
     AuthError, AuthorizationRequest, Authorizer, Challenge, ClientConfig, ClientCredentials,
-    ClientCredentialsAuth, HeadlessAuthorizer, HttpPolicy, LogoutReport, LoopbackAuthorizer,
-    McpAuth, McpAuthBuilder, PreRegisteredClient,
+    ClientCredentialsAuth, DeviceCode, HeadlessAuthorizer, HttpPolicy, LogoutReport,
+    LoopbackAuthorizer, McpAuth, McpAuthBuilder, PasteAuthorizer, PreRegisteredClient,
 };
 pub use error::{BoxError, StoreError};
 pub use ids::{InvalidId, IssuerId, MAX_ID_LEN, Namespace, ResourceUri, TokenKey};

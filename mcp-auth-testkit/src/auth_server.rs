@@ -26,6 +26,8 @@ const CODE_TTL: Duration = Duration::from_secs(60);
 const CIMD_MAX_BYTES: usize = 64 * 1024;
 /// Timeout for fetching a client ID metadata document.
 const CIMD_TIMEOUT: Duration = Duration::from_secs(5);
+/// The RFC 8628 grant type.
+const DEVICE_GRANT: &str = "urn:ietf:params:oauth:grant-type:device_code";
 /// Issuer used by the [`Misbehavior::WrongIss`] misbehavior.
 pub(crate) const EVIL_ISSUER: &str = "https://evil-issuer.example";
 
@@ -70,6 +72,16 @@ pub struct AuthServerConfig {
     /// `prompt=consent`; metadata then also carries `id_token_signing_alg_values_supported`, as
     /// OpenID providers' does (default `false`).
     pub oidc_offline_access: bool,
+    /// Advertise `device_authorization_endpoint` (and the device_code grant) and serve the
+    /// RFC 8628 device authorization grant (default `false`). Approve or deny a user code with
+    /// [`AuthServer::approve_device`] / [`AuthServer::deny_device`].
+    pub device_authorization: bool,
+    /// The `interval` a device authorization response advertises (default 5 s). A poll sooner
+    /// than the interval after the previous one is answered `slow_down`, and the interval of
+    /// that device code grows by 5 s (RFC 8628 §3.5).
+    pub device_interval: Duration,
+    /// Lifetime of a device code (`expires_in`, default 600 s).
+    pub device_code_ttl: Duration,
 }
 
 impl Default for AuthServerConfig {
@@ -89,6 +101,9 @@ impl Default for AuthServerConfig {
             dcr_token_endpoint_auth_method: "client_secret_basic".to_string(),
             revocation: true,
             oidc_offline_access: false,
+            device_authorization: false,
+            device_interval: Duration::from_secs(5),
+            device_code_ttl: Duration::from_secs(600),
         }
     }
 }
@@ -168,6 +183,8 @@ pub enum Endpoint {
     Token,
     /// The RFC 7009 revocation endpoint.
     Revoke,
+    /// The RFC 8628 device authorization endpoint.
+    DeviceAuthorization,
     /// Anything else (answered 404, except the JWKS of OIDC-enabled servers).
     Other,
 }
@@ -251,6 +268,37 @@ enum TokenKind {
     Refresh,
 }
 
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum DeviceStatus {
+    Pending,
+    Approved,
+    Denied,
+}
+
+struct DeviceRec {
+    client_id: String,
+    user_code: String,
+    resource: Option<String>,
+    scopes: Vec<String>,
+    expires: Instant,
+    /// The current minimum gap between polls (grows by 5 s on each `slow_down`).
+    interval: Duration,
+    polls: Vec<Instant>,
+    status: DeviceStatus,
+    used: bool,
+}
+
+/// What the AS saw of one device code's polling (see [`AuthServer::device_polls`]).
+#[derive(Clone, Debug)]
+pub struct DevicePolls {
+    /// When each token request for the code arrived, in order.
+    pub times: Vec<Instant>,
+    /// Polls that came sooner than the interval in force (each was answered `slow_down`).
+    pub too_early: usize,
+    /// Every `slow_down` answer, early or forced.
+    pub slow_downs: usize,
+}
+
 struct TokenRec {
     kind: TokenKind,
     grant: usize,
@@ -279,6 +327,12 @@ struct AsState {
     grants: Vec<bool>,
     issued: Vec<String>,
     requests: Vec<AsRequest>,
+    /// Device codes (RFC 8628), keyed by device_code.
+    devices: HashMap<String, DeviceRec>,
+    /// Per user_code: (too-early polls, slow_down answers).
+    device_counts: HashMap<String, (usize, usize)>,
+    /// Device-code polls still to be answered `slow_down` whatever their timing.
+    forced_slow_downs: usize,
 }
 
 struct AsInner {
@@ -354,6 +408,9 @@ impl AuthServer {
                 grants: Vec::new(),
                 issued: Vec::new(),
                 requests: Vec::new(),
+                devices: HashMap::new(),
+                device_counts: HashMap::new(),
+                forced_slow_downs: 0,
             }),
         });
         let app = Router::new()
@@ -519,6 +576,59 @@ impl AuthServer {
     pub fn issued_tokens(&self) -> Vec<String> {
         lock(&self.inner.state).issued.clone()
     }
+
+    fn set_device_status(&self, user_code: &str, status: DeviceStatus) -> bool {
+        let mut st = lock(&self.inner.state);
+        match st
+            .devices
+            .values_mut()
+            .find(|d| d.user_code == user_code && d.status == DeviceStatus::Pending)
+        {
+            Some(d) => {
+                d.status = status;
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// The user approves the device authorization of `user_code` (RFC 8628 §3.3). False when no
+    /// pending device authorization has that code.
+    pub fn approve_device(&self, user_code: &str) -> bool {
+        self.set_device_status(user_code, DeviceStatus::Approved)
+    }
+
+    /// The user denies the device authorization of `user_code`: polls get `access_denied`.
+    pub fn deny_device(&self, user_code: &str) -> bool {
+        self.set_device_status(user_code, DeviceStatus::Denied)
+    }
+
+    /// Answers the next `times` device-code polls `slow_down` whatever their timing (the
+    /// interval of the code still grows by 5 s each time).
+    pub fn force_device_slow_down(&self, times: usize) {
+        lock(&self.inner.state).forced_slow_downs = times;
+    }
+
+    /// The user codes issued so far (pending or not), in no particular order.
+    pub fn device_user_codes(&self) -> Vec<String> {
+        lock(&self.inner.state)
+            .devices
+            .values()
+            .map(|d| d.user_code.clone())
+            .collect()
+    }
+
+    /// How the device code of `user_code` was polled (`None`: unknown user code).
+    pub fn device_polls(&self, user_code: &str) -> Option<DevicePolls> {
+        let st = lock(&self.inner.state);
+        let d = st.devices.values().find(|d| d.user_code == user_code)?;
+        let (too_early, slow_downs) = st.device_counts.get(user_code).copied().unwrap_or_default();
+        Some(DevicePolls {
+            times: d.polls.clone(),
+            too_early,
+            slow_downs,
+        })
+    }
 }
 
 // ---------------------------------------------------------------------------------------
@@ -624,6 +734,7 @@ async fn handle(
         Endpoint::Authorize => inner.authorize(&req).await,
         Endpoint::Token => inner.token(&req),
         Endpoint::Revoke => inner.revoke(&req),
+        Endpoint::DeviceAuthorization => inner.device_authorization(&req),
         Endpoint::Other => inner.other(&req, &log.path),
     };
     log.status = resp.status().as_u16();
@@ -732,6 +843,8 @@ impl AsInner {
             Endpoint::Register
         } else if self.config.revocation && path == sub("/revoke") {
             Endpoint::Revoke
+        } else if self.config.device_authorization && path == sub("/device_authorization") {
+            Endpoint::DeviceAuthorization
         } else {
             Endpoint::Other
         }
@@ -794,10 +907,21 @@ impl AsInner {
         }
         d.insert("response_types_supported".into(), json!(["code"]));
         d.insert("response_modes_supported".into(), json!(["query"]));
-        d.insert(
-            "grant_types_supported".into(),
-            json!(["authorization_code", "refresh_token"]),
-        );
+        if c.device_authorization {
+            d.insert(
+                "device_authorization_endpoint".into(),
+                json!(format!("{iss}/device_authorization")),
+            );
+            d.insert(
+                "grant_types_supported".into(),
+                json!(["authorization_code", "refresh_token", DEVICE_GRANT]),
+            );
+        } else {
+            d.insert(
+                "grant_types_supported".into(),
+                json!(["authorization_code", "refresh_token"]),
+            );
+        }
         d.insert(
             "token_endpoint_auth_methods_supported".into(),
             json!(["client_secret_basic", "client_secret_post", "none"]),
@@ -918,7 +1042,12 @@ impl AsInner {
                 Some(_) => Some(format!("{key} must be an array of strings")),
             }
         };
-        if let Some(e) = string_list_subset("grant_types", &["authorization_code", "refresh_token"])
+        let grants: &[&str] = if self.config.device_authorization {
+            &["authorization_code", "refresh_token", DEVICE_GRANT]
+        } else {
+            &["authorization_code", "refresh_token"]
+        };
+        if let Some(e) = string_list_subset("grant_types", grants)
             .or_else(|| string_list_subset("response_types", &["code"]))
         {
             return bad_meta(&e);
@@ -971,10 +1100,11 @@ impl AsInner {
         }
         out.insert("token_endpoint_auth_method".into(), json!(method));
         out.insert("redirect_uris".into(), json!(redirect_uris));
-        out.insert(
-            "grant_types".into(),
-            json!(["authorization_code", "refresh_token"]),
-        );
+        let granted = match body.get("grant_types") {
+            Some(g) => g.clone(),
+            None => json!(["authorization_code", "refresh_token"]),
+        };
+        out.insert("grant_types".into(), granted);
         out.insert("response_types".into(), json!(["code"]));
         for key in [
             "client_name",
@@ -1325,6 +1455,9 @@ impl AsInner {
             ),
             Some("authorization_code") => self.code_grant(req, &client),
             Some("refresh_token") => self.refresh_grant(req, &client),
+            Some(DEVICE_GRANT) if self.config.device_authorization => {
+                self.device_grant(req, &client)
+            }
             Some(_) => oauth_error(
                 StatusCode::BAD_REQUEST,
                 "unsupported_grant_type",
@@ -1398,6 +1531,168 @@ impl AsInner {
             && (!self.config.oidc_offline_access
                 || (rec.consent && scopes.iter().any(|s| s == "offline_access")));
         self.issue(st, grant, &client.client_id, resource, scopes, refresh)
+    }
+
+    // ----- device authorization grant (RFC 8628) ------------------------------------
+
+    fn device_authorization(&self, req: &Req<'_>) -> Response {
+        if *req.method != Method::POST {
+            return method_not_allowed("POST");
+        }
+        if !is_form(req.headers) {
+            return oauth_error(
+                StatusCode::BAD_REQUEST,
+                "invalid_request",
+                "Content-Type must be application/x-www-form-urlencoded",
+            );
+        }
+        if let Some(d) = req.form.duplicates.first() {
+            return oauth_error(
+                StatusCode::BAD_REQUEST,
+                "invalid_request",
+                &format!("parameter {d} repeated"),
+            );
+        }
+        // RFC 8628 §3.1: the client authenticates as at the token endpoint.
+        let client = match self.authenticate(req) {
+            Ok(c) => c,
+            Err(r) => return *r,
+        };
+        let resource = req.form.get("resource").map(str::to_string);
+        if let Some(r) = &resource
+            && !valid_resource(r)
+        {
+            return oauth_error(
+                StatusCode::BAD_REQUEST,
+                "invalid_target",
+                "resource must be an absolute URI without fragment",
+            );
+        }
+        let scopes: Vec<String> = req
+            .form
+            .get("scope")
+            .unwrap_or("")
+            .split(' ')
+            .filter(|s| !s.is_empty())
+            .map(str::to_string)
+            .collect();
+        if let Some(supported) = &self.config.scopes_supported
+            && let Some(bad) = scopes.iter().find(|s| !supported.contains(s))
+        {
+            return oauth_error(
+                StatusCode::BAD_REQUEST,
+                "invalid_scope",
+                &format!("unsupported scope {bad}"),
+            );
+        }
+        let device_code = random_token("dc_");
+        // RFC 8628 §6.1: short, case-insensitive, no ambiguous characters.
+        let user_code = {
+            let raw: String = random_token("")
+                .chars()
+                .filter(char::is_ascii_alphabetic)
+                .map(|c| c.to_ascii_uppercase())
+                .filter(|c| !matches!(c, 'I' | 'O'))
+                .take(8)
+                .collect();
+            format!("{}-{}", &raw[..4.min(raw.len())], &raw[4.min(raw.len())..])
+        };
+        let interval = self.config.device_interval;
+        let ttl = self.config.device_code_ttl;
+        lock(&self.state).devices.insert(
+            device_code.clone(),
+            DeviceRec {
+                client_id: client.client_id,
+                user_code: user_code.clone(),
+                resource,
+                scopes,
+                expires: Instant::now() + ttl,
+                interval,
+                polls: Vec::new(),
+                status: DeviceStatus::Pending,
+                used: false,
+            },
+        );
+        let verification_uri = format!("{}/device", self.issuer);
+        no_store(json_response(
+            StatusCode::OK,
+            &json!({
+                "device_code": device_code,
+                "user_code": user_code,
+                "verification_uri": verification_uri,
+                "verification_uri_complete": format!("{verification_uri}?user_code={user_code}"),
+                "expires_in": ttl.as_secs(),
+                "interval": interval.as_secs(),
+            }),
+        ))
+    }
+
+    fn device_grant(&self, req: &Req<'_>, client: &RegisteredClient) -> Response {
+        let error = |e: &str, d: &str| oauth_error(StatusCode::BAD_REQUEST, e, d);
+        let Some(code) = req.form.get("device_code") else {
+            return error("invalid_request", "missing device_code");
+        };
+        let now = Instant::now();
+        let mut st = lock(&self.state);
+        let st = &mut *st;
+        let Some(rec) = st.devices.get_mut(code) else {
+            return error("invalid_grant", "unknown device code");
+        };
+        if rec.client_id != client.client_id {
+            return error("invalid_grant", "device code was issued to another client");
+        }
+        if rec.used {
+            return error("invalid_grant", "device code already used");
+        }
+        match (&rec.resource, req.form.get("resource")) {
+            (Some(a), Some(b)) if a == b => {}
+            (None, None) => {}
+            _ => {
+                return error(
+                    "invalid_target",
+                    "resource must equal the resource of the device authorization request",
+                );
+            }
+        }
+        let previous = rec.polls.last().copied();
+        rec.polls.push(now);
+        if now >= rec.expires {
+            return error("expired_token", "the device code has expired");
+        }
+        let early = previous.is_some_and(|p| now.duration_since(p) < rec.interval);
+        let forced = st.forced_slow_downs > 0;
+        if early || forced {
+            if forced {
+                st.forced_slow_downs -= 1;
+            }
+            rec.interval += Duration::from_secs(5);
+            let counts = st.device_counts.entry(rec.user_code.clone()).or_default();
+            counts.0 += usize::from(early);
+            counts.1 += 1;
+            return error(
+                "slow_down",
+                "polling too fast; interval increased by 5 seconds",
+            );
+        }
+        match rec.status {
+            DeviceStatus::Pending => error(
+                "authorization_pending",
+                "the user has not yet completed the authorization",
+            ),
+            DeviceStatus::Denied => {
+                rec.used = true;
+                error("access_denied", "the user denied the authorization")
+            }
+            DeviceStatus::Approved => {
+                rec.used = true;
+                let resource = rec.resource.clone();
+                let scopes = rec.scopes.clone();
+                let grant = st.grants.len();
+                st.grants.push(false);
+                let refresh = self.config.issue_refresh_tokens;
+                self.issue(st, grant, &client.client_id, resource, scopes, refresh)
+            }
+        }
     }
 
     fn refresh_grant(&self, req: &Req<'_>, client: &RegisteredClient) -> Response {

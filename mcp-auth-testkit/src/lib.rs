@@ -3,11 +3,13 @@
 #![deny(missing_docs)]
 
 mod auth_server;
+mod gate;
 mod mcp_server;
 mod util;
 
 pub use auth_server::{
-    AsRequest, AuthServer, AuthServerConfig, Endpoint, Misbehavior, RegisteredClient, TokenFault,
-    TokenInfo,
+    AsRequest, AuthServer, AuthServerConfig, DevicePolls, Endpoint, Misbehavior, RegisteredClient,
+    TokenFault, TokenInfo,
 };
+pub use gate::{Gate, GateRequest};
 pub use mcp_server::{McpMisbehavior, McpRequest, McpServer, McpServerConfig, PrmLocation};

@@ -3,8 +3,11 @@
 //! with its pinned npm dependencies (oidc-provider, jose) installed by `npm ci` from the committed
 //! `package-lock.json`.
 //!
-//! The tests find both through [`NODE_ENV`] and [`DIR_ENV`]; `test-all` installs them in the
-//! step before the tests and passes the variables to the tests step.
+//! The same step installs `interop/mcp-clients/` (the MCP Inspector CLI and the reference server
+//! `@modelcontextprotocol/server-everything`, pinned) for `mcp-auth-cli/tests/proxy_interop.rs`.
+//!
+//! The tests find them through [`NODE_ENV`], [`DIR_ENV`] and [`MCP_CLIENTS_ENV`]; `test-all`
+//! installs them in the step before the tests and passes the variables to the tests step.
 
 use std::env;
 use std::fs;
@@ -19,6 +22,10 @@ pub(crate) const NODE_ENV: &str = "MCP_AUTH_TEST_NODE";
 pub(crate) const DIR_ENV: &str = "MCP_AUTH_TEST_OIDC_PROVIDER";
 /// The interop package, relative to the workspace root.
 const DIR: &str = "interop/oidc-provider";
+/// The installed `interop/mcp-clients/` (MCP Inspector CLI, server-everything).
+pub(crate) const MCP_CLIENTS_ENV: &str = "MCP_AUTH_TEST_MCP_CLIENTS";
+/// The MCP clients package, relative to the workspace root.
+const MCP_CLIENTS_DIR: &str = "interop/mcp-clients";
 /// A copy of the lockfile `npm ci` last installed, inside `node_modules/`: when it equals the
 /// committed lockfile, nothing is reinstalled.
 const STAMP: &str = "node_modules/.mcp-auth-installed-lock.json";
@@ -29,6 +36,7 @@ const REGISTRY: &str = "https://registry.npmjs.org/";
 pub(crate) struct Interop {
     pub(crate) node: PathBuf,
     pub(crate) dir: PathBuf,
+    pub(crate) mcp_clients: PathBuf,
 }
 
 impl Interop {
@@ -38,14 +46,16 @@ impl Interop {
         Ok(Self {
             node: conformance::node_path(root)?,
             dir: root.join(DIR),
+            mcp_clients: root.join(MCP_CLIENTS_DIR),
         })
     }
 
     /// The variables the interop tests read.
-    pub(crate) fn env(&self) -> [(&'static str, String); 2] {
+    pub(crate) fn env(&self) -> [(&'static str, String); 3] {
         [
             (NODE_ENV, self.node.display().to_string()),
             (DIR_ENV, self.dir.display().to_string()),
+            (MCP_CLIENTS_ENV, self.mcp_clients.display().to_string()),
         ]
     }
 }
@@ -66,18 +76,35 @@ pub(crate) fn command(args: &[String]) -> Result<(), String> {
         .map(|(k, v)| format!("{k}={v}"))
         .collect();
     println!(
-        "  {} cargo nextest run -p mcp-auth-cli --test interop_oidc_provider",
+        "  {} cargo nextest run -p mcp-auth-cli --test interop_oidc_provider --test proxy_interop",
         vars.join(" ")
     );
     Ok(())
 }
 
-/// Installs Node 22 and the interop package's dependencies (`npm ci`, skipped when the
+/// Installs Node 22 and the interop packages' dependencies (`npm ci`, skipped when the
 /// installed lockfile is the committed one).
 pub(crate) fn setup(root: &Path) -> Result<Interop, String> {
     let interop = Interop::locate(root)?;
-    let lock_path = interop.dir.join("package-lock.json");
-    let manifest_path = interop.dir.join("package.json");
+    let node = conformance::ensure_node(root)?;
+    install(&node, DIR, &interop.dir, &["as.mjs", "mcp.mjs"])?;
+    install(
+        &node,
+        MCP_CLIENTS_DIR,
+        &interop.mcp_clients,
+        &[
+            "node_modules/.bin/mcp-inspector",
+            "node_modules/.bin/mcp-server-everything",
+        ],
+    )?;
+    Ok(interop)
+}
+
+/// `npm ci` in `dir` (named `name`) unless its committed lockfile is installed already; then
+/// checks that `required` files exist.
+fn install(node: &Path, name: &str, dir: &Path, required: &[&str]) -> Result<(), String> {
+    let lock_path = dir.join("package-lock.json");
+    let manifest_path = dir.join("package.json");
     let lock = fs::read_to_string(&lock_path)
         .map_err(|e| format!("cannot read {}: {e}", lock_path.display()))?;
     let manifest = fs::read_to_string(&manifest_path)
@@ -85,40 +112,36 @@ pub(crate) fn setup(root: &Path) -> Result<Interop, String> {
     check_manifest(&manifest).map_err(|e| format!("{}: {e}", manifest_path.display()))?;
     check_lockfile(&lock).map_err(|e| format!("{}: {e}", lock_path.display()))?;
 
-    let node = conformance::ensure_node(root)?;
-    let stamp = interop.dir.join(STAMP);
+    let stamp = dir.join(STAMP);
     let installed = fs::read_to_string(&stamp).is_ok_and(|s| s == lock);
-    if installed {
+    if installed && required.iter().all(|r| dir.join(r).exists()) {
         println!(
-            "==> interop: dependencies of {DIR} already installed (Node {})",
+            "==> interop: dependencies of {name} already installed (Node {})",
             node.display()
         );
-        return Ok(interop);
+        return Ok(());
     }
 
     services::ensure_installed("npm", &["nodejs", "npm"])?;
-    println!("==> interop: npm ci in {}", interop.dir.display());
+    println!("==> interop: npm ci in {}", dir.display());
     // npm runs on Node 22 (first on PATH); no install scripts: nothing here needs one.
     let status = Command::new("npm")
         .args(["ci", "--no-audit", "--no-fund", "--ignore-scripts"])
-        .current_dir(&interop.dir)
-        .env("PATH", path_with(&node))
+        .current_dir(dir)
+        .env("PATH", path_with(node))
         .stdin(Stdio::null())
         .status()
         .map_err(|e| format!("cannot run npm: {e}"))?;
     if !status.success() {
-        return Err(format!(
-            "npm ci in {} failed ({status})",
-            interop.dir.display()
-        ));
+        return Err(format!("npm ci in {} failed ({status})", dir.display()));
     }
-    for script in ["as.mjs", "mcp.mjs"] {
-        if !interop.dir.join(script).is_file() {
-            return Err(format!("{DIR}/{script} is missing"));
+    for file in required {
+        if !dir.join(file).exists() {
+            return Err(format!("{name}/{file} is missing"));
         }
     }
     fs::write(&stamp, &lock).map_err(|e| format!("cannot write {}: {e}", stamp.display()))?;
-    Ok(interop)
+    Ok(())
 }
 
 /// PATH with `node`'s directory first.
@@ -222,6 +245,13 @@ mod tests {
             "{manifest}"
         );
         assert!(lock.contains("\"node_modules/oidc-provider\": {"));
+        let dir = project_root().join(MCP_CLIENTS_DIR);
+        let lock = fs::read_to_string(dir.join("package-lock.json")).unwrap();
+        check_lockfile(&lock).unwrap();
+        let manifest = fs::read_to_string(dir.join("package.json")).unwrap();
+        check_manifest(&manifest).unwrap();
+        assert!(manifest.contains("\"@modelcontextprotocol/inspector\": \"2.12.0\""));
+        assert!(manifest.contains("\"@modelcontextprotocol/server-everything\": \"2026.8.31\""));
     }
 
     #[test]

@@ -21,9 +21,11 @@ commands:
   interop-setup             installs what the interop tests against oidc-provider
                             (mcp-auth-cli/tests/interop_oidc_provider.rs) run on: Node 22
                             (as for conformance) and `npm ci` in interop/oidc-provider/
-                            (oidc-provider 9.13.3, pinned by its package-lock.json); prints the
-                            MCP_AUTH_TEST_NODE and MCP_AUTH_TEST_OIDC_PROVIDER values that
-                            run those tests alone
+                            (oidc-provider 9.13.3, pinned by its package-lock.json) and in
+                            interop/mcp-clients/ (MCP Inspector 2.12.0, server-everything, for
+                            mcp-auth-cli/tests/proxy_interop.rs); prints the MCP_AUTH_TEST_NODE,
+                            MCP_AUTH_TEST_OIDC_PROVIDER and MCP_AUTH_TEST_MCP_CLIENTS values
+                            that run those tests alone
   conformance [--keep-going]
                             the official MCP conformance suite, pinned to
                             @modelcontextprotocol/conformance@0.2.0-alpha.12 on Node 22
@@ -43,8 +45,10 @@ commands:
                             MCP_AUTH_CONFORMANCE_CLIENT=/path/to/client tests that binary
                             instead of building the example.
   bench                     store benchmarks: medians of each store beside the raw
-                            client doing the same work, and their ratio (prints only;
-                            nothing is asserted about time)
+                            client doing the same work, and their ratio; for the AWS
+                            Secrets Manager store (against a moto server it starts) the
+                            AWS API calls of each operation, cache on and off (prints
+                            only; nothing is asserted about time)
   help                      this text
 ";
 
@@ -146,6 +150,13 @@ impl Step {
         self
     }
 
+    fn envs(mut self, vars: &[(&'static str, String)]) -> Self {
+        for (key, value) in vars {
+            self = self.env(key, value);
+        }
+        self
+    }
+
     fn run(&self) -> Result<Duration, String> {
         let args = match &self.action {
             Action::Cargo(args) => args,
@@ -202,9 +213,12 @@ fn test_all(args: &[String]) -> Result<(), String> {
         }
     }
     ensure_nextest()?;
-    // Real services for the backend tests; stopped when `_redis` drops, on every exit path.
+    // Real services for the backend tests; stopped when `_redis` and `_moto` drop, on every exit
+    // path.
     let (_redis, redis_url) = services::start_redis()?;
     let keyrings = services::keyring_session()?;
+    let (_moto, aws_endpoint) = services::start_moto()?;
+    let aws_env = services::aws_test_env(&aws_endpoint);
     // Installed by the "interop setup" step; the tests step only needs the paths.
     let root = project_root();
     let interop = interop::Interop::locate(&root)?;
@@ -239,7 +253,8 @@ fn test_all(args: &[String]) -> Result<(), String> {
             "interop setup",
             "interop-setup",
             move || interop::setup(&root).map(drop),
-            "Node 22 or the npm dependencies of interop/oidc-provider could not be installed \
+            "Node 22 or the npm dependencies of interop/oidc-provider or interop/mcp-clients \
+             could not be installed \
              (see above; rerun alone with `cargo xtask interop-setup`)",
         ),
         Step::new(
@@ -252,20 +267,24 @@ fn test_all(args: &[String]) -> Result<(), String> {
                 "--no-fail-fast",
             ],
             "a test failed; rerun it alone with `cargo nextest run -E 'test(NAME)' --all-features` \
-             (backend tests need MCP_AUTH_TEST_REDIS_URL, the interop tests MCP_AUTH_TEST_NODE \
-             and MCP_AUTH_TEST_OIDC_PROVIDER; test-all sets them, and `cargo xtask interop-setup` \
-             prints the last two)",
+             (backend tests need MCP_AUTH_TEST_REDIS_URL and MCP_AUTH_TEST_AWS_ENDPOINT (a moto \
+             server), the interop tests MCP_AUTH_TEST_NODE \
+             MCP_AUTH_TEST_OIDC_PROVIDER and MCP_AUTH_TEST_MCP_CLIENTS; test-all sets them, and \
+             `cargo xtask interop-setup` prints them)",
         )
         .env("MCP_AUTH_TEST_REDIS_URL", &redis_url)
         .env(interop_env[0].0, &interop_env[0].1)
         .env(interop_env[1].0, &interop_env[1].1)
+        .env(interop_env[2].0, &interop_env[2].1)
+        .envs(&aws_env)
         .wrapped(keyrings),
         Step::new(
             "doc tests",
             &["test", "--doc", "--workspace", "--all-features"],
             "a documentation example failed to compile or run",
         )
-        .env("MCP_AUTH_TEST_REDIS_URL", &redis_url),
+        .env("MCP_AUTH_TEST_REDIS_URL", &redis_url)
+        .envs(&aws_env),
         Step::routine(
             "conformance",
             if keep_going {
@@ -315,20 +334,48 @@ fn test_all(args: &[String]) -> Result<(), String> {
 
 /// Runs every store benchmark (release build) and lets each print its table.
 fn bench() -> Result<(), String> {
-    let benches = [Step::new(
-        "sqlite store benchmark",
-        &[
-            "bench",
-            "--package",
-            "mcp-auth-store-sqlite",
-            "--bench",
-            "store",
-        ],
-        "the SQLite benchmark failed to build or run",
-    )];
+    let benches = [
+        Step::new(
+            "sqlite store benchmark",
+            &[
+                "bench",
+                "--package",
+                "mcp-auth-store-sqlite",
+                "--bench",
+                "store",
+            ],
+            "the SQLite benchmark failed to build or run",
+        ),
+        Step::new(
+            "access_token() benchmark",
+            &[
+                "bench",
+                "--package",
+                "mcp-auth-store-sqlite",
+                "--bench",
+                "access_token",
+            ],
+            "the access_token() benchmark failed to build or run",
+        ),
+    ];
     for step in &benches {
         step.run()?;
     }
+    // The AWS Secrets Manager store against moto (latency is moto's, the call counts are AWS's).
+    let (_moto, aws_endpoint) = services::start_moto()?;
+    Step::new(
+        "aws store benchmark",
+        &[
+            "bench",
+            "--package",
+            "mcp-auth-store-aws",
+            "--bench",
+            "store",
+        ],
+        "the AWS store benchmark failed to build or run",
+    )
+    .envs(&services::aws_test_env(&aws_endpoint))
+    .run()?;
     Ok(())
 }
 

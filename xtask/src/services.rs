@@ -90,6 +90,129 @@ pub(crate) fn start_redis() -> Result<(Service, String), String> {
     Ok((service, format!("redis://127.0.0.1:{port}/")))
 }
 
+/// What the AWS Secrets Manager store is tested against: moto's server mode, pinned.
+pub(crate) const MOTO_REQUIREMENTS: &[&str] = &["moto[server]==5.2.5", "flask", "flask-cors"];
+
+/// The region, and static credentials moto accepts, that the AWS tests use.
+pub(crate) const AWS_TEST_REGION: &str = "us-east-1";
+
+/// `target/moto-venv/bin/moto_server`, creating the virtualenv with [`MOTO_REQUIREMENTS`] when it
+/// is missing or was made for other requirements (a marker file records them).
+pub(crate) fn moto_server_binary() -> Result<std::path::PathBuf, String> {
+    let venv = crate::project_root().join("target/moto-venv");
+    let bin = venv.join("bin/moto_server");
+    let marker = venv.join(".mcp-auth-requirements");
+    let wanted = MOTO_REQUIREMENTS.join(" ");
+    if bin.is_file() && std::fs::read_to_string(&marker).is_ok_and(|m| m == wanted) {
+        return Ok(bin);
+    }
+    ensure_installed("python3", &["python3", "python3-venv"])?;
+    println!("==> creating {} with {wanted}", venv.display());
+    if venv.exists() {
+        std::fs::remove_dir_all(&venv)
+            .map_err(|e| format!("cannot remove the old {}: {e}", venv.display()))?;
+    }
+    let created = Command::new("python3")
+        .args(["-m", "venv"])
+        .arg(&venv)
+        .status()
+        .map_err(|e| format!("cannot run python3: {e}"))?;
+    if !created.success() {
+        // Debian's python3 needs python3-venv (ensurepip) for `-m venv`.
+        let _ = std::fs::remove_dir_all(&venv);
+        force_install(&["python3-venv"])?;
+        let again = Command::new("python3")
+            .args(["-m", "venv"])
+            .arg(&venv)
+            .status()
+            .map_err(|e| format!("cannot run python3: {e}"))?;
+        if !again.success() {
+            return Err(format!("python3 -m venv {} failed", venv.display()));
+        }
+    }
+    let installed = Command::new(venv.join("bin/pip"))
+        .args(["install", "--quiet", "--disable-pip-version-check"])
+        .args(MOTO_REQUIREMENTS)
+        .status()
+        .map_err(|e| format!("cannot run pip: {e}"))?;
+    if !installed.success() || !bin.is_file() {
+        return Err(format!("pip install {wanted} failed"));
+    }
+    std::fs::write(&marker, &wanted)
+        .map_err(|e| format!("cannot write {}: {e}", marker.display()))?;
+    Ok(bin)
+}
+
+/// `apt-get install` of `packages`, whether or not a command they provide is on the PATH.
+fn force_install(packages: &[&str]) -> Result<(), String> {
+    println!("==> installing {}", packages.join(" "));
+    let ok = Command::new("apt-get")
+        .args(["update", "-qq"])
+        .status()
+        .is_ok_and(|s| s.success())
+        && Command::new("apt-get")
+            .args(["install", "-y", "-qq", "--no-install-recommends"])
+            .args(packages)
+            .env("DEBIAN_FRONTEND", "noninteractive")
+            .status()
+            .is_ok_and(|s| s.success());
+    if ok {
+        Ok(())
+    } else {
+        Err(format!("apt-get install {} failed", packages.join(" ")))
+    }
+}
+
+/// True when moto answers its API on 127.0.0.1:`port`.
+fn moto_ready(port: u16) -> bool {
+    use std::io::{Read, Write};
+    let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, port));
+    let Ok(mut stream) = TcpStream::connect_timeout(&addr, Duration::from_millis(200)) else {
+        return false;
+    };
+    let _ = stream.set_read_timeout(Some(Duration::from_secs(2)));
+    if stream
+        .write_all(b"GET /moto-api/ HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n")
+        .is_err()
+    {
+        return false;
+    }
+    let mut head = [0u8; 12];
+    stream.read_exact(&mut head).is_ok() && head.starts_with(b"HTTP/1.") && &head[9..12] == b"200"
+}
+
+/// Starts a throwaway `moto_server` (AWS service emulator; the virtualenv is created under
+/// target/ when missing) on a free loopback port. Returns the service and its endpoint URL.
+pub(crate) fn start_moto() -> Result<(Service, String), String> {
+    let bin = moto_server_binary()?;
+    let port = free_port()?;
+    let mut command = Command::new(bin);
+    command
+        .args(["-H", "127.0.0.1", "-p", &port.to_string()])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    let service = Service::start("moto_server", command, Duration::from_secs(60), || {
+        moto_ready(port)
+    })?;
+    let endpoint = format!("http://127.0.0.1:{port}");
+    println!("==> moto_server (AWS Secrets Manager emulator) on {endpoint}");
+    Ok((service, endpoint))
+}
+
+/// The environment the AWS store's tests and benchmark run with: the moto endpoint, a region,
+/// static credentials, and the instance metadata service switched off, so that nothing, not even
+/// an SDK client built from the default configuration, can reach AWS or 169.254.169.254.
+pub(crate) fn aws_test_env(endpoint: &str) -> Vec<(&'static str, String)> {
+    vec![
+        ("MCP_AUTH_TEST_AWS_ENDPOINT", endpoint.to_owned()),
+        ("AWS_ENDPOINT_URL", endpoint.to_owned()),
+        ("AWS_REGION", AWS_TEST_REGION.to_owned()),
+        ("AWS_ACCESS_KEY_ID", "testing".to_owned()),
+        ("AWS_SECRET_ACCESS_KEY", "testing".to_owned()),
+        ("AWS_EC2_METADATA_DISABLED", "true".to_owned()),
+    ]
+}
+
 /// The command prefix that runs tests with throwaway OS keyrings: a private kernel session
 /// keyring (`keyctl session -`), a private D-Bus session (`dbus-run-session`) and an unlocked
 /// gnome-keyring in a temporary directory (`mcp-auth-store-keyring/scripts/with-keyrings.sh`).

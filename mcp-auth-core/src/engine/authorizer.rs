@@ -307,6 +307,103 @@ impl Authorizer for LoopbackAuthorizer {
     }
 }
 
+/// The longest line a [`PasteAuthorizer`] reads.
+const MAX_PASTED_LINE: u64 = 16 * 1024;
+
+/// The browser flow for machines whose loopback the browser may not reach (a login over SSH):
+/// a [`LoopbackAuthorizer`] that also reads lines from `input` (standard input, typically),
+/// where the user may paste the full URL the browser was redirected to. Whichever arrives first
+/// completes the login: the listener's callback or a pasted URL.
+///
+/// A pasted URL must be the redirect URI (scheme, host, port and path) with exactly one
+/// `state`, this login's, and at most one `iss`, `code` and `error` — the checks the listener
+/// applies; anything else is refused and ends the login. The engine then checks it like any
+/// callback (`state`, `iss`, path). Blank lines are skipped; at end of input only the listener
+/// is waited for.
+pub struct PasteAuthorizer {
+    loopback: LoopbackAuthorizer,
+    input: tokio::sync::Mutex<Box<dyn tokio::io::AsyncBufRead + Send + Unpin>>,
+}
+
+impl PasteAuthorizer {
+    /// Wraps `loopback`, reading pasted URLs from `input`.
+    pub fn new(
+        loopback: LoopbackAuthorizer,
+        input: impl tokio::io::AsyncBufRead + Send + Unpin + 'static,
+    ) -> Self {
+        Self {
+            loopback,
+            input: tokio::sync::Mutex::new(Box::new(input)),
+        }
+    }
+
+    /// The first non-blank line of the input, or never (end of input, read error).
+    async fn pasted_line(&self) -> String {
+        use tokio::io::{AsyncBufReadExt as _, AsyncReadExt as _};
+        let mut input = self.input.lock().await;
+        loop {
+            let mut line = String::new();
+            match (&mut *input)
+                .take(MAX_PASTED_LINE)
+                .read_line(&mut line)
+                .await
+            {
+                Ok(0) | Err(_) => return std::future::pending().await,
+                Ok(_) => {
+                    let line = line.trim();
+                    if !line.is_empty() {
+                        return line.to_owned();
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Checks a pasted authorization response as the listener checks a callback.
+fn check_pasted(line: &str, redirect: &Url, state: &str) -> Result<Url, AuthError> {
+    let url = Url::parse(line).map_err(|_| {
+        AuthError::Authorizer(
+            "the pasted line is not a URL; paste the whole address the browser was sent to"
+                .to_owned(),
+        )
+    })?;
+    if !is_redirect_uri(&url, redirect) {
+        return Err(AuthError::Authorizer(format!(
+            "the pasted URL is not this login's redirect URI {}",
+            redact(redirect)
+        )));
+    }
+    match check_callback(url.query(), state) {
+        Ok(_) => Ok(url),
+        Err(Refusal::State) => Err(AuthError::StateMismatch),
+        Err(Refusal::Repeated) => Err(AuthError::Authorizer(
+            "the pasted URL repeats state, iss, code or error; refused".to_owned(),
+        )),
+    }
+}
+
+impl fmt::Debug for PasteAuthorizer {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("PasteAuthorizer")
+            .field("loopback", &self.loopback)
+            .finish_non_exhaustive()
+    }
+}
+
+#[async_trait]
+impl Authorizer for PasteAuthorizer {
+    async fn authorize(&self, request: AuthorizationRequest) -> Result<Url, AuthError> {
+        let redirect = Url::parse(&request.redirect_uri)
+            .map_err(|_| AuthError::Config("redirect_uri is not a URL".to_owned()))?;
+        let state = request.state.clone();
+        tokio::select! {
+            callback = self.loopback.authorize(request) => callback,
+            line = self.pasted_line() => check_pasted(&line, &redirect, &state),
+        }
+    }
+}
+
 /// What the listener accepts.
 struct Expected {
     redirect: Url,
@@ -522,6 +619,25 @@ mod tests {
         }
         assert_eq!(check_callback(None, STATE), Err(Refusal::State));
         assert_eq!(check_callback(Some("state="), ""), Err(Refusal::State));
+    }
+
+    #[test]
+    fn pasted_urls_are_checked_like_callbacks() {
+        let redirect =
+            Url::parse("http://127.0.0.1:8080/callback").unwrap_or_else(|_| unreachable!());
+        let ok = "http://127.0.0.1:8080/callback?code=c&state=s1&iss=x";
+        assert!(check_pasted(ok, &redirect, "s1").is_ok());
+        for bad in [
+            "http://127.0.0.1:8080/callback?code=c&state=s2",
+            "http://127.0.0.1:8080/callback?code=c&state=s1&state=s1",
+            "http://127.0.0.1:8080/callback?code=c",
+            "http://127.0.0.1:8080/other?code=c&state=s1",
+            "http://127.0.0.1:8081/callback?code=c&state=s1",
+            "http://127.0.0.1:8080/callback?code=c&code=d&state=s1",
+            "not a url",
+        ] {
+            assert!(check_pasted(bad, &redirect, "s1").is_err(), "{bad}");
+        }
     }
 
     #[test]

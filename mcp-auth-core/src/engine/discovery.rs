@@ -334,6 +334,8 @@ pub(crate) struct ServerMetadata {
     pub(crate) token_endpoint: Url,
     pub(crate) registration_endpoint: Option<Url>,
     pub(crate) revocation_endpoint: Option<Url>,
+    /// RFC 8628 `device_authorization_endpoint`.
+    pub(crate) device_authorization_endpoint: Option<Url>,
     pub(crate) code_challenge_methods: Option<Vec<String>>,
     pub(crate) iss_parameter_supported: bool,
     pub(crate) cimd_supported: bool,
@@ -422,6 +424,7 @@ impl ServerMetadata {
             token_endpoint,
             registration_endpoint: endpoint("registration_endpoint", false)?,
             revocation_endpoint: endpoint("revocation_endpoint", false)?,
+            device_authorization_endpoint: endpoint("device_authorization_endpoint", false)?,
             code_challenge_methods: string_list(&map, "code_challenge_methods_supported"),
             iss_parameter_supported: map
                 .get("authorization_response_iss_parameter_supported")
@@ -460,6 +463,12 @@ impl ServerMetadata {
     /// The token endpoint authentication methods the AS lists, if it does.
     pub(crate) fn auth_methods(&self) -> Option<Vec<String>> {
         string_list(&self.raw, "token_endpoint_auth_methods_supported")
+    }
+
+    /// Whether `grant_types_supported` lists `grant`.
+    pub(crate) fn supports_grant(&self, grant: &str) -> bool {
+        string_list(&self.raw, "grant_types_supported")
+            .is_some_and(|g| g.iter().any(|g| g == grant))
     }
 
     /// R7/R8: authorization needs advertised `S256`.

@@ -175,6 +175,30 @@ pub enum AuthError {
         /// The AS.
         issuer: IssuerId,
     },
+    /// The authorization server advertises no `device_authorization_endpoint` (RFC 8628), so
+    /// the device flow cannot be used there; log in through a browser instead.
+    #[error(
+        "authorization server {issuer} does not support the device authorization grant (no device_authorization_endpoint in its metadata); log in through a browser instead"
+    )]
+    DeviceFlowNotSupported {
+        /// The AS.
+        issuer: IssuerId,
+    },
+    /// The user denied the device authorization (RFC 8628 `access_denied`).
+    #[error("the device authorization at {issuer} was denied")]
+    DeviceAccessDenied {
+        /// The AS.
+        issuer: IssuerId,
+    },
+    /// The device code expired before the user completed the authorization (RFC 8628
+    /// `expired_token`, or its `expires_in` passed); start again.
+    #[error(
+        "the device code from {issuer} expired before the authorization was completed; start again"
+    )]
+    DeviceCodeExpired {
+        /// The AS.
+        issuer: IssuerId,
+    },
     /// Discovery found no usable metadata.
     #[error("discovery failed for {url}: {reason}")]
     Discovery {

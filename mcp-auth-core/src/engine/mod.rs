@@ -10,6 +10,7 @@
 //! - [`McpAuth::logout`]: deletes a server's tokens and revokes them at its AS.
 
 mod authorizer;
+mod device;
 mod discovery;
 mod error;
 mod http;
@@ -27,7 +28,10 @@ use sha2::Digest as _;
 use tracing::{Instrument, debug, info_span, warn};
 use url::Url;
 
-pub use authorizer::{AuthorizationRequest, Authorizer, HeadlessAuthorizer, LoopbackAuthorizer};
+pub use authorizer::{
+    AuthorizationRequest, Authorizer, HeadlessAuthorizer, LoopbackAuthorizer, PasteAuthorizer,
+};
+pub use device::DeviceCode;
 pub use discovery::{Challenge, metadata_urls};
 pub use error::AuthError;
 pub use http::HttpPolicy;
@@ -1140,10 +1144,18 @@ impl McpAuth {
                     .unwrap_or("client_secret_basic"),
                 None => "client_secret_basic",
             };
+            // The device grant (RFC 8628) too when the AS offers it, so `authorize_device` can
+            // use the same registration.
+            let mut grant_types = vec!["authorization_code", "refresh_token"];
+            if meta.device_authorization_endpoint.is_some()
+                && meta.supports_grant(device::DEVICE_CODE_GRANT)
+            {
+                grant_types.push(device::DEVICE_CODE_GRANT);
+            }
             let body = json!({
                 "client_name": self.config.client_name,
                 "redirect_uris": [self.issuer_redirect_uri(&meta.issuer)],
-                "grant_types": ["authorization_code", "refresh_token"],
+                "grant_types": grant_types,
                 "response_types": ["code"],
                 "token_endpoint_auth_method": requested_method,
                 "application_type": self.config.application_type,
