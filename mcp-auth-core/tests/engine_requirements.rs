@@ -372,6 +372,11 @@ async fn r18_concurrent_step_ups_authorize_once() {
     let auth = std::sync::Arc::new(engine(memory()));
     assert_eq!(call_with_recovery(&auth, &mcp).await.unwrap(), 200);
     let before = as1.count(Endpoint::Authorize);
+    // The step-up's token request takes 500 ms, so every caller has read the refused token
+    // before the first step-up completes, even on a busy machine.
+    as1.set_token_fault(mcp_auth_testkit::TokenFault::Delay(
+        std::time::Duration::from_millis(500),
+    ));
     let header = r#"Bearer error="insufficient_scope", scope="read write""#;
     let r = resource(&mcp);
     let tasks: Vec<_> = (0..4)
