@@ -4,6 +4,7 @@
 //! with faults, and count refresh requests and reuse detections.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+#[macro_use]
 mod common;
 
 use std::sync::Arc;
@@ -13,10 +14,9 @@ use std::time::{Duration, Instant};
 use async_trait::async_trait;
 use common::*;
 use mcp_auth_core::{
-    AuthError, BindingStore, ClientConfig, CredentialStore, Expect, ExposeSecret, HttpPolicy,
-    IssuerId, McpAuth, MemoryStore, PendingAuthorization, PendingAuthorizationStore, RefreshLease,
-    RefreshState, RegistrationStore, ResourceBinding, ResourceUri, SecretString, StoreCapabilities,
-    StoreError, StoreInfo, Timestamp, TokenKey, TokenSet, TokenStore, Version, Versioned,
+    AuthError, ClientConfig, CredentialStore, Expect, ExposeSecret, HttpPolicy, IssuerId, McpAuth,
+    MemoryStore, RefreshLease, RefreshState, ResourceUri, SecretString, StoreError, Timestamp,
+    TokenKey, TokenSet, TokenStore, Version, Versioned,
 };
 use mcp_auth_testkit::{AuthServer, McpServer, TokenFault};
 
@@ -157,66 +157,7 @@ impl TokenStore for FailingSaves {
     }
 }
 
-impl StoreInfo for FailingSaves {
-    fn backend_name(&self) -> &'static str {
-        "failing"
-    }
-    fn capabilities(&self) -> StoreCapabilities {
-        self.inner.capabilities()
-    }
-}
-
-#[async_trait]
-impl RegistrationStore for FailingSaves {
-    async fn get_registration(
-        &self,
-        i: &IssuerId,
-    ) -> Result<Option<Versioned<mcp_auth_core::ClientRegistration>>, StoreError> {
-        self.inner.get_registration(i).await
-    }
-    async fn put_registration(
-        &self,
-        r: &mcp_auth_core::ClientRegistration,
-        e: Expect,
-    ) -> Result<Version, StoreError> {
-        self.inner.put_registration(r, e).await
-    }
-    async fn delete_registration(&self, i: &IssuerId, e: Expect) -> Result<bool, StoreError> {
-        self.inner.delete_registration(i, e).await
-    }
-    async fn list_registrations(&self) -> Result<Vec<IssuerId>, StoreError> {
-        self.inner.list_registrations().await
-    }
-}
-
-#[async_trait]
-impl BindingStore for FailingSaves {
-    async fn get_binding(
-        &self,
-        r: &ResourceUri,
-    ) -> Result<Option<Versioned<ResourceBinding>>, StoreError> {
-        self.inner.get_binding(r).await
-    }
-    async fn put_binding(&self, b: &ResourceBinding, e: Expect) -> Result<Version, StoreError> {
-        self.inner.put_binding(b, e).await
-    }
-    async fn delete_binding(&self, r: &ResourceUri, e: Expect) -> Result<bool, StoreError> {
-        self.inner.delete_binding(r, e).await
-    }
-    async fn list_bindings(&self) -> Result<Vec<ResourceUri>, StoreError> {
-        self.inner.list_bindings().await
-    }
-}
-
-#[async_trait]
-impl PendingAuthorizationStore for FailingSaves {
-    async fn insert_pending(&self, p: &PendingAuthorization) -> Result<(), StoreError> {
-        self.inner.insert_pending(p).await
-    }
-    async fn take_pending(&self, s: &str) -> Result<Option<PendingAuthorization>, StoreError> {
-        self.inner.take_pending(s).await
-    }
-}
+forward_untouched_stores!(FailingSaves, "failing");
 
 /// The AS rotated the refresh token; the store then fails twice to record the new one. The
 /// caller still gets the new token, the store holds it once the fault clears, and the next

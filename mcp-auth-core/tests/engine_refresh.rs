@@ -1,6 +1,7 @@
 //! Tokens: refresh with rotation, single flight under a storm, `invalid_grant` handling.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+#[macro_use]
 mod common;
 
 use std::sync::Arc;
@@ -9,10 +10,8 @@ use std::time::Duration;
 use async_trait::async_trait;
 use common::*;
 use mcp_auth_core::{
-    AuthError, BindingStore, CredentialStore, Expect, ExposeSecret, IssuerId, MemoryStore,
-    PendingAuthorization, PendingAuthorizationStore, RefreshLease, RegistrationStore,
-    ResourceBinding, ResourceUri, SecretString, StoreCapabilities, StoreError, StoreInfo,
-    Timestamp, TokenKey, TokenSet, TokenStore, Version, Versioned,
+    AuthError, CredentialStore, Expect, ExposeSecret, IssuerId, MemoryStore, RefreshLease,
+    SecretString, StoreError, Timestamp, TokenKey, TokenSet, TokenStore, Version, Versioned,
 };
 use mcp_auth_testkit::{Endpoint, Misbehavior};
 
@@ -170,15 +169,6 @@ struct Interleaving {
     newer: std::sync::Mutex<Option<(TokenKey, TokenSet)>>,
 }
 
-impl StoreInfo for Interleaving {
-    fn backend_name(&self) -> &'static str {
-        "interleaving"
-    }
-    fn capabilities(&self) -> StoreCapabilities {
-        self.inner.capabilities()
-    }
-}
-
 #[async_trait]
 impl TokenStore for Interleaving {
     async fn get_tokens(&self, key: &TokenKey) -> Result<Option<Versioned<TokenSet>>, StoreError> {
@@ -224,57 +214,7 @@ impl TokenStore for Interleaving {
     }
 }
 
-#[async_trait]
-impl RegistrationStore for Interleaving {
-    async fn get_registration(
-        &self,
-        i: &IssuerId,
-    ) -> Result<Option<Versioned<mcp_auth_core::ClientRegistration>>, StoreError> {
-        self.inner.get_registration(i).await
-    }
-    async fn put_registration(
-        &self,
-        r: &mcp_auth_core::ClientRegistration,
-        e: Expect,
-    ) -> Result<Version, StoreError> {
-        self.inner.put_registration(r, e).await
-    }
-    async fn delete_registration(&self, i: &IssuerId, e: Expect) -> Result<bool, StoreError> {
-        self.inner.delete_registration(i, e).await
-    }
-    async fn list_registrations(&self) -> Result<Vec<IssuerId>, StoreError> {
-        self.inner.list_registrations().await
-    }
-}
-
-#[async_trait]
-impl BindingStore for Interleaving {
-    async fn get_binding(
-        &self,
-        r: &ResourceUri,
-    ) -> Result<Option<Versioned<ResourceBinding>>, StoreError> {
-        self.inner.get_binding(r).await
-    }
-    async fn put_binding(&self, b: &ResourceBinding, e: Expect) -> Result<Version, StoreError> {
-        self.inner.put_binding(b, e).await
-    }
-    async fn delete_binding(&self, r: &ResourceUri, e: Expect) -> Result<bool, StoreError> {
-        self.inner.delete_binding(r, e).await
-    }
-    async fn list_bindings(&self) -> Result<Vec<ResourceUri>, StoreError> {
-        self.inner.list_bindings().await
-    }
-}
-
-#[async_trait]
-impl PendingAuthorizationStore for Interleaving {
-    async fn insert_pending(&self, p: &PendingAuthorization) -> Result<(), StoreError> {
-        self.inner.insert_pending(p).await
-    }
-    async fn take_pending(&self, s: &str) -> Result<Option<PendingAuthorization>, StoreError> {
-        self.inner.take_pending(s).await
-    }
-}
+forward_untouched_stores!(Interleaving, "interleaving");
 
 /// `invalid_grant` deletes the token record only if it is still the exact version rejected.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -140,3 +140,101 @@ pub fn cimd_document(url: &str) -> String {
     })
     .to_string()
 }
+
+/// For a test store wrapping another in a field `inner`: `StoreInfo` (under `$name`) and the
+/// registration, binding and pending-authorization traits, forwarded unchanged. The test writes
+/// only the `TokenStore` it is about.
+#[allow(unused_macros)]
+macro_rules! forward_untouched_stores {
+    ($ty:ty, $name:literal) => {
+        impl mcp_auth_core::StoreInfo for $ty {
+            fn backend_name(&self) -> &'static str {
+                $name
+            }
+            fn capabilities(&self) -> mcp_auth_core::StoreCapabilities {
+                mcp_auth_core::StoreInfo::capabilities(&self.inner)
+            }
+        }
+
+        #[async_trait::async_trait]
+        impl mcp_auth_core::RegistrationStore for $ty {
+            async fn get_registration(
+                &self,
+                i: &mcp_auth_core::IssuerId,
+            ) -> Result<
+                Option<mcp_auth_core::Versioned<mcp_auth_core::ClientRegistration>>,
+                mcp_auth_core::StoreError,
+            > {
+                mcp_auth_core::RegistrationStore::get_registration(&self.inner, i).await
+            }
+            async fn put_registration(
+                &self,
+                r: &mcp_auth_core::ClientRegistration,
+                e: mcp_auth_core::Expect,
+            ) -> Result<mcp_auth_core::Version, mcp_auth_core::StoreError> {
+                mcp_auth_core::RegistrationStore::put_registration(&self.inner, r, e).await
+            }
+            async fn delete_registration(
+                &self,
+                i: &mcp_auth_core::IssuerId,
+                e: mcp_auth_core::Expect,
+            ) -> Result<bool, mcp_auth_core::StoreError> {
+                mcp_auth_core::RegistrationStore::delete_registration(&self.inner, i, e).await
+            }
+            async fn list_registrations(
+                &self,
+            ) -> Result<Vec<mcp_auth_core::IssuerId>, mcp_auth_core::StoreError> {
+                mcp_auth_core::RegistrationStore::list_registrations(&self.inner).await
+            }
+        }
+
+        #[async_trait::async_trait]
+        impl mcp_auth_core::BindingStore for $ty {
+            async fn get_binding(
+                &self,
+                r: &mcp_auth_core::ResourceUri,
+            ) -> Result<
+                Option<mcp_auth_core::Versioned<mcp_auth_core::ResourceBinding>>,
+                mcp_auth_core::StoreError,
+            > {
+                mcp_auth_core::BindingStore::get_binding(&self.inner, r).await
+            }
+            async fn put_binding(
+                &self,
+                b: &mcp_auth_core::ResourceBinding,
+                e: mcp_auth_core::Expect,
+            ) -> Result<mcp_auth_core::Version, mcp_auth_core::StoreError> {
+                mcp_auth_core::BindingStore::put_binding(&self.inner, b, e).await
+            }
+            async fn delete_binding(
+                &self,
+                r: &mcp_auth_core::ResourceUri,
+                e: mcp_auth_core::Expect,
+            ) -> Result<bool, mcp_auth_core::StoreError> {
+                mcp_auth_core::BindingStore::delete_binding(&self.inner, r, e).await
+            }
+            async fn list_bindings(
+                &self,
+            ) -> Result<Vec<mcp_auth_core::ResourceUri>, mcp_auth_core::StoreError> {
+                mcp_auth_core::BindingStore::list_bindings(&self.inner).await
+            }
+        }
+
+        #[async_trait::async_trait]
+        impl mcp_auth_core::PendingAuthorizationStore for $ty {
+            async fn insert_pending(
+                &self,
+                p: &mcp_auth_core::PendingAuthorization,
+            ) -> Result<(), mcp_auth_core::StoreError> {
+                mcp_auth_core::PendingAuthorizationStore::insert_pending(&self.inner, p).await
+            }
+            async fn take_pending(
+                &self,
+                s: &str,
+            ) -> Result<Option<mcp_auth_core::PendingAuthorization>, mcp_auth_core::StoreError>
+            {
+                mcp_auth_core::PendingAuthorizationStore::take_pending(&self.inner, s).await
+            }
+        }
+    };
+}
