@@ -36,6 +36,30 @@ async fn servers() -> (AuthServer, McpServer) {
     (as1, mcp)
 }
 
+/// An AS without dynamic registration that knows the client `cli-pre` (secret
+/// `cli-secret-value`, `client_secret_basic`), and an MCP server using it.
+async fn pre_registered_servers() -> (AuthServer, McpServer) {
+    let as1 = AuthServer::start(AuthServerConfig {
+        dynamic_registration: false,
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    as1.preregister_client(
+        "cli-pre",
+        Some("cli-secret-value"),
+        "client_secret_basic",
+        vec!["http://127.0.0.1/callback".into()],
+    );
+    let mcp = McpServer::start(McpServerConfig {
+        authorization_servers: vec![as1.clone()],
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    (as1, mcp)
+}
+
 /// Everything secret the AS ever issued or received.
 fn secrets(as1: &AuthServer) -> Vec<String> {
     let mut all = as1.issued_tokens();
@@ -123,24 +147,7 @@ async fn login_token_status_logout() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn login_with_pre_registered_credentials_and_logout_by_issuer() {
-    let as1 = AuthServer::start(AuthServerConfig {
-        dynamic_registration: false,
-        ..Default::default()
-    })
-    .await
-    .unwrap();
-    as1.preregister_client(
-        "cli-pre",
-        Some("cli-secret-value"),
-        "client_secret_basic",
-        vec!["http://127.0.0.1/callback".into()],
-    );
-    let mcp = McpServer::start(McpServerConfig {
-        authorization_servers: vec![as1.clone()],
-        ..Default::default()
-    })
-    .await
-    .unwrap();
+    let (as1, mcp) = pre_registered_servers().await;
     let dir = tempfile::tempdir().unwrap();
     let db = dir.path().join("c.db");
     let issuer = as1.issuer();
@@ -624,24 +631,7 @@ async fn migrate_while_eight_processes_refresh_copies_the_latest_tokens() {
 /// without a warning; no secret reaches the output.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn client_secret_rules() {
-    let as1 = AuthServer::start(AuthServerConfig {
-        dynamic_registration: false,
-        ..Default::default()
-    })
-    .await
-    .unwrap();
-    as1.preregister_client(
-        "cli-pre",
-        Some("cli-secret-value"),
-        "client_secret_basic",
-        vec!["http://127.0.0.1/callback".into()],
-    );
-    let mcp = McpServer::start(McpServerConfig {
-        authorization_servers: vec![as1.clone()],
-        ..Default::default()
-    })
-    .await
-    .unwrap();
+    let (as1, mcp) = pre_registered_servers().await;
     let dir = tempfile::tempdir().unwrap();
     let db = dir.path().join("c.db");
     let url = mcp.url();
