@@ -610,12 +610,12 @@ impl McpAuth {
         }
     }
 
-    /// The current access token of `resource` under its bound issuer: (issuer, token). Compared
-    /// by token, not by record version: recording a refresh state changes the version only.
+    /// The binding of `resource` and the tokens under its bound issuer. Callers compare access
+    /// tokens, not record versions: recording a refresh state changes the version only.
     async fn token_snapshot(
         &self,
         resource: &ResourceUri,
-    ) -> Result<Option<(IssuerId, SecretString)>, AuthError> {
+    ) -> Result<Option<(ResourceBinding, TokenSet)>, AuthError> {
         let Some(binding) = self
             .store_retry(|| self.store.get_binding(resource))
             .await?
@@ -626,7 +626,7 @@ impl McpAuth {
         Ok(self
             .store_retry(|| self.store.get_tokens(&key))
             .await?
-            .map(|t| (binding.value.issuer, t.value.access_token)))
+            .map(|t| (binding.value, t.value)))
     }
 
     /// Call after the MCP server answered `401`. Re-discovers the protected resource metadata
@@ -646,32 +646,30 @@ impl McpAuth {
         let lock = self.authorize_locks.get(resource);
         let _guard = lock.lock().await;
         // A concurrent caller may have recovered already (new tokens from this very AS).
-        if let Some((bound, token)) = self.token_snapshot(resource).await?
-            && bound == issuer
-            && seen
-                .as_ref()
-                .is_none_or(|(_, t)| t.expose_secret() != token.expose_secret())
+        let now = self.token_snapshot(resource).await?;
+        if let Some((bound, current)) = &now
+            && bound.issuer == issuer
+            && seen.as_ref().is_none_or(|(_, t)| {
+                t.access_token.expose_secret() != current.access_token.expose_secret()
+            })
             && let Ok(token) = self.cached_access_token(resource).await
         {
             return Ok(token);
         }
-        if let Ok(binding) = self.binding(resource).await
+        if let Some((binding, current)) = now
             && binding.issuer == issuer
+            && current.refresh_token.is_some()
         {
             // Same AS: the token itself was refused. A refresh may fix it; the token read here
             // makes concurrent callers refresh once.
             let key = TokenKey::new(issuer, resource.clone());
-            if let Some(current) = self.store_retry(|| self.store.get_tokens(&key)).await?
-                && current.value.refresh_token.is_some()
+            match self
+                .force_refresh(&binding, &key, &current.access_token)
+                .await
             {
-                match self
-                    .force_refresh(&binding, &key, &current.value.access_token)
-                    .await
-                {
-                    Ok(token) => return Ok(token),
-                    Err(e) if e.needs_login() => {}
-                    Err(e) => return Err(e),
-                }
+                Ok(token) => return Ok(token),
+                Err(e) if e.needs_login() => {}
+                Err(e) => return Err(e),
             }
         }
         self.authorize_with(resource, &prm, Some(&challenge), None)
@@ -694,18 +692,14 @@ impl McpAuth {
         let seen = self.token_snapshot(resource).await?;
         let lock = self.authorize_locks.get(resource);
         let _guard = lock.lock().await;
-        if let Some((issuer, token)) = self.token_snapshot(resource).await?
-            && seen
-                .as_ref()
-                .is_some_and(|(_, t)| t.expose_secret() != token.expose_secret())
-            && let Some(current) = self
-                .store
-                .get_tokens(&TokenKey::new(issuer, resource.clone()))
-                .await?
-            && required.iter().all(|s| current.value.scopes.contains(s))
-            && !self.is_stale(&current.value)
+        if let Some((_, current)) = self.token_snapshot(resource).await?
+            && seen.as_ref().is_some_and(|(_, t)| {
+                t.access_token.expose_secret() != current.access_token.expose_secret()
+            })
+            && required.iter().all(|s| current.scopes.contains(s))
+            && !self.is_stale(&current)
         {
-            return Ok(current.value.access_token);
+            return Ok(current.access_token);
         }
         let attempts = {
             let mut step_ups = self.step_ups.lock().unwrap_or_else(PoisonError::into_inner);

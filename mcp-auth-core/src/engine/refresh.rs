@@ -53,7 +53,6 @@ struct UnsavedEntry {
     tokens: TokenSet,
     since: Instant,
     last_error: Option<String>,
-    issuer_backend: &'static str,
 }
 
 impl Unsaved {
@@ -226,14 +225,14 @@ impl McpAuth {
                 }
                 map.iter()
                     .find(|(_, e)| e.since.elapsed() >= self.config.save_deadline)
-                    .map(|(k, e)| (k.clone(), e.last_error.clone(), e.issuer_backend))
+                    .map(|(k, e)| (k.clone(), e.last_error.clone()))
             };
-            if let Some((key, last_error, backend)) = overdue {
+            if let Some((key, last_error)) = overdue {
                 return Err(AuthError::RotatedTokenNotSaved {
                     issuer: key.issuer.clone(),
                     resource: key.resource.to_string(),
                     source: StoreError::Unavailable {
-                        backend,
+                        backend: self.store.backend_name(),
                         source: last_error
                             .unwrap_or_else(|| "the save did not complete".to_owned())
                             .into(),
@@ -665,7 +664,6 @@ impl McpAuth {
                         tokens: tokens.clone(),
                         since: Instant::now(),
                         last_error: Some(e.to_string()),
-                        issuer_backend: self.store.backend_name(),
                     },
                 );
             }
