@@ -1536,22 +1536,8 @@ impl AsInner {
     // ----- device authorization grant (RFC 8628) ------------------------------------
 
     fn device_authorization(&self, req: &Req<'_>) -> Response {
-        if *req.method != Method::POST {
-            return method_not_allowed("POST");
-        }
-        if !is_form(req.headers) {
-            return oauth_error(
-                StatusCode::BAD_REQUEST,
-                "invalid_request",
-                "Content-Type must be application/x-www-form-urlencoded",
-            );
-        }
-        if let Some(d) = req.form.duplicates.first() {
-            return oauth_error(
-                StatusCode::BAD_REQUEST,
-                "invalid_request",
-                &format!("parameter {d} repeated"),
-            );
+        if let Some(refused) = refuse_unless_form_post(req) {
+            return refused;
         }
         // RFC 8628 §3.1: the client authenticates as at the token endpoint.
         let client = match self.authenticate(req) {
@@ -1820,22 +1806,8 @@ impl AsInner {
     // ----- revocation ---------------------------------------------------------------
 
     fn revoke(&self, req: &Req<'_>) -> Response {
-        if *req.method != Method::POST {
-            return method_not_allowed("POST");
-        }
-        if !is_form(req.headers) {
-            return oauth_error(
-                StatusCode::BAD_REQUEST,
-                "invalid_request",
-                "Content-Type must be application/x-www-form-urlencoded",
-            );
-        }
-        if let Some(d) = req.form.duplicates.first() {
-            return oauth_error(
-                StatusCode::BAD_REQUEST,
-                "invalid_request",
-                &format!("parameter {d} repeated"),
-            );
+        if let Some(refused) = refuse_unless_form_post(req) {
+            return refused;
         }
         let client = match self.authenticate(req) {
             Ok(c) => c,
@@ -1890,6 +1862,30 @@ fn cimd_url(client_id: &str) -> Option<url::Url> {
 
 /// A 400 error page shown to the user agent instead of redirecting (invalid client or
 /// redirect URI, RFC 6749 §4.1.2.1).
+/// What a form-POST endpoint (device authorization, revocation) answers a request that is not
+/// a POST, not `application/x-www-form-urlencoded`, or repeats a parameter; `None` when it is
+/// well formed.
+fn refuse_unless_form_post(req: &Req<'_>) -> Option<Response> {
+    if *req.method != Method::POST {
+        return Some(method_not_allowed("POST"));
+    }
+    if !is_form(req.headers) {
+        return Some(oauth_error(
+            StatusCode::BAD_REQUEST,
+            "invalid_request",
+            "Content-Type must be application/x-www-form-urlencoded",
+        ));
+    }
+    if let Some(d) = req.form.duplicates.first() {
+        return Some(oauth_error(
+            StatusCode::BAD_REQUEST,
+            "invalid_request",
+            &format!("parameter {d} repeated"),
+        ));
+    }
+    None
+}
+
 fn error_page(description: &str) -> Response {
     let html = format!(
         "<!doctype html><title>Authorization error</title><h1>invalid_request</h1><p>{}</p>",
