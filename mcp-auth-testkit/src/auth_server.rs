@@ -82,6 +82,9 @@ pub struct AuthServerConfig {
     pub device_interval: Duration,
     /// Lifetime of a device code (`expires_in`, default 600 s).
     pub device_code_ttl: Duration,
+    /// Match redirect URIs character for character, loopback port included, as some servers
+    /// do (default `false`: any port of a registered loopback redirect URI, RFC 8252 §7.3).
+    pub exact_redirect_uris: bool,
 }
 
 impl Default for AuthServerConfig {
@@ -104,6 +107,7 @@ impl Default for AuthServerConfig {
             device_authorization: false,
             device_interval: Duration::from_secs(5),
             device_code_ttl: Duration::from_secs(600),
+            exact_redirect_uris: false,
         }
     }
 }
@@ -1224,11 +1228,13 @@ impl AsInner {
             Ok(c) => c,
             Err(e) => return error_page(&e),
         };
-        if !client
-            .redirect_uris
-            .iter()
-            .any(|r| redirect_matches(r, redirect_uri))
-        {
+        if !client.redirect_uris.iter().any(|r| {
+            if self.config.exact_redirect_uris {
+                r == redirect_uri
+            } else {
+                redirect_matches(r, redirect_uri)
+            }
+        }) {
             return error_page("redirect_uri does not match a registered redirect URI");
         }
         let Ok(redirect) = url::Url::parse(redirect_uri) else {

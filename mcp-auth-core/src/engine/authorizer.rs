@@ -64,6 +64,24 @@ impl fmt::Debug for AuthorizationRequest {
 pub trait Authorizer: Send + Sync + fmt::Debug {
     /// Returns the callback URL (the redirect URI with `code`, `state`, `iss` or `error`).
     async fn authorize(&self, request: AuthorizationRequest) -> Result<Url, AuthError>;
+
+    /// Whether this authorizer can receive a callback at `redirect_uri` now. The engine asks
+    /// before it reuses the exact redirect URI a dynamic registration holds: when the answer is
+    /// no (a loopback port another program took), it registers again with the configured one.
+    /// Default: yes.
+    fn can_serve(&self, redirect_uri: &Url) -> bool {
+        let _ = redirect_uri;
+        true
+    }
+}
+
+/// Whether this process can listen on the loopback port of `redirect_uri` (bound and released
+/// at once: another program may still take it before the login, which then fails clearly).
+fn loopback_port_free(redirect_uri: &Url) -> bool {
+    let host = redirect_uri.host_str().unwrap_or_default();
+    let bind = if host == "[::1]" { "::1" } else { "127.0.0.1" };
+    let port = redirect_uri.port_or_known_default().unwrap_or(80);
+    std::net::TcpListener::bind((bind, port)).is_ok()
 }
 
 /// Fetches the authorization URL without a browser and returns the redirect it answers with, as
@@ -263,6 +281,10 @@ impl fmt::Debug for LoopbackAuthorizer {
 
 #[async_trait]
 impl Authorizer for LoopbackAuthorizer {
+    fn can_serve(&self, redirect_uri: &Url) -> bool {
+        loopback_port_free(redirect_uri)
+    }
+
     async fn authorize(&self, request: AuthorizationRequest) -> Result<Url, AuthError> {
         let redirect = Url::parse(&request.redirect_uri)
             .map_err(|_| AuthError::Config("redirect_uri is not a URL".to_owned()))?;
@@ -393,6 +415,10 @@ impl fmt::Debug for PasteAuthorizer {
 
 #[async_trait]
 impl Authorizer for PasteAuthorizer {
+    fn can_serve(&self, redirect_uri: &Url) -> bool {
+        self.loopback.can_serve(redirect_uri)
+    }
+
     async fn authorize(&self, request: AuthorizationRequest) -> Result<Url, AuthError> {
         let redirect = Url::parse(&request.redirect_uri)
             .map_err(|_| AuthError::Config("redirect_uri is not a URL".to_owned()))?;

@@ -25,8 +25,19 @@ pub struct HttpPolicy {
     /// Allow `http://` to loopback hosts and loopback addresses (tests, local development).
     /// Default false: only `https` to public addresses.
     pub allow_loopback: bool,
-    /// Allow private, link-local, carrier-grade-NAT and other non-public addresses. Default false.
+    /// Allow private, link-local, carrier-grade-NAT and other non-public addresses (an MCP
+    /// server on `10.x` inside a company). Default false. Together with `allow_loopback`,
+    /// plain `http://` is also allowed to such servers — only to them: a plain-http host name
+    /// must resolve to loopback or private addresses, never a public one.
     pub allow_private: bool,
+    /// Send `https` requests through the proxy the standard environment variables name
+    /// (`HTTPS_PROXY`, `ALL_PROXY`, `HTTP_PROXY` and `NO_PROXY`, upper or lower case). Default
+    /// false: those variables are ignored. The proxy's own address is exempt from the address
+    /// policy (it is the user's choice, often on a private network); IP-literal targets are
+    /// still checked, but the proxy resolves host names itself, so the DNS-answer check cannot
+    /// see where a name leads. Plain-http requests (loopback and private servers) never go
+    /// through the proxy.
+    pub use_system_proxy: bool,
     /// Same-origin redirects followed when fetching metadata. Default 3.
     pub max_redirects: usize,
 }
@@ -38,6 +49,7 @@ impl Default for HttpPolicy {
             max_response_bytes: 1024 * 1024,
             allow_loopback: false,
             allow_private: false,
+            use_system_proxy: false,
             max_redirects: 3,
         }
     }
@@ -50,6 +62,18 @@ impl HttpPolicy {
             allow_loopback: true,
             ..Self::default()
         }
+    }
+
+    /// Also allows private-network addresses ([`HttpPolicy::allow_private`]).
+    pub fn allowing_private_network(mut self) -> Self {
+        self.allow_private = true;
+        self
+    }
+
+    /// Sends `https` requests through the system proxy ([`HttpPolicy::use_system_proxy`]).
+    pub fn using_system_proxy(mut self) -> Self {
+        self.use_system_proxy = true;
+        self
     }
 
     /// Sets the timeout.
@@ -99,6 +123,17 @@ impl HttpPolicy {
                 AddressClass::Loopback => self.refuse_class(AddressClass::Loopback, true),
                 _ => None,
             })
+    }
+
+    /// Whether `ip` is a globally reachable address (by its own range and every IPv4 address
+    /// it may carry).
+    fn is_public(&self, ip: IpAddr) -> bool {
+        let strict = HttpPolicy {
+            allow_loopback: false,
+            allow_private: false,
+            ..self.clone()
+        };
+        strict.refuse_ip(ip).is_none()
     }
 
     fn refuse_class(&self, class: AddressClass, embedded: bool) -> Option<&'static str> {
@@ -241,20 +276,58 @@ pub(crate) fn redact(url: &Url) -> String {
     u.to_string()
 }
 
+/// Host names of the proxies the standard environment variables name (IP-literal proxies
+/// need no resolution).
+fn system_proxy_hosts() -> Vec<String> {
+    [
+        "HTTPS_PROXY",
+        "https_proxy",
+        "ALL_PROXY",
+        "all_proxy",
+        "HTTP_PROXY",
+        "http_proxy",
+    ]
+    .iter()
+    .filter_map(|name| std::env::var(name).ok())
+    .filter_map(|value| {
+        let value = value.trim();
+        let with_scheme = if value.contains("://") {
+            value.to_owned()
+        } else {
+            format!("http://{value}")
+        };
+        Url::parse(&with_scheme)
+            .ok()
+            .and_then(|u| u.host_str().map(str::to_owned))
+    })
+    .collect()
+}
+
 /// A DNS resolver that drops addresses the policy forbids, so a hostname cannot resolve to a
 /// private address behind the policy's back.
 struct PolicyResolver {
     policy: HttpPolicy,
+    /// Plain-http requests: public addresses are refused too (plaintext stays off the
+    /// internet).
+    refuse_public: bool,
+    /// Host names of the system proxy, resolved without the address policy.
+    exempt: Arc<[String]>,
 }
 
 impl reqwest::dns::Resolve for PolicyResolver {
     fn resolve(&self, name: reqwest::dns::Name) -> reqwest::dns::Resolving {
         let policy = self.policy.clone();
         let host = name.as_str().to_owned();
+        let exempt = self.exempt.iter().any(|h| h.eq_ignore_ascii_case(&host));
+        let refuse_public = self.refuse_public;
         Box::pin(async move {
             let addrs: Vec<SocketAddr> = tokio::net::lookup_host((host.as_str(), 0))
                 .await?
-                .filter(|a| policy.refuse_ip(a.ip()).is_none())
+                .filter(|a| {
+                    exempt
+                        || (policy.refuse_ip(a.ip()).is_none()
+                            && !(refuse_public && policy.is_public(a.ip())))
+                })
                 .collect();
             if addrs.is_empty() {
                 return Err(format!("{host} resolves to no address this policy allows").into());
@@ -304,6 +377,9 @@ pub(crate) struct Http {
     /// Built on the first request, not before: building loads the system's CA certificates
     /// (hundreds of file reads), which a process that answers from the store never needs.
     client: std::sync::OnceLock<Result<reqwest::Client, String>>,
+    /// For plain-http requests (loopback and private servers only): never proxied, and its
+    /// resolver refuses public addresses.
+    plain_client: std::sync::OnceLock<Result<reqwest::Client, String>>,
     policy: Arc<HttpPolicy>,
 }
 
@@ -319,28 +395,44 @@ impl Http {
     pub(crate) fn new(policy: HttpPolicy) -> Result<Self, AuthError> {
         Ok(Self {
             client: std::sync::OnceLock::new(),
+            plain_client: std::sync::OnceLock::new(),
             policy: Arc::new(policy),
         })
     }
 
-    /// The client, built once, on first use.
-    fn client(&self) -> Result<&reqwest::Client, AuthError> {
-        self.client
-            .get_or_init(|| {
-                reqwest::Client::builder()
-                    .redirect(reqwest::redirect::Policy::none())
-                    .no_proxy()
-                    .timeout(self.policy.timeout)
-                    .connect_timeout(self.policy.timeout)
-                    .user_agent(concat!("mcp-auth/", env!("CARGO_PKG_VERSION")))
-                    .dns_resolver(Arc::new(PolicyResolver {
-                        policy: (*self.policy).clone(),
-                    }))
-                    .build()
-                    .map_err(|e| e.to_string())
-            })
+    /// The client for `url`, built once, on first use.
+    fn client(&self, url: &Url) -> Result<&reqwest::Client, AuthError> {
+        let plain = url.scheme() == "http";
+        let cell = if plain {
+            &self.plain_client
+        } else {
+            &self.client
+        };
+        cell.get_or_init(|| self.build_client(plain))
             .as_ref()
             .map_err(|e| AuthError::Config(format!("cannot build the HTTP client: {e}")))
+    }
+
+    fn build_client(&self, plain: bool) -> Result<reqwest::Client, String> {
+        let proxied = self.policy.use_system_proxy && !plain;
+        let mut builder = reqwest::Client::builder()
+            .redirect(reqwest::redirect::Policy::none())
+            .timeout(self.policy.timeout)
+            .connect_timeout(self.policy.timeout)
+            .user_agent(concat!("mcp-auth/", env!("CARGO_PKG_VERSION")))
+            .dns_resolver(Arc::new(PolicyResolver {
+                policy: (*self.policy).clone(),
+                refuse_public: plain,
+                exempt: if proxied {
+                    system_proxy_hosts().into()
+                } else {
+                    Arc::from([])
+                },
+            }));
+        if !proxied {
+            builder = builder.no_proxy();
+        }
+        builder.build().map_err(|e| e.to_string())
     }
 
     /// Refuses anything but `https` (or `http` to loopback when allowed) and forbidden IP
@@ -356,12 +448,28 @@ impl Http {
             Host::Ipv4(ip) => ip.is_loopback(),
             Host::Ipv6(ip) => ip.is_loopback(),
         };
+        let public_literal = match &host {
+            Host::Ipv4(ip) => self.policy.is_public(IpAddr::V4(*ip)),
+            Host::Ipv6(ip) => self.policy.is_public(IpAddr::V6(*ip)),
+            Host::Domain(_) => false,
+        };
         match url.scheme() {
             "https" => {}
             "http" if loopback_host && self.policy.allow_loopback => {}
+            // A host name is resolved by the plain-http client, which refuses public addresses.
+            "http"
+                if self.policy.allow_loopback && self.policy.allow_private && !public_literal => {}
+            "http" if self.policy.allow_loopback => {
+                return Err(refuse(
+                    "plain http is allowed to loopback servers only (and to private-network \
+                     servers with HttpPolicy::allow_private, CLI --allow-private-network); use \
+                     https",
+                ));
+            }
             "http" => {
                 return Err(refuse(
-                    "plain http is only allowed to loopback in test mode",
+                    "plain http is refused; for a server on this machine allow it with \
+                     HttpPolicy::allow_loopback (CLI --allow-http), otherwise use https",
                 ));
             }
             other => return Err(refuse(&format!("scheme {other:?} is not allowed"))),
@@ -396,7 +504,7 @@ impl Http {
         for _ in 0..=self.policy.max_redirects {
             let fetched = self
                 .send(
-                    self.client()?
+                    self.client(&current)?
                         .get(current.clone())
                         .header("Accept", "application/json"),
                     &current,
@@ -435,7 +543,7 @@ impl Http {
     /// caller decides where a redirect may lead. Same checks and limits as every request.
     pub(crate) async fn get_page(&self, url: &Url) -> Result<Fetched, AuthError> {
         self.send(
-            self.client()?
+            self.client(url)?
                 .get(url.clone())
                 .header("Accept", "text/html,application/xhtml+xml"),
             url,
@@ -452,7 +560,7 @@ impl Http {
         basic: Option<(&str, &str)>,
     ) -> Result<Fetched, AuthError> {
         let mut request = self
-            .client()?
+            .client(url)?
             .post(url.clone())
             .header("Accept", "application/json")
             .form(form);
@@ -476,7 +584,7 @@ impl Http {
     ) -> Result<Fetched, (AuthError, Delivery)> {
         self.check_url(url).map_err(|e| (e, Delivery::NotSent))?;
         let mut request = self
-            .client()
+            .client(url)
             .map_err(|e| (e, Delivery::NotSent))?
             .post(url.clone())
             .header("Accept", "application/json")
@@ -493,7 +601,7 @@ impl Http {
     /// POST a JSON body.
     pub(crate) async fn post_json(&self, url: &Url, body: &Value) -> Result<Fetched, AuthError> {
         self.send(
-            self.client()?
+            self.client(url)?
                 .post(url.clone())
                 .header("Accept", "application/json")
                 .json(body),
@@ -778,5 +886,101 @@ mod tests {
                 assert!(matches!(e, AuthError::UnsafeUrl { .. }), "{text}: {e:?}");
             }
         }
+    }
+
+    fn policy(loopback: bool, private: bool) -> HttpPolicy {
+        HttpPolicy {
+            allow_loopback: loopback,
+            allow_private: private,
+            ..HttpPolicy::default()
+        }
+    }
+
+    #[test]
+    fn plain_http_needs_allow_loopback_and_reaches_private_servers_only_with_allow_private() {
+        let check =
+            |p: HttpPolicy, url: &str| Http::new(p).unwrap().check_url(&Url::parse(url).unwrap());
+        for url in [
+            "http://127.0.0.1:8080/mcp",
+            "http://localhost/mcp",
+            "http://[::1]/mcp",
+        ] {
+            assert!(check(policy(false, false), url).is_err(), "{url}");
+            assert!(check(policy(true, false), url).is_ok(), "{url}");
+            assert!(check(policy(true, true), url).is_ok(), "{url}");
+        }
+        for url in [
+            "http://10.1.2.3/mcp",
+            "http://192.168.1.9:8000/mcp",
+            "http://mcp.corp.internal/mcp",
+        ] {
+            assert!(check(policy(false, false), url).is_err(), "{url}");
+            assert!(check(policy(true, false), url).is_err(), "{url}");
+            assert!(check(policy(false, true), url).is_err(), "{url}");
+            assert!(check(policy(true, true), url).is_ok(), "{url}");
+        }
+        // Plaintext never goes to a public address, whatever the policy.
+        for url in ["http://8.8.8.8/mcp", "http://[2606:4700::1111]/mcp"] {
+            assert!(check(policy(true, true), url).is_err(), "{url}");
+        }
+        // The errors name the switch that allows it.
+        let e = check(policy(false, false), "http://127.0.0.1/mcp")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("--allow-http"), "{e}");
+        let e = check(policy(true, false), "http://10.0.0.1/mcp")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("--allow-private-network"), "{e}");
+    }
+
+    async fn resolve(resolver: PolicyResolver, name: &str) -> Result<Vec<SocketAddr>, String> {
+        use reqwest::dns::Resolve as _;
+        let name: reqwest::dns::Name = name.parse().unwrap();
+        resolver
+            .resolve(name)
+            .await
+            .map(Iterator::collect)
+            .map_err(|e| e.to_string())
+    }
+
+    // Names that are IP literals resolve without any network traffic.
+    #[tokio::test]
+    async fn the_plain_http_resolver_refuses_public_addresses() {
+        let plain = |p| PolicyResolver {
+            policy: p,
+            refuse_public: true,
+            exempt: Arc::from([]),
+        };
+        assert!(resolve(plain(policy(true, true)), "8.8.8.8").await.is_err());
+        assert!(resolve(plain(policy(true, true)), "10.0.0.7").await.is_ok());
+        assert!(
+            resolve(plain(policy(true, false)), "10.0.0.7")
+                .await
+                .is_err()
+        );
+        assert!(
+            resolve(plain(policy(true, false)), "127.0.0.1")
+                .await
+                .is_ok()
+        );
+        let https = PolicyResolver {
+            policy: policy(false, false),
+            refuse_public: false,
+            exempt: Arc::from([]),
+        };
+        assert!(resolve(https, "8.8.8.8").await.is_ok());
+    }
+
+    #[tokio::test]
+    async fn the_system_proxy_host_is_exempt_from_the_address_policy() {
+        let with = |exempt: &[&str]| PolicyResolver {
+            policy: HttpPolicy::default(),
+            refuse_public: false,
+            exempt: exempt.iter().map(|h| (*h).to_owned()).collect(),
+        };
+        assert!(resolve(with(&[]), "10.0.0.8").await.is_err());
+        assert!(resolve(with(&["10.0.0.8"]), "10.0.0.8").await.is_ok());
+        assert!(resolve(with(&["10.0.0.9"]), "10.0.0.8").await.is_err());
     }
 }

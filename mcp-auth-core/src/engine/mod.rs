@@ -929,8 +929,10 @@ impl McpAuth {
                 });
             }
             let registration = self.ensure_registration(&meta).await?;
+            let (registration, redirect_uri) = self
+                .servable_redirect(resource, &meta, registration)
+                .await?;
             let scopes = select_scopes(prm, &meta, challenge, explicit_scopes);
-            let redirect_uri = self.redirect_uri_for(&registration);
 
             let verifier = random_urlsafe(32);
             let state = random_urlsafe(24);
@@ -1349,23 +1351,82 @@ impl McpAuth {
     /// The redirect URI for a flow with `registration`: for dynamic registrations made by this
     /// library, a path of its own per authorization server (`<redirect_uri>/<issuer key>`), so a
     /// response that comes back without `iss` still names the server it belongs to (RFC 9700
-    /// §4.4.2); otherwise (pre-registered, Client ID Metadata Document, older registrations)
+    /// §4.4.2) — exactly as registered, port included, since some servers match redirect URIs
+    /// exactly; otherwise (pre-registered, Client ID Metadata Document, older registrations)
     /// the configured redirect URI, which is what the server has on record.
     fn redirect_uri_for(&self, registration: &ClientRegistration) -> String {
         let own = self.issuer_redirect_uri(&registration.issuer);
-        let registered =
-            registration
-                .redirect_uris
-                .iter()
-                .any(|u| match (Url::parse(u), Url::parse(&own)) {
-                    (Ok(a), Ok(b)) => a.path() == b.path() && a.host() == b.host(),
-                    _ => false,
-                });
-        if registration.kind == RegistrationKind::Dynamic && registered {
-            own
-        } else {
-            self.config.redirect_uri.clone()
+        let Ok(own_url) = Url::parse(&own) else {
+            return self.config.redirect_uri.clone();
+        };
+        let registered = registration.redirect_uris.iter().find(|u| {
+            Url::parse(u).is_ok_and(|a| {
+                a.scheme() == own_url.scheme()
+                    && a.path() == own_url.path()
+                    && a.host() == own_url.host()
+            })
+        });
+        match registered {
+            Some(exact) if registration.kind == RegistrationKind::Dynamic => exact.clone(),
+            _ => self.config.redirect_uri.clone(),
         }
+    }
+
+    /// The registration and redirect URI of an authorization-code flow, making sure the
+    /// authorizer can receive the callback there. A dynamic registration whose loopback port
+    /// another program now holds is replaced by a new one on the configured redirect URI —
+    /// unless another MCP server's tokens at this authorization server may have been issued to
+    /// the registered client (re-registering would cut their refresh off): then the error names
+    /// the port to free.
+    async fn servable_redirect(
+        &self,
+        resource: &ResourceUri,
+        meta: &ServerMetadata,
+        registration: ClientRegistration,
+    ) -> Result<(ClientRegistration, String), AuthError> {
+        let redirect_uri = self.redirect_uri_for(&registration);
+        let servable = Url::parse(&redirect_uri).is_ok_and(|u| self.authorizer.can_serve(&u));
+        let fresh = self.issuer_redirect_uri(&meta.issuer);
+        if servable || registration.kind != RegistrationKind::Dynamic || redirect_uri == fresh {
+            return Ok((registration, redirect_uri));
+        }
+        let Some(endpoint) = &meta.registration_endpoint else {
+            return Ok((registration, redirect_uri));
+        };
+        let issuer = &meta.issuer;
+        let others = self
+            .store
+            .list_tokens()
+            .await?
+            .into_iter()
+            .any(|k| &k.issuer == issuer && &k.resource != resource);
+        if others {
+            return Err(AuthError::Authorizer(format!(
+                "the redirect URI registered at {issuer} ({}) cannot be served: another program \
+                 holds its port; close it and log in again (registering a new client would end \
+                 the other MCP servers' logins at this authorization server)",
+                redirect_uri
+            )));
+        }
+        let lock = self.registration_locks.get(issuer);
+        let _guard = lock.lock().await;
+        let current = self.store.get_registration(issuer).await?;
+        // Another process may already have registered again.
+        if let Some(current) = &current
+            && current.value.client_id != registration.client_id
+        {
+            let redirect_uri = self.redirect_uri_for(&current.value);
+            return Ok((current.value.clone(), redirect_uri));
+        }
+        debug!(issuer = %issuer, "registered redirect port is taken; registering again");
+        let replacement = self.register(meta, endpoint).await?;
+        let expect = match current {
+            Some(old) => Expect::Version(old.version),
+            None => Expect::Absent,
+        };
+        self.store.put_registration(&replacement, expect).await?;
+        let redirect_uri = self.redirect_uri_for(&replacement);
+        Ok((replacement, redirect_uri))
     }
 
     fn issuer_redirect_uri(&self, issuer: &IssuerId) -> String {
