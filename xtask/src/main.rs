@@ -223,6 +223,8 @@ fn test_all(args: &[String]) -> Result<(), String> {
     let root = project_root();
     let interop = interop::Interop::locate(&root)?;
     let interop_env = interop.env();
+    // The browser-path tests drive headless Chromium as the user's browser.
+    let chromium = services::chromium()?.display().to_string();
 
     let steps = vec![
         Step::new(
@@ -269,10 +271,12 @@ fn test_all(args: &[String]) -> Result<(), String> {
             "a test failed; rerun it alone with `cargo nextest run -E 'test(NAME)' --all-features` \
              (backend tests need MCP_AUTH_TEST_REDIS_URL and MCP_AUTH_TEST_AWS_ENDPOINT (a moto \
              server), the interop tests MCP_AUTH_TEST_NODE \
-             MCP_AUTH_TEST_OIDC_PROVIDER and MCP_AUTH_TEST_MCP_CLIENTS; test-all sets them, and \
-             `cargo xtask interop-setup` prints them)",
+             MCP_AUTH_TEST_OIDC_PROVIDER and MCP_AUTH_TEST_MCP_CLIENTS, the browser tests \
+             MCP_AUTH_TEST_CHROMIUM (e.g. /usr/bin/chromium); test-all sets them, and \
+             `cargo xtask interop-setup` prints the interop ones)",
         )
         .env("MCP_AUTH_TEST_REDIS_URL", &redis_url)
+        .env("MCP_AUTH_TEST_CHROMIUM", &chromium)
         .env(interop_env[0].0, &interop_env[0].1)
         .env(interop_env[1].0, &interop_env[1].1)
         .env(interop_env[2].0, &interop_env[2].1)

@@ -60,6 +60,19 @@ pub(crate) fn which(command: &str) -> bool {
         .is_some_and(|path| std::env::split_paths(&path).any(|dir| dir.join(command).is_file()))
 }
 
+/// The headless browser of the browser-path tests (mcp-auth-cli/tests/browser.rs, which read
+/// it from `MCP_AUTH_TEST_CHROMIUM`): Debian's `chromium`, installed if missing. Its path.
+pub(crate) fn chromium() -> Result<std::path::PathBuf, String> {
+    ensure_installed("chromium", &["chromium"])?;
+    std::env::var_os("PATH")
+        .and_then(|path| {
+            std::env::split_paths(&path)
+                .map(|dir| dir.join("chromium"))
+                .find(|candidate| candidate.is_file())
+        })
+        .ok_or_else(|| "chromium is not on the PATH".to_owned())
+}
+
 /// Starts a throwaway `redis-server` on a free loopback port (installing Debian's package if
 /// needed): no persistence, its own temporary directory. Returns the service and its URL.
 pub(crate) fn start_redis() -> Result<(Service, String), String> {
