@@ -36,8 +36,50 @@ struct Cli {
         default_value = "default"
     )]
     namespace: String,
-    /// Allow plain http and loopback addresses (local test servers only).
-    #[arg(long, global = true, hide = true, env = "MCP_AUTH_INSECURE_LOOPBACK")]
+    /// Allow plain http to MCP servers and authorization servers on this machine (loopback
+    /// addresses); every other server needs https.
+    #[arg(
+        long,
+        global = true,
+        env = "MCP_AUTH_ALLOW_HTTP",
+        value_parser = clap::builder::BoolishValueParser::new(),
+        num_args = 0,
+        default_missing_value = "true"
+    )]
+    allow_http: bool,
+    /// Allow servers on private-network addresses (10.x, 192.168.x, fd00::/8, link-local …),
+    /// e.g. an MCP server inside a company. Off by default: a hostile server's metadata could
+    /// otherwise point this machine at internal services.
+    #[arg(
+        long,
+        global = true,
+        env = "MCP_AUTH_ALLOW_PRIVATE_NETWORK",
+        value_parser = clap::builder::BoolishValueParser::new(),
+        num_args = 0,
+        default_missing_value = "true"
+    )]
+    allow_private_network: bool,
+    /// Send https requests through the proxy named by HTTPS_PROXY / ALL_PROXY / HTTP_PROXY
+    /// (NO_PROXY honoured). Off by default: those variables are ignored.
+    #[arg(
+        long,
+        global = true,
+        env = "MCP_AUTH_USE_SYSTEM_PROXY",
+        value_parser = clap::builder::BoolishValueParser::new(),
+        num_args = 0,
+        default_missing_value = "true"
+    )]
+    use_system_proxy: bool,
+    /// The former name of --allow-http.
+    #[arg(
+        long,
+        global = true,
+        hide = true,
+        env = "MCP_AUTH_INSECURE_LOOPBACK",
+        value_parser = clap::builder::BoolishValueParser::new(),
+        num_args = 0,
+        default_missing_value = "true"
+    )]
     insecure_allow_loopback: bool,
     #[command(subcommand)]
     command: Command,
@@ -130,9 +172,37 @@ struct LoginArgs {
     /// server that advertises a device_authorization_endpoint.
     #[arg(long, conflicts_with_all = ["no_browser", "headless"])]
     device: bool,
+    /// The loopback port of the OAuth redirect. Default: a stable port derived from the URL
+    /// (the one `mcp-auth proxy` uses too), so an authorization server that matches redirect
+    /// URIs exactly sees the same one at every login; a dynamically registered client keeps
+    /// the port it was registered with.
+    #[arg(long)]
+    callback_port: Option<u16>,
     /// Follow the authorization redirect without a browser (auto-approving servers only).
     #[arg(long, hide = true)]
     headless: bool,
+}
+
+/// The loopback port of the redirect URI: `explicit`, else the stable port of `url` when it is
+/// free, else (another program holds it) an ephemeral one — said on stderr, since a server that
+/// matches redirect URIs exactly accepts it only for a new dynamic registration.
+pub(crate) fn callback_port(explicit: Option<u16>, url: &str) -> Result<u16, String> {
+    if let Some(port) = explicit {
+        return Ok(port);
+    }
+    let stable = proxy::default_callback_port(url);
+    if std::net::TcpListener::bind(("127.0.0.1", stable)).is_ok() {
+        return Ok(stable);
+    }
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .map_err(|e| format!("cannot pick a loopback port: {e}"))?;
+    eprintln!(
+        "mcp-auth: the usual redirect port {stable} of this server is in use; using {port} \
+         (pass --callback-port to choose)"
+    );
+    Ok(port)
 }
 
 #[derive(Args, Debug)]
@@ -240,12 +310,45 @@ fn printable(text: &str) -> String {
         .collect()
 }
 
-fn policy(cli: &Cli) -> HttpPolicy {
-    if cli.insecure_allow_loopback {
-        HttpPolicy::allowing_loopback()
-    } else {
-        HttpPolicy::default()
+/// The network options every command shares.
+#[derive(Clone, Copy, Debug, Default)]
+pub(crate) struct NetworkOptions {
+    /// Plain http to loopback servers (and private ones with `allow_private_network`).
+    pub(crate) allow_http: bool,
+    /// Private-network addresses.
+    pub(crate) allow_private_network: bool,
+    /// The proxy of the standard environment variables, for https.
+    pub(crate) use_system_proxy: bool,
+}
+
+impl NetworkOptions {
+    fn of(cli: &Cli) -> Self {
+        Self {
+            allow_http: cli.allow_http || cli.insecure_allow_loopback,
+            allow_private_network: cli.allow_private_network,
+            use_system_proxy: cli.use_system_proxy,
+        }
     }
+
+    /// The engine's policy for these options.
+    pub(crate) fn policy(self) -> HttpPolicy {
+        let mut policy = if self.allow_http {
+            HttpPolicy::allowing_loopback()
+        } else {
+            HttpPolicy::default()
+        };
+        if self.allow_private_network {
+            policy = policy.allowing_private_network();
+        }
+        if self.use_system_proxy {
+            policy = policy.using_system_proxy();
+        }
+        policy
+    }
+}
+
+fn policy(cli: &Cli) -> HttpPolicy {
+    NetworkOptions::of(cli).policy()
 }
 
 async fn run(cli: Cli) -> Result<(), Failure> {
@@ -259,7 +362,7 @@ async fn run(cli: Cli) -> Result<(), Failure> {
         }
         Command::Proxy(args) => {
             let store = store::open(cli.store.as_deref(), &namespace).await?;
-            proxy::run(args, store, cli.insecure_allow_loopback)
+            proxy::run(args, store, NetworkOptions::of(&cli))
                 .await
                 .map_err(Failure::from)
         }
@@ -300,11 +403,7 @@ async fn login(
     store: Arc<dyn CredentialStore>,
 ) -> Result<(), Failure> {
     let resource = ResourceUri::new(&args.url)?;
-    // RFC 8252: a loopback redirect on an ephemeral port.
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .map_err(|e| format!("cannot pick a loopback port: {e}"))?;
+    let port = callback_port(args.callback_port, &args.url)?;
     let mut config =
         ClientConfig::default().with_redirect_uri(format!("http://127.0.0.1:{port}/callback"));
     if let Some(url) = &args.client_metadata_url {

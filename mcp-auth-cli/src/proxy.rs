@@ -12,13 +12,16 @@ use std::time::Duration;
 use clap::Args;
 use mcp_auth_core::{
     AuthError, Authorizer, ClientConfig, CredentialStore, ExposeSecret, HeadlessAuthorizer,
-    HttpPolicy, LoopbackAuthorizer, McpAuth, ResourceUri, SecretString,
+    LoopbackAuthorizer, McpAuth, ResourceUri, SecretString,
 };
 use reqwest::header::{ACCEPT, AUTHORIZATION, CONTENT_TYPE, HeaderMap, HeaderName, HeaderValue};
 use serde_json::{Value, json};
 use tokio::io::AsyncWriteExt;
 use tokio::sync::mpsc;
 use tracing::{debug, info, warn};
+
+#[path = "proxy_sse.rs"]
+mod sse;
 
 const SESSION_HEADER: &str = "mcp-session-id";
 const VERSION_HEADER: &str = "mcp-protocol-version";
@@ -35,15 +38,12 @@ const MAX_RESUME_ATTEMPTS: u32 = 3;
 /// Arguments of `mcp-auth proxy`.
 #[derive(Args)]
 pub(crate) struct ProxyArgs {
-    /// The remote MCP server URL (streamable HTTP).
+    /// The remote MCP server URL (streamable HTTP; with `--transport sse`, the SSE endpoint).
     url: String,
     /// An extra header on every request to the server, `Name: value` (repeatable; `${VAR}` is
     /// replaced by the environment variable VAR).
     #[arg(long = "header", value_name = "NAME: VALUE")]
     headers: Vec<String>,
-    /// Allow plain http (loopback servers and authorization servers only).
-    #[arg(long)]
-    allow_http: bool,
     /// The loopback port of the OAuth redirect (default: a stable port derived from the URL).
     #[arg(long)]
     callback_port: Option<u16>,
@@ -59,6 +59,9 @@ pub(crate) struct ProxyArgs {
     /// Follow the authorization redirect without a browser (auto-approving servers only).
     #[arg(long, hide = true)]
     headless: bool,
+    /// The server's transport: `sse` is the legacy HTTP+SSE transport (MCP 2024-11-05).
+    #[arg(long, value_enum, default_value_t)]
+    transport: sse::Transport,
 }
 
 impl std::fmt::Debug for ProxyArgs {
@@ -72,12 +75,12 @@ impl std::fmt::Debug for ProxyArgs {
         f.debug_struct("ProxyArgs")
             .field("url", &self.url)
             .field("header_names", &names)
-            .field("allow_http", &self.allow_http)
             .field("callback_port", &self.callback_port)
             .field("auth_timeout", &self.auth_timeout)
             .field("no_browser", &self.no_browser)
             .field("verbose", &self.verbose)
             .field("headless", &self.headless)
+            .field("transport", &self.transport)
             .finish()
     }
 }
@@ -137,22 +140,11 @@ fn parse_headers(raw: &[String]) -> Result<HeaderMap, String> {
     Ok(map)
 }
 
-fn is_loopback_host(url: &reqwest::Url) -> bool {
-    let Some(host) = url.host_str() else {
-        return false;
-    };
-    let host = host.trim_start_matches('[').trim_end_matches(']');
-    host.eq_ignore_ascii_case("localhost")
-        || host
-            .parse::<std::net::IpAddr>()
-            .is_ok_and(|ip| ip.is_loopback())
-}
-
 /// Runs the proxy until stdin closes or SIGTERM/SIGINT arrives.
 pub(crate) async fn run(
     args: &ProxyArgs,
     store: Arc<dyn CredentialStore>,
-    insecure_allow_loopback: bool,
+    network: crate::NetworkOptions,
 ) -> Result<(), String> {
     if args.verbose > 0 {
         let level = if args.verbose > 1 {
@@ -166,30 +158,12 @@ pub(crate) async fn run(
             .try_init();
     }
     let url = reqwest::Url::parse(&args.url).map_err(|e| format!("invalid URL: {e}"))?;
-    let allow_http = args.allow_http || insecure_allow_loopback;
-    match url.scheme() {
-        "https" => {}
-        "http" if allow_http && is_loopback_host(&url) => {}
-        "http" if allow_http => {
-            return Err(format!(
-                "refusing plain http to {url}: --allow-http is for loopback servers only"
-            ));
-        }
-        _ => {
-            return Err(format!(
-                "refusing {url}: use https (or --allow-http for loopback)"
-            ));
-        }
-    }
-    let policy = if allow_http {
-        HttpPolicy::allowing_loopback()
-    } else {
-        HttpPolicy::default()
-    };
+    let policy = network.policy();
+    // The same rules as every request of the engine: https, or plain http to this machine
+    // (--allow-http) or a private network (--allow-private-network); never a public address.
+    policy.check_url(&url).map_err(|e| e.to_string())?;
     let resource = ResourceUri::new(&args.url).map_err(|e| e.to_string())?;
-    let port = args
-        .callback_port
-        .unwrap_or_else(|| default_callback_port(&args.url));
+    let port = crate::callback_port(args.callback_port, &args.url)?;
     let timeout = Duration::from_secs(args.auth_timeout);
     let authorizer: Arc<dyn Authorizer> = if args.headless {
         Arc::new(HeadlessAuthorizer::with_policy(policy.clone()).map_err(|e| e.to_string())?)
@@ -213,9 +187,13 @@ pub(crate) async fn run(
         .authorizer(authorizer)
         .build()
         .map_err(|e| e.to_string())?;
-    let http = reqwest::Client::builder()
+    let mut http = reqwest::Client::builder()
         .redirect(reqwest::redirect::Policy::none())
-        .connect_timeout(Duration::from_secs(30))
+        .connect_timeout(Duration::from_secs(30));
+    if !network.use_system_proxy || url.scheme() == "http" {
+        http = http.no_proxy();
+    }
+    let http = http
         .build()
         .map_err(|e| format!("cannot build the HTTP client: {e}"))?;
     let (out_tx, mut out_rx) = mpsc::unbounded_channel::<String>();
@@ -241,6 +219,7 @@ pub(crate) async fn run(
         step_up: tokio::sync::Mutex::new(()),
         session: Mutex::new(Session::default()),
         out: out_tx,
+        sse: (args.transport == sse::Transport::Sse).then(sse::Sse::new),
     });
     info!(url = %proxy.url, callback_port = port, "proxy started");
     let mut tasks = tokio::task::JoinSet::new();
@@ -258,6 +237,7 @@ pub(crate) async fn run(
     });
     let shutdown = shutdown_signal();
     tokio::pin!(shutdown);
+    let mut fatal = None;
     loop {
         tokio::select! {
             line = lines.recv() => match line.transpose() {
@@ -289,6 +269,7 @@ pub(crate) async fn run(
             },
             () = &mut shutdown => { debug!("signal received"); break; }
             Some(_) = tasks.join_next(), if !tasks.is_empty() => {}
+            reason = sse::fatal(&proxy) => { fatal = Some(reason); break; }
         }
     }
     // Let requests already sent finish briefly, then end the session.
@@ -304,7 +285,8 @@ pub(crate) async fn run(
     let flushed = proxy.auth.flush().await;
     drop(proxy);
     let _ = tokio::time::timeout(Duration::from_secs(2), writer).await;
-    flushed.map_err(|e| e.to_string())
+    flushed.map_err(|e| e.to_string())?;
+    fatal.map_or(Ok(()), Err)
 }
 
 async fn shutdown_signal() {
@@ -351,6 +333,8 @@ struct Proxy {
     step_up: tokio::sync::Mutex<()>,
     session: Mutex<Session>,
     out: mpsc::UnboundedSender<String>,
+    /// The legacy HTTP+SSE transport (`--transport sse`).
+    sse: Option<sse::Sse>,
 }
 
 /// The ids of the requests in a message (a request, or a batch holding requests).
@@ -398,9 +382,10 @@ fn header_str(headers: &HeaderMap, name: &str) -> Option<String> {
         .map(str::to_owned)
 }
 
-/// A server-sent event: its `id` and `data`.
+/// A server-sent event: its `id`, type and `data`.
 struct SseEvent {
     id: Option<String>,
+    event: Option<String>,
     data: String,
 }
 
@@ -410,6 +395,7 @@ struct SseParser {
     buffer: Vec<u8>,
     data: Vec<String>,
     id: Option<String>,
+    event: Option<String>,
 }
 
 impl SseParser {
@@ -424,9 +410,11 @@ impl SseParser {
             }
             let line = String::from_utf8_lossy(&line).into_owned();
             if line.is_empty() {
+                let event = self.event.take();
                 if !self.data.is_empty() {
                     events.push(SseEvent {
                         id: self.id.clone(),
+                        event,
                         data: self.data.join("\n"),
                     });
                     self.data.clear();
@@ -434,6 +422,7 @@ impl SseParser {
                     // An event carrying only an id (a priming event) still moves the cursor.
                     events.push(SseEvent {
                         id: self.id.clone(),
+                        event,
                         data: String::new(),
                     });
                 }
@@ -448,6 +437,7 @@ impl SseParser {
             };
             match field.as_str() {
                 "data" => self.data.push(value),
+                "event" => self.event = Some(value),
                 "id" if !value.contains('\0') => self.id = Some(value),
                 _ => {}
             }
@@ -521,6 +511,15 @@ impl Proxy {
     }
 
     fn request(&self, method: reqwest::Method, token: &SecretString) -> reqwest::RequestBuilder {
+        self.request_to(method, self.url.clone(), token)
+    }
+
+    fn request_to(
+        &self,
+        method: reqwest::Method,
+        url: reqwest::Url,
+        token: &SecretString,
+    ) -> reqwest::RequestBuilder {
         let mut headers = self.extra_headers.clone();
         let (session, version) = {
             let s = self.session();
@@ -537,7 +536,7 @@ impl Proxy {
             bearer.set_sensitive(true);
             headers.insert(AUTHORIZATION, bearer);
         }
-        self.http.request(method, self.url.clone()).headers(headers)
+        self.http.request(method, url).headers(headers)
     }
 
     /// Sends with a token; on 401 re-discovers and retries once, on 403 insufficient_scope
@@ -597,6 +596,9 @@ impl Proxy {
         message: Value,
         order: Option<tokio::sync::OwnedMutexGuard<()>>,
     ) {
+        if self.sse.is_some() {
+            return sse::forward(self, message, order).await;
+        }
         let ids = request_ids(&message);
         let init = is_initialize(&message);
         let body = message.to_string();
@@ -891,12 +893,12 @@ mod tests {
         let args = ProxyArgs {
             url: "https://mcp.example.com/mcp".into(),
             headers: vec!["Authorization: Bearer very-secret".into()],
-            allow_http: false,
             callback_port: None,
             auth_timeout: 300,
             no_browser: false,
             verbose: 0,
             headless: false,
+            transport: sse::Transport::StreamableHttp,
         };
         let shown = format!("{args:?}");
         assert!(

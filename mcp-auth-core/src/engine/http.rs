@@ -438,6 +438,19 @@ impl Http {
     /// Refuses anything but `https` (or `http` to loopback when allowed) and forbidden IP
     /// literals. Hostnames are checked again at resolution.
     pub(crate) fn check_url(&self, url: &Url) -> Result<(), AuthError> {
+        self.policy.check_url(url)
+    }
+}
+
+impl HttpPolicy {
+    /// Whether the engine may send a request to `url`: `https`, or plain `http` to loopback
+    /// (`allow_loopback`) or to a private network (`allow_private` too), with no credentials in
+    /// the URL and no IP literal the policy refuses. Host names are checked again when they
+    /// are resolved (every DNS answer), so a name cannot lead to an address refused here.
+    ///
+    /// # Errors
+    /// [`AuthError::UnsafeUrl`] naming the reason and the setting that would allow it.
+    pub fn check_url(&self, url: &Url) -> Result<(), AuthError> {
         let refuse = |reason: &str| AuthError::UnsafeUrl {
             url: redact(url),
             reason: reason.to_owned(),
@@ -449,17 +462,16 @@ impl Http {
             Host::Ipv6(ip) => ip.is_loopback(),
         };
         let public_literal = match &host {
-            Host::Ipv4(ip) => self.policy.is_public(IpAddr::V4(*ip)),
-            Host::Ipv6(ip) => self.policy.is_public(IpAddr::V6(*ip)),
+            Host::Ipv4(ip) => self.is_public(IpAddr::V4(*ip)),
+            Host::Ipv6(ip) => self.is_public(IpAddr::V6(*ip)),
             Host::Domain(_) => false,
         };
         match url.scheme() {
             "https" => {}
-            "http" if loopback_host && self.policy.allow_loopback => {}
+            "http" if loopback_host && self.allow_loopback => {}
             // A host name is resolved by the plain-http client, which refuses public addresses.
-            "http"
-                if self.policy.allow_loopback && self.policy.allow_private && !public_literal => {}
-            "http" if self.policy.allow_loopback => {
+            "http" if self.allow_loopback && self.allow_private && !public_literal => {}
+            "http" if self.allow_loopback => {
                 return Err(refuse(
                     "plain http is allowed to loopback servers only (and to private-network \
                      servers with HttpPolicy::allow_private, CLI --allow-private-network); use \
@@ -480,19 +492,19 @@ impl Http {
         let literal = match host {
             Host::Ipv4(ip) => Some(IpAddr::V4(ip)),
             Host::Ipv6(ip) => Some(IpAddr::V6(ip)),
-            Host::Domain(d)
-                if d.eq_ignore_ascii_case("localhost") && !self.policy.allow_loopback =>
-            {
+            Host::Domain(d) if d.eq_ignore_ascii_case("localhost") && !self.allow_loopback => {
                 return Err(refuse("loopback address"));
             }
             Host::Domain(_) => None,
         };
-        if let Some(reason) = literal.and_then(|ip| self.policy.refuse_ip(ip)) {
+        if let Some(reason) = literal.and_then(|ip| self.refuse_ip(ip)) {
             return Err(refuse(reason));
         }
         Ok(())
     }
+}
 
+impl Http {
     /// GET `url` accepting JSON; follows up to `max_redirects` same-origin redirects when
     /// `follow_same_origin`, refuses cross-origin ones.
     pub(crate) async fn get(
