@@ -130,6 +130,10 @@ impl Gate {
             .fallback(handle)
             .with_state(Arc::clone(&inner));
         tokio::spawn(async move {
+            // No Nagle delay: streamed answers are written in small pieces.
+            let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
+                let _ = tcp.set_nodelay(true);
+            });
             let _ = axum::serve(listener, app).await;
         });
         Ok(Gate { inner })

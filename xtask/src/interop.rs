@@ -3,8 +3,10 @@
 //! with its pinned npm dependencies (oidc-provider, jose) installed by `npm ci` from the committed
 //! `package-lock.json`.
 //!
-//! The same step installs `interop/mcp-clients/` (the MCP Inspector CLI and the reference server
-//! `@modelcontextprotocol/server-everything`, pinned) for `mcp-auth-cli/tests/proxy_interop.rs`.
+//! The same step installs `interop/mcp-clients/` (the MCP Inspector CLI, mcp-remote and the
+//! reference server `@modelcontextprotocol/server-everything`, pinned) for
+//! `mcp-auth-cli/tests/proxy_interop.rs` and the proxy benchmark of `cargo xtask bench`
+//! (`mcp-auth-cli/benches/proxy_vs_mcp_remote.rs`).
 //!
 //! The tests find them through [`NODE_ENV`], [`DIR_ENV`] and [`MCP_CLIENTS_ENV`]; `test-all`
 //! installs them in the step before the tests and passes the variables to the tests step.
@@ -22,10 +24,13 @@ pub(crate) const NODE_ENV: &str = "MCP_AUTH_TEST_NODE";
 pub(crate) const DIR_ENV: &str = "MCP_AUTH_TEST_OIDC_PROVIDER";
 /// The interop package, relative to the workspace root.
 const DIR: &str = "interop/oidc-provider";
-/// The installed `interop/mcp-clients/` (MCP Inspector CLI, server-everything).
+/// The installed `interop/mcp-clients/` (MCP Inspector CLI, mcp-remote, server-everything).
 pub(crate) const MCP_CLIENTS_ENV: &str = "MCP_AUTH_TEST_MCP_CLIENTS";
 /// The MCP clients package, relative to the workspace root.
 const MCP_CLIENTS_DIR: &str = "interop/mcp-clients";
+/// mcp-remote's entry point inside the installed MCP clients package (run by `cargo xtask bench`
+/// beside `mcp-auth proxy`).
+pub(crate) const MCP_REMOTE: &str = "node_modules/mcp-remote/dist/proxy.js";
 /// A copy of the lockfile `npm ci` last installed, inside `node_modules/`: when it equals the
 /// committed lockfile, nothing is reinstalled.
 const STAMP: &str = "node_modules/.mcp-auth-installed-lock.json";
@@ -95,6 +100,7 @@ pub(crate) fn setup(root: &Path) -> Result<Interop, String> {
         &[
             "node_modules/.bin/mcp-inspector",
             "node_modules/.bin/mcp-server-everything",
+            MCP_REMOTE,
         ],
     )?;
     Ok(interop)
@@ -252,6 +258,8 @@ mod tests {
         check_manifest(&manifest).unwrap();
         assert!(manifest.contains("\"@modelcontextprotocol/inspector\": \"2.12.0\""));
         assert!(manifest.contains("\"@modelcontextprotocol/server-everything\": \"2026.8.31\""));
+        assert!(manifest.contains("\"mcp-remote\": \"0.15.1\""));
+        assert!(lock.contains("\"node_modules/mcp-remote\": {"));
     }
 
     #[test]

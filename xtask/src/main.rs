@@ -23,7 +23,8 @@ commands:
                             (as for conformance) and `npm ci` in interop/oidc-provider/
                             (oidc-provider 9.13.3, pinned by its package-lock.json) and in
                             interop/mcp-clients/ (MCP Inspector 2.12.0, server-everything, for
-                            mcp-auth-cli/tests/proxy_interop.rs); prints the MCP_AUTH_TEST_NODE,
+                            mcp-auth-cli/tests/proxy_interop.rs; mcp-remote 0.15.1, for the
+                            proxy benchmark of `bench`); prints the MCP_AUTH_TEST_NODE,
                             MCP_AUTH_TEST_OIDC_PROVIDER and MCP_AUTH_TEST_MCP_CLIENTS values
                             that run those tests alone
   conformance [--keep-going]
@@ -47,8 +48,14 @@ commands:
   bench                     store benchmarks: medians of each store beside the raw
                             client doing the same work, and their ratio; for the AWS
                             Secrets Manager store (against a moto server it starts) the
-                            AWS API calls of each operation, cache on and off (prints
-                            only; nothing is asserted about time)
+                            AWS API calls of each operation, cache on and off; then
+                            `mcp-auth proxy` beside mcp-remote (interop/mcp-clients/, set
+                            up as by interop-setup) in front of server-everything behind a
+                            testkit gate, same token: time to the first tools/list answer,
+                            per-call overhead over 1000 echo calls against direct HTTP, and
+                            peak RSS, with ratios (also written to
+                            target/bench/proxy_vs_mcp_remote.json). Prints only; nothing is
+                            asserted about time
   help                      this text
 ";
 
@@ -336,7 +343,8 @@ fn test_all(args: &[String]) -> Result<(), String> {
     }
 }
 
-/// Runs every store benchmark (release build) and lets each print its table.
+/// Runs every store benchmark and the proxy benchmark (release builds) and lets each print its
+/// table.
 fn bench() -> Result<(), String> {
     let benches = [
         Step::new(
@@ -365,20 +373,40 @@ fn bench() -> Result<(), String> {
     for step in &benches {
         step.run()?;
     }
-    // The AWS Secrets Manager store against moto (latency is moto's, the call counts are AWS's).
-    let (_moto, aws_endpoint) = services::start_moto()?;
+    {
+        // The AWS Secrets Manager store against moto (latency is moto's, the call counts are
+        // AWS's); moto stops at the end of this block.
+        let (_moto, aws_endpoint) = services::start_moto()?;
+        Step::new(
+            "aws store benchmark",
+            &[
+                "bench",
+                "--package",
+                "mcp-auth-store-aws",
+                "--bench",
+                "store",
+            ],
+            "the AWS store benchmark failed to build or run",
+        )
+        .envs(&services::aws_test_env(&aws_endpoint))
+        .run()?;
+    }
+    // `mcp-auth proxy` beside mcp-remote, both in front of server-everything: Node 22 and
+    // interop/mcp-clients/ (mcp-remote, server-everything) come from the interop setup.
+    let interop = interop::setup(&project_root())?;
     Step::new(
-        "aws store benchmark",
+        "proxy vs mcp-remote benchmark",
         &[
             "bench",
             "--package",
-            "mcp-auth-store-aws",
+            "mcp-auth-cli",
             "--bench",
-            "store",
+            "proxy_vs_mcp_remote",
         ],
-        "the AWS store benchmark failed to build or run",
+        "the proxy benchmark failed to build or run (Node 22 and mcp-remote come from \
+         `cargo xtask interop-setup`; the table's JSON is in target/bench/)",
     )
-    .envs(&services::aws_test_env(&aws_endpoint))
+    .envs(&interop.env())
     .run()?;
     Ok(())
 }
