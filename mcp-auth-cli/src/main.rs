@@ -275,11 +275,19 @@ fn main() -> ExitCode {
              users (ps, /proc/PID/cmdline); use MCP_AUTH_CLIENT_SECRET or --client-secret-file"
         );
     }
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-    {
+    // `token` runs on every request of a headers helper: one thread, no worker pool to start
+    // (a valid stored token is one store read; a refresh is a few awaited requests).
+    let runtime = if matches!(cli.command, Command::Token { .. }) {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+    } else {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+    };
+    let runtime = match runtime {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("mcp-auth: cannot start the runtime: {e}");
@@ -373,8 +381,18 @@ async fn run(cli: Cli) -> Result<(), Failure> {
             let store = store::open(cli.store.as_deref(), &namespace).await?;
             let auth = McpAuth::builder(store).http_policy(policy(&cli)).build()?;
             let resource = ResourceUri::new(url)?;
-            match auth.cached_access_token(&resource).await {
-                Ok(token) => {
+            match auth.cached_access_credential(&resource).await {
+                Ok(credential) if credential.is_dpop() => {
+                    auth.flush().await.map_err(Failure::from)?;
+                    Err(Failure::from(format!(
+                        "the token for {resource} is DPoP-bound (RFC 9449): every request needs \
+                         a fresh proof signed with a key kept in the store, so a bare token is \
+                         useless to another program; use a client built on mcp-auth (such as \
+                         mcp-auth-rmcp), which signs a proof for every request"
+                    )))
+                }
+                Ok(credential) => {
+                    let token = credential.into_token();
                     println!("{}", token_output(&auth, &resource, &token, *format).await?);
                     // A refresh that rotated the token must reach the store before we exit.
                     auth.flush().await.map_err(Failure::from)
@@ -597,38 +615,89 @@ fn expiry(tokens: &mcp_auth_core::TokenSet) -> String {
     }
 }
 
-async fn status(store: &dyn CredentialStore, json: bool) -> Result<(), Failure> {
-    let mut issuers = store.list_registrations().await?;
-    let bindings = store.list_bindings().await?;
-    let tokens = store.list_tokens().await?;
-    for key in &tokens {
-        if !issuers.contains(&key.issuer) {
-            issuers.push(key.issuer.clone());
-        }
+/// [`printable`] without a copy when there is nothing to escape (the usual case).
+fn printable_cow(text: &str) -> std::borrow::Cow<'_, str> {
+    if text
+        .chars()
+        .any(|c| c.is_control() && c != '\n' && c != '\t')
+    {
+        std::borrow::Cow::Owned(printable(text))
+    } else {
+        std::borrow::Cow::Borrowed(text)
     }
-    issuers.sort();
-    let mut rows = Vec::new();
-    for issuer in &issuers {
-        let registration = store.get_registration(issuer).await?.map(|r| r.value);
-        let mut servers = Vec::new();
-        for key in tokens.iter().filter(|k| &k.issuer == issuer) {
-            let t = store.get_tokens(key).await?.map(|t| t.value);
-            let bound = bindings.contains(&key.resource);
-            servers.push(serde_json::json!({
-                "resource": key.resource.as_str(),
-                "bound": bound,
-                "token_expires": t.as_ref().map(expiry),
-                "refresh_available": t.as_ref().is_some_and(|t| t.refresh_token.is_some()),
-            }));
-        }
-        rows.push(serde_json::json!({
-            "issuer": issuer.as_str(),
-            "registration": registration.as_ref().map(|r| r.kind.as_str()),
-            "client_id": registration.as_ref().map(|r| r.client_id.clone()),
-            "servers": servers,
-        }));
+}
+
+/// `text` left-aligned in `width` characters and a space, as `{text:<width} ` formats it.
+fn status_cell(out: &mut String, text: &str, width: usize) {
+    out.push_str(text);
+    for _ in text.chars().count()..width {
+        out.push(' ');
+    }
+    out.push(' ');
+}
+
+/// One issuer of `status`: its registration and its servers (borrowed from the scans, so that
+/// grouping and sorting move no record).
+#[derive(Default)]
+struct StatusIssuer<'a> {
+    registration: Option<&'a mcp_auth_core::ClientRegistration>,
+    servers: Vec<(&'a ResourceUri, &'a mcp_auth_core::TokenSet)>,
+}
+
+/// `status`: one scan of the registrations and one of the token sets (plus, for `--json`, the list
+/// of bound resources), grouped in a hash map, so the work grows linearly with the number of
+/// records. Never prints a secret.
+async fn status(store: &dyn CredentialStore, json: bool) -> Result<(), Failure> {
+    use std::collections::{HashMap, HashSet};
+    use std::fmt::Write as _;
+    let registrations = store.scan_registrations().await?;
+    // Only `--json` shows whether a server is bound. Keys only: a damaged binding does not stop
+    // `status`.
+    let bound: HashSet<ResourceUri> = if json {
+        store.list_bindings().await?.into_iter().collect()
+    } else {
+        HashSet::new()
+    };
+    let tokens = store.scan_tokens().await?;
+    let mut by_issuer: HashMap<&IssuerId, StatusIssuer<'_>> =
+        HashMap::with_capacity(registrations.len().max(tokens.len()));
+    for r in &registrations {
+        by_issuer.entry(&r.value.issuer).or_default().registration = Some(&r.value);
+    }
+    for (key, t) in &tokens {
+        let servers = &mut by_issuer.entry(&key.issuer).or_default().servers;
+        servers.push((&key.resource, &t.value));
+    }
+    let mut rows: Vec<(&IssuerId, StatusIssuer<'_>)> = by_issuer.into_iter().collect();
+    rows.sort_unstable_by(|a, b| a.0.cmp(b.0));
+    for (_, row) in &mut rows {
+        row.servers.sort_unstable_by(|a, b| a.0.cmp(b.0));
     }
     if json {
+        let rows: Vec<serde_json::Value> = rows
+            .iter()
+            .map(|(issuer, row)| {
+                let servers: Vec<serde_json::Value> = row
+                    .servers
+                    .iter()
+                    .map(|(resource, tokens)| {
+                        serde_json::json!({
+                            "resource": resource.as_str(),
+                            "bound": bound.contains(*resource),
+                            "token_expires": expiry(tokens),
+                            "refresh_available": tokens.refresh_token.is_some(),
+                        })
+                    })
+                    .collect();
+                let registration = row.registration;
+                serde_json::json!({
+                    "issuer": issuer.as_str(),
+                    "registration": registration.map(|r| r.kind.as_str()),
+                    "client_id": registration.map(|r| r.client_id.clone()),
+                    "servers": servers,
+                })
+            })
+            .collect();
         println!(
             "{}",
             serde_json::to_string_pretty(&rows).map_err(|e| e.to_string())?
@@ -639,39 +708,37 @@ async fn status(store: &dyn CredentialStore, json: bool) -> Result<(), Failure> 
         println!("No credentials stored. Run `mcp-auth login <mcp-server-url>`.");
         return Ok(());
     }
-    println!(
+    // One write to stdout (a line-buffered stdout would make one system call per row).
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
         "{:<40} {:<18} {:<48} {:<40} {:<14} REFRESH",
         "ISSUER", "REGISTRATION", "CLIENT_ID", "MCP SERVER", "TOKEN"
     );
-    for row in &rows {
-        let s = |v: &serde_json::Value| printable(v.as_str().unwrap_or("-"));
-        let servers = row["servers"].as_array().cloned().unwrap_or_default();
-        if servers.is_empty() {
-            println!(
-                "{:<40} {:<18} {:<48} {:<40} {:<14} -",
-                s(&row["issuer"]),
-                s(&row["registration"]),
-                s(&row["client_id"]),
-                "-",
-                "-"
-            );
+    for (issuer, row) in &rows {
+        let registration = row.registration;
+        // The issuer's three columns, formatted once for all its servers.
+        let prefix = format!(
+            "{:<40} {:<18} {:<48} ",
+            printable_cow(issuer.as_str()),
+            registration.map_or("-", |r| r.kind.as_str()),
+            printable_cow(registration.map_or("-", |r| r.client_id.as_str()))
+        );
+        if row.servers.is_empty() {
+            let _ = writeln!(out, "{prefix}{:<40} {:<14} -", "-", "-");
         }
-        for server in servers {
-            println!(
-                "{:<40} {:<18} {:<48} {:<40} {:<14} {}",
-                s(&row["issuer"]),
-                s(&row["registration"]),
-                s(&row["client_id"]),
-                s(&server["resource"]),
-                s(&server["token_expires"]),
-                if server["refresh_available"].as_bool() == Some(true) {
-                    "yes"
-                } else {
-                    "no"
-                }
-            );
+        for (resource, tokens) in &row.servers {
+            out.push_str(&prefix);
+            status_cell(&mut out, &printable_cow(resource.as_str()), 40);
+            status_cell(&mut out, &expiry(tokens), 14);
+            out.push_str(if tokens.refresh_token.is_some() {
+                "yes\n"
+            } else {
+                "no\n"
+            });
         }
     }
+    print!("{out}");
     Ok(())
 }
 
@@ -765,14 +832,38 @@ async fn logout(
     }
 }
 
+/// Records `migrate` writes per batch (`put_*_any`; one transaction each on SQLite).
+const MIGRATE_BATCH: usize = 1000;
+
+/// Copies every registration, token set and binding of `from` into `to`, then verifies the copy.
+///
+/// Bulk: one scan per kind of the source, writes in batches of [`MIGRATE_BATCH`], one scan per
+/// kind of the destination to verify (compared by encoded bytes). Grant safety: a token set
+/// whose record shows a refresh in flight is copied on its own under the source's refresh lease
+/// (the refresh is waited for, never copied half-way); every other one is copied as a committed
+/// state in which no refresh was running (a refresh records `InFlight` before it sends anything).
+/// Then passes compare the source's current versions (one scan) with the versions copied and
+/// copy every changed token set again under the lease, until a pass finds nothing changed.
 async fn migrate(from: &str, to: &str, namespace: &Namespace) -> Result<(), Failure> {
-    use mcp_auth_core::record;
+    use mcp_auth_core::{RefreshState, Version, record};
+    use std::collections::HashMap;
     let source = store::open(Some(from), namespace).await?;
     let target = store::open(Some(to), namespace).await?;
-    let registrations = source.list_registrations().await?;
-    let tokens = source.list_tokens().await?;
-    let bindings = source.list_bindings().await?;
-    let total = (registrations.len() + tokens.len() + bindings.len()) as u64;
+    let registrations: Vec<mcp_auth_core::ClientRegistration> = source
+        .scan_registrations()
+        .await?
+        .into_iter()
+        .map(|r| r.value)
+        .collect();
+    let tokens = source.scan_tokens().await?;
+    let bindings: Vec<mcp_auth_core::ResourceBinding> = source
+        .scan_bindings()
+        .await?
+        .into_iter()
+        .map(|b| b.value)
+        .collect();
+    let token_count = tokens.len();
+    let total = (registrations.len() + token_count + bindings.len()) as u64;
     let bar = indicatif::ProgressBar::new(total);
     bar.set_style(
         indicatif::ProgressStyle::with_template("{bar:40} {pos}/{len} records")
@@ -786,45 +877,101 @@ async fn migrate(from: &str, to: &str, namespace: &Namespace) -> Result<(), Fail
             "verification failed: {what} differs after the copy"
         ))
     };
-    for issuer in &registrations {
-        if let Some(r) = source.get_registration(issuer).await? {
-            target.put_registration(&r.value, Expect::Any).await?;
-            let copied = target
-                .get_registration(issuer)
-                .await?
-                .ok_or_else(|| mismatch(format!("registration {issuer}")))?;
-            if record::encode_registration(&copied.value)? != record::encode_registration(&r.value)?
-            {
-                return Err(mismatch(format!("registration {issuer}")));
-            }
+
+    for batch in registrations.chunks(MIGRATE_BATCH) {
+        target.put_registrations_any(batch).await?;
+        bar.inc(batch.len() as u64);
+    }
+    let copied: HashMap<IssuerId, Vec<u8>> = target
+        .scan_registrations()
+        .await?
+        .into_iter()
+        .map(|r| {
+            Ok((
+                r.value.issuer.clone(),
+                record::encode_registration(&r.value)?,
+            ))
+        })
+        .collect::<Result<_, Failure>>()?;
+    for r in &registrations {
+        if copied.get(&r.issuer) != Some(&record::encode_registration(r)?) {
+            return Err(mismatch(format!("registration {}", r.issuer)));
         }
+    }
+
+    // The source version each token set was copied from (`None`: it was gone by then).
+    let mut copied_from: HashMap<TokenKey, Option<Version>> = HashMap::with_capacity(token_count);
+    let mut settled = Vec::with_capacity(token_count);
+    let mut in_flight = Vec::new();
+    for (key, t) in tokens {
+        if matches!(t.value.refresh_state, Some(RefreshState::InFlight { .. })) {
+            in_flight.push(key);
+        } else {
+            copied_from.insert(key.clone(), Some(t.version));
+            settled.push((key, t.value));
+        }
+    }
+    for batch in settled.chunks(MIGRATE_BATCH) {
+        target.put_tokens_any(batch).await?;
+        bar.inc(batch.len() as u64);
+    }
+    for key in in_flight {
+        let (_, version) = copy_tokens(source.as_ref(), target.as_ref(), &key).await?;
+        copied_from.insert(key, version);
         bar.inc(1);
     }
-    for key in &tokens {
-        copy_tokens(source.as_ref(), target.as_ref(), key).await?;
-        bar.inc(1);
-    }
-    for resource in &bindings {
-        if let Some(b) = source.get_binding(resource).await? {
-            target.put_binding(&b.value, Expect::Any).await?;
-            let copied = target
-                .get_binding(resource)
-                .await?
-                .ok_or_else(|| mismatch(format!("binding {resource}")))?;
-            if record::encode_binding(&copied.value)? != record::encode_binding(&b.value)? {
-                return Err(mismatch(format!("binding {resource}")));
-            }
+    // The ones copied under the lease were verified there; the batches are verified here.
+    let copied: HashMap<TokenKey, Vec<u8>> = target
+        .scan_tokens()
+        .await?
+        .into_iter()
+        .map(|(key, t)| {
+            let bytes = record::encode_tokens(&key, &t.value)?;
+            Ok((key, bytes))
+        })
+        .collect::<Result<_, Failure>>()?;
+    for (key, t) in &settled {
+        if copied.get(key) != Some(&record::encode_tokens(key, t)?) {
+            return Err(mismatch(format!("tokens {key}")));
         }
-        bar.inc(1);
+    }
+    drop(copied);
+    drop(settled);
+
+    for batch in bindings.chunks(MIGRATE_BATCH) {
+        target.put_bindings_any(batch).await?;
+        bar.inc(batch.len() as u64);
+    }
+    let copied: HashMap<ResourceUri, Vec<u8>> = target
+        .scan_bindings()
+        .await?
+        .into_iter()
+        .map(|b| Ok((b.value.resource.clone(), record::encode_binding(&b.value)?)))
+        .collect::<Result<_, Failure>>()?;
+    for b in &bindings {
+        if copied.get(&b.resource) != Some(&record::encode_binding(b)?) {
+            return Err(mismatch(format!("binding {}", b.resource)));
+        }
     }
     bar.finish_and_clear();
-    // A refresh may have rotated a token set after it was copied: compare every one with the
-    // source's current state (under its lease) until a pass finds nothing changed.
+
+    // A refresh may have rotated a token set after it was copied: compare the source's current
+    // versions with the ones copied, and copy every changed token set again under its lease,
+    // until a pass finds nothing changed.
     let mut recopied = 0;
     for pass in 1..=5 {
         let mut changed = 0;
-        for key in &tokens {
-            if copy_tokens(source.as_ref(), target.as_ref(), key).await? {
+        for (key, now) in source.scan_tokens().await? {
+            // Token sets created after the scan are not part of this migration.
+            let Some(was) = copied_from.get(&key) else {
+                continue;
+            };
+            if was.as_ref() == Some(&now.version) {
+                continue;
+            }
+            let (did_change, version) = copy_tokens(source.as_ref(), target.as_ref(), &key).await?;
+            copied_from.insert(key, version);
+            if did_change {
                 changed += 1;
             }
         }
@@ -842,7 +989,7 @@ async fn migrate(from: &str, to: &str, namespace: &Namespace) -> Result<(), Fail
     eprintln!(
         "Copied and verified {} registrations, {} token sets and {} bindings from {from} to {to}.",
         registrations.len(),
-        tokens.len(),
+        token_count,
         bindings.len()
     );
     if recopied > 0 {
@@ -856,12 +1003,13 @@ async fn migrate(from: &str, to: &str, namespace: &Namespace) -> Result<(), Fail
 
 /// Copies one token set while holding the source's refresh lease, so no refresh can replace it
 /// half-way (a refresh that is running is waited for), and verifies the copy against the
-/// source's state at that moment. Returns whether the destination changed.
+/// source's state at that moment. Returns whether the destination changed, and the source
+/// version copied (`None`: the source has no such token set).
 async fn copy_tokens(
     source: &dyn CredentialStore,
     target: &dyn CredentialStore,
     key: &TokenKey,
-) -> Result<bool, Failure> {
+) -> Result<(bool, Option<mcp_auth_core::Version>), Failure> {
     use mcp_auth_core::record;
     let waited_since = std::time::Instant::now();
     let lease = loop {
@@ -881,7 +1029,7 @@ async fn copy_tokens(
     };
     let copied = async {
         let Some(current) = source.get_tokens(key).await? else {
-            return Ok::<bool, Failure>(false);
+            return Ok::<_, Failure>((false, None));
         };
         let want = record::encode_tokens(key, &current.value)?;
         let have = match target.get_tokens(key).await? {
@@ -889,7 +1037,7 @@ async fn copy_tokens(
             None => None,
         };
         if have.as_deref() == Some(want.as_slice()) {
-            return Ok(false);
+            return Ok((false, Some(current.version)));
         }
         target.put_tokens(key, &current.value, Expect::Any).await?;
         let back = target.get_tokens(key).await?.ok_or_else(|| {
@@ -902,7 +1050,7 @@ async fn copy_tokens(
                 "verification failed: tokens {key} differ after the copy"
             )));
         }
-        Ok(true)
+        Ok((true, Some(current.version)))
     }
     .await;
     if let Err(e) = source.release_refresh_lease(&lease).await {

@@ -3,6 +3,7 @@
 
 use std::collections::HashMap;
 use std::fmt;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, SystemTime};
 
@@ -56,6 +57,9 @@ struct Shared {
 #[derive(Clone)]
 pub struct MemoryStore {
     shared: Arc<Mutex<Shared>>,
+    /// The last version handed out (after every insert and removal): the store's change stamp,
+    /// readable without the lock.
+    stamp: Arc<AtomicU64>,
     namespace: Namespace,
     namespace_key: String,
 }
@@ -63,12 +67,12 @@ pub struct MemoryStore {
 impl MemoryStore {
     /// An empty store in the default namespace.
     pub fn new() -> Self {
-        Self::from_parts(Arc::default(), Namespace::default())
+        Self::from_parts(Arc::default(), Arc::default(), Namespace::default())
     }
 
     /// The same data, seen through another namespace.
     pub fn with_namespace(&self, namespace: Namespace) -> Self {
-        Self::from_parts(Arc::clone(&self.shared), namespace)
+        Self::from_parts(Arc::clone(&self.shared), Arc::clone(&self.stamp), namespace)
     }
 
     /// This store's namespace.
@@ -76,10 +80,11 @@ impl MemoryStore {
         &self.namespace
     }
 
-    fn from_parts(shared: Arc<Mutex<Shared>>, namespace: Namespace) -> Self {
+    fn from_parts(shared: Arc<Mutex<Shared>>, stamp: Arc<AtomicU64>, namespace: Namespace) -> Self {
         let namespace_key = namespace.storage_key();
         Self {
             shared,
+            stamp,
             namespace,
             namespace_key,
         }
@@ -88,6 +93,14 @@ impl MemoryStore {
     fn lock(&self) -> MutexGuard<'_, Shared> {
         // No code panics while holding the lock, so a poisoned map is still consistent.
         self.shared.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// A new version, published as the change stamp (call with the lock held, after or
+    /// before the change it marks: readers compare stamps only after taking the lock).
+    fn bump(&self, shared: &mut Shared) -> u64 {
+        shared.next_version += 1;
+        self.stamp.store(shared.next_version, Ordering::Release);
+        shared.next_version
     }
 
     fn slot(&self, key: &RecordKey) -> (String, String) {
@@ -118,8 +131,7 @@ impl MemoryStore {
                 key: key.to_string(),
             });
         }
-        shared.next_version += 1;
-        let version = shared.next_version;
+        let version = self.bump(&mut shared);
         shared.records.insert(slot, Entry { bytes, version });
         Ok(Version::new(version.to_string()))
     }
@@ -136,7 +148,9 @@ impl MemoryStore {
                 key: key.to_string(),
             });
         }
-        Ok(shared.records.remove(&slot).is_some())
+        let removed = shared.records.remove(&slot).is_some();
+        self.bump(&mut shared);
+        Ok(removed)
     }
 
     fn list_raw(&self, kind: RecordKind) -> Result<Vec<RecordKey>, StoreError> {
@@ -164,8 +178,7 @@ impl MemoryStore {
     pub(crate) fn write_raw(&self, key: &RecordKey, bytes: &[u8]) {
         let slot = self.slot(key);
         let mut shared = self.lock();
-        shared.next_version += 1;
-        let version = shared.next_version;
+        let version = self.bump(&mut shared);
         shared.records.insert(
             slot,
             Entry {
@@ -219,6 +232,50 @@ impl RawRecords for MemoryStore {
     async fn list_records(&self, kind: RecordKind) -> Result<Vec<RecordKey>, StoreError> {
         self.list_raw(kind)
     }
+
+    /// Under one lock: a consistent snapshot of the namespace.
+    async fn scan_records(
+        &self,
+        kind: RecordKind,
+    ) -> Result<Vec<(RecordKey, Vec<u8>, Version)>, StoreError> {
+        let shared = self.lock();
+        let mut found = Vec::new();
+        for ((ns, storage_key), entry) in &shared.records {
+            if ns != &self.namespace_key {
+                continue;
+            }
+            let key =
+                RecordKey::from_storage_key(storage_key).ok_or_else(|| StoreError::Corrupt {
+                    key: storage_key.clone(),
+                    reason: "unrecognised storage key".to_owned(),
+                })?;
+            if key.kind() == kind {
+                found.push((
+                    key,
+                    entry.bytes.clone(),
+                    Version::new(entry.version.to_string()),
+                ));
+            }
+        }
+        Ok(found)
+    }
+
+    /// Under one lock: all or nothing.
+    async fn put_records_any(
+        &self,
+        records: Vec<(RecordKey, Vec<u8>)>,
+    ) -> Result<Vec<Version>, StoreError> {
+        let mut shared = self.lock();
+        let mut versions = Vec::with_capacity(records.len());
+        for (key, bytes) in records {
+            let version = self.bump(&mut shared);
+            shared
+                .records
+                .insert(self.slot(&key), Entry { bytes, version });
+            versions.push(Version::new(version.to_string()));
+        }
+        Ok(versions)
+    }
 }
 
 crate::impl_record_stores!(MemoryStore);
@@ -266,6 +323,21 @@ impl TokenStore for MemoryStore {
 
     async fn list_tokens(&self) -> Result<Vec<TokenKey>, StoreError> {
         raw::list_tokens(self).await
+    }
+
+    async fn scan_tokens(&self) -> Result<Vec<(TokenKey, Versioned<TokenSet>)>, StoreError> {
+        raw::scan_tokens(self).await
+    }
+
+    async fn put_tokens_any(
+        &self,
+        tokens: &[(TokenKey, TokenSet)],
+    ) -> Result<Vec<Version>, StoreError> {
+        raw::put_tokens_any(self, tokens).await
+    }
+
+    fn change_stamp(&self) -> Option<u64> {
+        Some(self.stamp.load(Ordering::Acquire))
     }
 
     async fn binding_and_token_versions(
@@ -354,8 +426,7 @@ impl PendingAuthorizationStore for MemoryStore {
                 });
             }
         }
-        shared.next_version += 1;
-        let version = shared.next_version;
+        let version = self.bump(&mut shared);
         shared.records.insert(slot, Entry { bytes, version });
         Ok(())
     }
@@ -370,6 +441,7 @@ impl PendingAuthorizationStore for MemoryStore {
         // Decode before removing: a corrupt record is reported and left in place.
         let pending = record::decode_pending(state, &entry.bytes)?;
         shared.records.remove(&slot);
+        self.bump(&mut shared);
         Ok((!pending.expires_at.is_past()).then_some(pending))
     }
 }

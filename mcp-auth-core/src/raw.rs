@@ -5,6 +5,9 @@
 //! [`impl_record_stores!`](crate::impl_record_stores) macro then writes its
 //! [`RegistrationStore`](crate::RegistrationStore) and [`BindingStore`](crate::BindingStore), and
 //! the functions here give the record half of [`TokenStore`](crate::TokenStore) in one line each.
+//! Bulk reads and imports ([`RawRecords::scan_records`], [`RawRecords::put_records_any`]) have
+//! record-by-record defaults; a backend overrides them to serve `scan_*` and `put_*_any` of every
+//! store trait with one query or one transaction.
 //! Leases, pending authorizations and per-issuer deletion stay with the backend: they are where
 //! backends differ.
 
@@ -33,6 +36,36 @@ pub trait RawRecords: StoreInfo {
     async fn delete_record(&self, key: &RecordKey, expect: Expect) -> Result<bool, StoreError>;
     /// Every key of `kind`.
     async fn list_records(&self, kind: RecordKind) -> Result<Vec<RecordKey>, StoreError>;
+
+    /// Every record of `kind` with its bytes and version: what `get_record` returns for each key
+    /// `list_records` lists. The default does exactly that (a record deleted in between is left
+    /// out); backends override it with one query.
+    async fn scan_records(
+        &self,
+        kind: RecordKind,
+    ) -> Result<Vec<(RecordKey, Vec<u8>, Version)>, StoreError> {
+        let mut found = Vec::new();
+        for key in self.list_records(kind).await? {
+            if let Some((bytes, version)) = self.get_record(&key).await? {
+                found.push((key, bytes, version));
+            }
+        }
+        Ok(found)
+    }
+
+    /// Stores every `(key, bytes)` as `put_record(key, bytes, Expect::Any)` would; returns the
+    /// new versions in order. On an error any subset may have been written. The default puts
+    /// them one by one; backends may batch them in transactions.
+    async fn put_records_any(
+        &self,
+        records: Vec<(RecordKey, Vec<u8>)>,
+    ) -> Result<Vec<Version>, StoreError> {
+        let mut versions = Vec::with_capacity(records.len());
+        for (key, bytes) in records {
+            versions.push(self.put_record(&key, bytes, Expect::Any).await?);
+        }
+        Ok(versions)
+    }
 }
 
 /// `TokenStore::get_tokens` from raw records.
@@ -78,6 +111,153 @@ pub async fn list_tokens<S: RawRecords + ?Sized>(store: &S) -> Result<Vec<TokenK
         .into_iter()
         .filter_map(RecordKey::into_tokens)
         .collect())
+}
+
+/// Scans of at least this many records are decoded on several threads by [`par_map`].
+const PARALLEL_FROM: usize = 2048;
+
+/// Maps `f` over `items`, keeping their order: on the calling thread for small inputs, on up to
+/// four scoped threads (one per available core) from [`PARALLEL_FROM`] items. Bulk scans use it
+/// to decode records (URL validation of every key and JSON decoding dominate a large scan).
+/// Blocks the calling thread until done; call it where blocking is allowed (after the rows are
+/// read; the work is CPU-bound and short).
+#[doc(hidden)]
+pub fn par_map<T: Send, U: Send>(
+    items: Vec<T>,
+    f: &(dyn Fn(T) -> Result<Option<U>, StoreError> + Sync),
+) -> Result<Vec<U>, StoreError> {
+    let threads = std::thread::available_parallelism()
+        .map_or(1, usize::from)
+        .min(4);
+    if items.len() < PARALLEL_FROM || threads < 2 {
+        let mut out = Vec::with_capacity(items.len());
+        for item in items {
+            out.extend(f(item)?);
+        }
+        return Ok(out);
+    }
+    let total = items.len();
+    let per_thread = total.div_ceil(threads);
+    let mut rest = items.into_iter();
+    let chunks: Vec<Vec<T>> = (0..threads)
+        .map(|_| rest.by_ref().take(per_thread).collect())
+        .collect();
+    std::thread::scope(|scope| {
+        let handles: Vec<_> = chunks
+            .into_iter()
+            .map(|chunk| {
+                scope.spawn(move || {
+                    let mut out = Vec::with_capacity(chunk.len());
+                    for item in chunk {
+                        out.extend(f(item)?);
+                    }
+                    Ok::<_, StoreError>(out)
+                })
+            })
+            .collect();
+        let mut out = Vec::with_capacity(total);
+        for handle in handles {
+            match handle.join() {
+                Ok(part) => out.extend(part?),
+                // A panic in a decoder is a bug; surface it where it happened.
+                Err(panic) => std::panic::resume_unwind(panic),
+            }
+        }
+        Ok(out)
+    })
+}
+
+/// `TokenStore::scan_tokens` from raw records: one [`RawRecords::scan_records`].
+pub async fn scan_tokens<S: RawRecords + ?Sized>(
+    store: &S,
+) -> Result<Vec<(TokenKey, Versioned<TokenSet>)>, StoreError> {
+    let rows = store.scan_records(RecordKind::Tokens).await?;
+    par_map(rows, &|(key, bytes, version)| {
+        let Some(key) = key.into_tokens() else {
+            return Ok(None);
+        };
+        let value = record::decode_tokens(&key, &bytes)?;
+        Ok(Some((key, Versioned { value, version })))
+    })
+}
+
+/// `TokenStore::put_tokens_any` from raw records: one [`RawRecords::put_records_any`].
+pub async fn put_tokens_any<S: RawRecords + ?Sized>(
+    store: &S,
+    tokens: &[(TokenKey, TokenSet)],
+) -> Result<Vec<Version>, StoreError> {
+    let records = tokens
+        .iter()
+        .map(|(key, t)| {
+            Ok((
+                RecordKey::Tokens(key.clone()),
+                record::encode_tokens(key, t)?,
+            ))
+        })
+        .collect::<Result<Vec<_>, StoreError>>()?;
+    store.put_records_any(records).await
+}
+
+#[doc(hidden)]
+pub async fn scan_registrations<S: RawRecords + ?Sized>(
+    store: &S,
+) -> Result<Vec<Versioned<ClientRegistration>>, StoreError> {
+    let rows = store.scan_records(RecordKind::Registration).await?;
+    par_map(rows, &|(key, bytes, version)| {
+        let Some(issuer) = key.into_registration() else {
+            return Ok(None);
+        };
+        let value = record::decode_registration(&issuer, &bytes)?;
+        Ok(Some(Versioned { value, version }))
+    })
+}
+
+#[doc(hidden)]
+pub async fn put_registrations_any<S: RawRecords + ?Sized>(
+    store: &S,
+    registrations: &[ClientRegistration],
+) -> Result<Vec<Version>, StoreError> {
+    let records = registrations
+        .iter()
+        .map(|r| {
+            Ok((
+                RecordKey::Registration(r.issuer.clone()),
+                record::encode_registration(r)?,
+            ))
+        })
+        .collect::<Result<Vec<_>, StoreError>>()?;
+    store.put_records_any(records).await
+}
+
+#[doc(hidden)]
+pub async fn scan_bindings<S: RawRecords + ?Sized>(
+    store: &S,
+) -> Result<Vec<Versioned<ResourceBinding>>, StoreError> {
+    let rows = store.scan_records(RecordKind::Binding).await?;
+    par_map(rows, &|(key, bytes, version)| {
+        let Some(resource) = key.into_binding() else {
+            return Ok(None);
+        };
+        let value = record::decode_binding(&resource, &bytes)?;
+        Ok(Some(Versioned { value, version }))
+    })
+}
+
+#[doc(hidden)]
+pub async fn put_bindings_any<S: RawRecords + ?Sized>(
+    store: &S,
+    bindings: &[ResourceBinding],
+) -> Result<Vec<Version>, StoreError> {
+    let records = bindings
+        .iter()
+        .map(|b| {
+            Ok((
+                RecordKey::Binding(b.resource.clone()),
+                record::encode_binding(b)?,
+            ))
+        })
+        .collect::<Result<Vec<_>, StoreError>>()?;
+    store.put_records_any(records).await
 }
 
 #[doc(hidden)]
@@ -198,6 +378,20 @@ macro_rules! impl_record_stores {
             ) -> ::std::result::Result<::std::vec::Vec<$crate::IssuerId>, $crate::StoreError> {
                 $crate::raw::list_registrations(self).await
             }
+            async fn scan_registrations(
+                &self,
+            ) -> ::std::result::Result<
+                ::std::vec::Vec<$crate::Versioned<$crate::ClientRegistration>>,
+                $crate::StoreError,
+            > {
+                $crate::raw::scan_registrations(self).await
+            }
+            async fn put_registrations_any(
+                &self,
+                registrations: &[$crate::ClientRegistration],
+            ) -> ::std::result::Result<::std::vec::Vec<$crate::Version>, $crate::StoreError> {
+                $crate::raw::put_registrations_any(self, registrations).await
+            }
         }
 
         #[$crate::raw::__async_trait]
@@ -235,6 +429,20 @@ macro_rules! impl_record_stores {
             ) -> ::std::result::Result<::std::vec::Vec<$crate::ResourceUri>, $crate::StoreError>
             {
                 $crate::raw::list_bindings(self).await
+            }
+            async fn scan_bindings(
+                &self,
+            ) -> ::std::result::Result<
+                ::std::vec::Vec<$crate::Versioned<$crate::ResourceBinding>>,
+                $crate::StoreError,
+            > {
+                $crate::raw::scan_bindings(self).await
+            }
+            async fn put_bindings_any(
+                &self,
+                bindings: &[$crate::ResourceBinding],
+            ) -> ::std::result::Result<::std::vec::Vec<$crate::Version>, $crate::StoreError> {
+                $crate::raw::put_bindings_any(self, bindings).await
             }
         }
     };

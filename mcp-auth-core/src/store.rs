@@ -233,6 +233,41 @@ pub trait RegistrationStore: StoreInfo {
 
     /// Every issuer with a registration in this namespace.
     async fn list_registrations(&self) -> Result<Vec<IssuerId>, StoreError>;
+
+    /// Every registration in this namespace with its version, in no particular order: exactly
+    /// what [`get_registration`](Self::get_registration) returns for each issuer
+    /// [`list_registrations`](Self::list_registrations) lists (a corrupt record fails the scan
+    /// with [`StoreError::Corrupt`], as its `get` does). For bulk readers (`mcp-auth status`,
+    /// `migrate`); not a snapshot across records unless the backend says so.
+    ///
+    /// The default lists, then gets each issuer (a record deleted in between is left out).
+    /// Backends override it with one query.
+    async fn scan_registrations(&self) -> Result<Vec<Versioned<ClientRegistration>>, StoreError> {
+        let mut found = Vec::new();
+        for issuer in self.list_registrations().await? {
+            if let Some(r) = self.get_registration(&issuer).await? {
+                found.push(r);
+            }
+        }
+        Ok(found)
+    }
+
+    /// Writes every registration as [`put_registration`](Self::put_registration) with
+    /// [`Expect::Any`] would (an import: whatever is there is overwritten) and returns the new
+    /// versions, in order. On an error, any subset may have been written; the call can simply be
+    /// repeated.
+    ///
+    /// The default puts them one by one. Backends may batch (SQLite: one transaction per 1000).
+    async fn put_registrations_any(
+        &self,
+        registrations: &[ClientRegistration],
+    ) -> Result<Vec<Version>, StoreError> {
+        let mut versions = Vec::with_capacity(registrations.len());
+        for r in registrations {
+            versions.push(self.put_registration(r, Expect::Any).await?);
+        }
+        Ok(versions)
+    }
 }
 
 /// Token sets, one per (issuer, resource), plus the refresh lease for each.
@@ -259,6 +294,41 @@ pub trait TokenStore: StoreInfo {
     /// Every token key in this namespace.
     async fn list_tokens(&self) -> Result<Vec<TokenKey>, StoreError>;
 
+    /// Every token set in this namespace with its key and version, in no particular order:
+    /// exactly what [`get_tokens`](Self::get_tokens) returns for each key
+    /// [`list_tokens`](Self::list_tokens) lists (a corrupt record fails the scan with
+    /// [`StoreError::Corrupt`], as its `get` does). For bulk readers; not a snapshot across
+    /// records unless the backend says so, and no lease is taken: a caller that must not copy a
+    /// refresh half-way checks [`TokenSet::refresh_state`] and takes the lease itself.
+    ///
+    /// The default lists, then gets each key (a record deleted in between is left out).
+    /// Backends override it with one query.
+    async fn scan_tokens(&self) -> Result<Vec<(TokenKey, Versioned<TokenSet>)>, StoreError> {
+        let mut found = Vec::new();
+        for key in self.list_tokens().await? {
+            if let Some(t) = self.get_tokens(&key).await? {
+                found.push((key, t));
+            }
+        }
+        Ok(found)
+    }
+
+    /// Writes every token set as [`put_tokens`](Self::put_tokens) with [`Expect::Any`] would (an
+    /// import) and returns the new versions, in order. On an error, any subset may have been
+    /// written; the call can simply be repeated. Takes no lease.
+    ///
+    /// The default puts them one by one. Backends may batch (SQLite: one transaction per 1000).
+    async fn put_tokens_any(
+        &self,
+        tokens: &[(TokenKey, TokenSet)],
+    ) -> Result<Vec<Version>, StoreError> {
+        let mut versions = Vec::with_capacity(tokens.len());
+        for (key, t) in tokens {
+            versions.push(self.put_tokens(key, t, Expect::Any).await?);
+        }
+        Ok(versions)
+    }
+
     /// The current versions of the binding of `key.resource` and of the tokens under `key`
     /// (`None`: absent), in **one** round trip. The engine keeps the decoded binding and token
     /// set of each server in memory and revalidates them with this on every `access_token()`, so
@@ -277,6 +347,18 @@ pub trait TokenStore: StoreInfo {
             backend: self.backend_name(),
             operation: "binding_and_token_versions",
         })
+    }
+
+    /// A number that changes whenever any record of this store may have changed — through this
+    /// handle, a clone, another namespace over the same data, or anyone else sharing it — read
+    /// without I/O. While it is unchanged the engine serves its decoded token without even
+    /// [`TokenStore::binding_and_token_versions`].
+    ///
+    /// Only a store whose every writer is in this process can offer one (the memory store);
+    /// the default, `None`, is right for every store shared between processes, and for
+    /// wrappers that do not forward it.
+    fn change_stamp(&self) -> Option<u64> {
+        None
     }
 
     /// Tries to take the refresh lease for `key` for `ttl`. `Ok(None)`: another holder has it and
@@ -327,6 +409,39 @@ pub trait BindingStore: StoreInfo {
 
     /// Every bound resource in this namespace.
     async fn list_bindings(&self) -> Result<Vec<ResourceUri>, StoreError>;
+
+    /// Every binding in this namespace with its version, in no particular order: exactly what
+    /// [`get_binding`](Self::get_binding) returns for each resource
+    /// [`list_bindings`](Self::list_bindings) lists (a corrupt record fails the scan with
+    /// [`StoreError::Corrupt`]). Not a snapshot across records unless the backend says so.
+    ///
+    /// The default lists, then gets each resource (a record deleted in between is left out).
+    /// Backends override it with one query.
+    async fn scan_bindings(&self) -> Result<Vec<Versioned<ResourceBinding>>, StoreError> {
+        let mut found = Vec::new();
+        for resource in self.list_bindings().await? {
+            if let Some(b) = self.get_binding(&resource).await? {
+                found.push(b);
+            }
+        }
+        Ok(found)
+    }
+
+    /// Writes every binding as [`put_binding`](Self::put_binding) with [`Expect::Any`] would (an
+    /// import) and returns the new versions, in order. On an error, any subset may have been
+    /// written; the call can simply be repeated.
+    ///
+    /// The default puts them one by one. Backends may batch (SQLite: one transaction per 1000).
+    async fn put_bindings_any(
+        &self,
+        bindings: &[ResourceBinding],
+    ) -> Result<Vec<Version>, StoreError> {
+        let mut versions = Vec::with_capacity(bindings.len());
+        for b in bindings {
+            versions.push(self.put_binding(b, Expect::Any).await?);
+        }
+        Ok(versions)
+    }
 }
 
 /// Authorization flows in progress, keyed by `state`, each expiring at its `expires_at`.
@@ -392,6 +507,17 @@ macro_rules! forward_store_impls {
             async fn list_registrations(&self) -> Result<Vec<IssuerId>, StoreError> {
                 (**self).list_registrations().await
             }
+            async fn scan_registrations(
+                &self,
+            ) -> Result<Vec<Versioned<ClientRegistration>>, StoreError> {
+                (**self).scan_registrations().await
+            }
+            async fn put_registrations_any(
+                &self,
+                registrations: &[ClientRegistration],
+            ) -> Result<Vec<Version>, StoreError> {
+                (**self).put_registrations_any(registrations).await
+            }
         }
 
         #[deny(clippy::missing_trait_methods)]
@@ -420,11 +546,25 @@ macro_rules! forward_store_impls {
             async fn list_tokens(&self) -> Result<Vec<TokenKey>, StoreError> {
                 (**self).list_tokens().await
             }
+            async fn scan_tokens(
+                &self,
+            ) -> Result<Vec<(TokenKey, Versioned<TokenSet>)>, StoreError> {
+                (**self).scan_tokens().await
+            }
+            async fn put_tokens_any(
+                &self,
+                tokens: &[(TokenKey, TokenSet)],
+            ) -> Result<Vec<Version>, StoreError> {
+                (**self).put_tokens_any(tokens).await
+            }
             async fn binding_and_token_versions(
                 &self,
                 key: &TokenKey,
             ) -> Result<(Option<Version>, Option<Version>), StoreError> {
                 (**self).binding_and_token_versions(key).await
+            }
+            fn change_stamp(&self) -> Option<u64> {
+                (**self).change_stamp()
             }
             async fn try_acquire_refresh_lease(
                 &self,
@@ -470,6 +610,15 @@ macro_rules! forward_store_impls {
             }
             async fn list_bindings(&self) -> Result<Vec<ResourceUri>, StoreError> {
                 (**self).list_bindings().await
+            }
+            async fn scan_bindings(&self) -> Result<Vec<Versioned<ResourceBinding>>, StoreError> {
+                (**self).scan_bindings().await
+            }
+            async fn put_bindings_any(
+                &self,
+                bindings: &[ResourceBinding],
+            ) -> Result<Vec<Version>, StoreError> {
+                (**self).put_bindings_any(bindings).await
             }
         }
 

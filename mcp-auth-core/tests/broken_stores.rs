@@ -39,6 +39,16 @@ enum Defect {
     RenewStealsLease,
     /// Reports the first versions it ever saw, forever (a stale cache).
     StaleVersions,
+    /// `scan_tokens` serves its first answer forever (a stale bulk cache).
+    ScanServesStaleTokens,
+    /// `scan_registrations` and `scan_bindings` return every namespace's records.
+    ScanIgnoresNamespace,
+    /// `put_tokens_any` loses the last record of a batch (and still reports a version for it).
+    BatchDropsLast,
+    /// Stores DPoP-bound tokens without their private key.
+    DropsDpopKey,
+    /// Offers a change stamp that never moves.
+    StuckChangeStamp,
 }
 
 const SLOT: &str = "https://one-slot.invalid";
@@ -48,10 +58,16 @@ struct Broken {
     defect: Defect,
     seen_secrets: Mutex<Vec<String>>,
     first_versions: Mutex<std::collections::HashMap<TokenKey, VersionPair>>,
+    first_scan: Mutex<Option<TokenScan>>,
+    /// Every namespace the factory opened (for `ScanIgnoresNamespace`).
+    every_namespace: Arc<Mutex<Vec<MemoryStore>>>,
 }
 
 /// The versions of a binding and of its tokens.
 type VersionPair = (Option<Version>, Option<Version>);
+
+/// What `scan_tokens` returns.
+type TokenScan = Vec<(TokenKey, Versioned<TokenSet>)>;
 
 impl fmt::Debug for Broken {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -139,6 +155,23 @@ impl RegistrationStore for Broken {
     async fn list_registrations(&self) -> Result<Vec<IssuerId>, StoreError> {
         self.inner.list_registrations().await
     }
+    async fn scan_registrations(&self) -> Result<Vec<Versioned<ClientRegistration>>, StoreError> {
+        if self.defect == Defect::ScanIgnoresNamespace {
+            let stores = self.every_namespace.lock().unwrap().clone();
+            let mut all = Vec::new();
+            for store in stores {
+                all.extend(store.scan_registrations().await?);
+            }
+            return Ok(all);
+        }
+        self.inner.scan_registrations().await
+    }
+    async fn put_registrations_any(
+        &self,
+        registrations: &[ClientRegistration],
+    ) -> Result<Vec<Version>, StoreError> {
+        self.inner.put_registrations_any(registrations).await
+    }
 }
 
 #[async_trait]
@@ -157,9 +190,15 @@ impl TokenStore for Broken {
         if self.defect == Defect::DropsExtra {
             t.extra.clear();
         }
+        if self.defect == Defect::DropsDpopKey {
+            t.dpop_key = None;
+        }
         self.inner
             .put_tokens(&self.key_in(key), &t, self.expect(expect))
             .await
+    }
+    fn change_stamp(&self) -> Option<u64> {
+        (self.defect == Defect::StuckChangeStamp).then_some(7)
     }
     async fn delete_tokens(&self, key: &TokenKey, expect: Expect) -> Result<bool, StoreError> {
         self.inner
@@ -180,6 +219,27 @@ impl TokenStore for Broken {
     }
     async fn list_tokens(&self) -> Result<Vec<TokenKey>, StoreError> {
         self.inner.list_tokens().await
+    }
+    async fn scan_tokens(&self) -> Result<Vec<(TokenKey, Versioned<TokenSet>)>, StoreError> {
+        let fresh = self.inner.scan_tokens().await?;
+        if self.defect == Defect::ScanServesStaleTokens {
+            return Ok(self.first_scan.lock().unwrap().get_or_insert(fresh).clone());
+        }
+        Ok(fresh)
+    }
+    async fn put_tokens_any(
+        &self,
+        tokens: &[(TokenKey, TokenSet)],
+    ) -> Result<Vec<Version>, StoreError> {
+        if self.defect == Defect::BatchDropsLast && !tokens.is_empty() {
+            let mut versions = self
+                .inner
+                .put_tokens_any(&tokens[..tokens.len() - 1])
+                .await?;
+            versions.push(Version::new("never-written"));
+            return Ok(versions);
+        }
+        self.inner.put_tokens_any(tokens).await
     }
     async fn try_acquire_refresh_lease(
         &self,
@@ -274,6 +334,23 @@ impl BindingStore for Broken {
     async fn list_bindings(&self) -> Result<Vec<ResourceUri>, StoreError> {
         self.inner.list_bindings().await
     }
+    async fn scan_bindings(&self) -> Result<Vec<Versioned<ResourceBinding>>, StoreError> {
+        if self.defect == Defect::ScanIgnoresNamespace {
+            let stores = self.every_namespace.lock().unwrap().clone();
+            let mut all = Vec::new();
+            for store in stores {
+                all.extend(store.scan_bindings().await?);
+            }
+            return Ok(all);
+        }
+        self.inner.scan_bindings().await
+    }
+    async fn put_bindings_any(
+        &self,
+        bindings: &[ResourceBinding],
+    ) -> Result<Vec<Version>, StoreError> {
+        self.inner.put_bindings_any(bindings).await
+    }
 }
 
 #[async_trait]
@@ -290,6 +367,7 @@ impl PendingAuthorizationStore for Broken {
 struct BrokenFactory {
     memory: MemoryFactory,
     defect: Defect,
+    every_namespace: Arc<Mutex<Vec<MemoryStore>>>,
 }
 
 #[async_trait]
@@ -302,11 +380,15 @@ impl StoreFactory for BrokenFactory {
         } else {
             namespace.clone()
         };
+        let inner = self.memory.open(&namespace).await?;
+        self.every_namespace.lock().unwrap().push(inner.clone());
         Ok(Broken {
-            inner: self.memory.open(&namespace).await?,
+            inner,
             defect: self.defect,
             seen_secrets: Mutex::default(),
             first_versions: Mutex::default(),
+            first_scan: Mutex::default(),
+            every_namespace: Arc::clone(&self.every_namespace),
         })
     }
 
@@ -324,6 +406,7 @@ async fn assert_caught(defect: Defect, must_fail: &[&str]) {
     let factory = BrokenFactory {
         memory: MemoryFactory::new(),
         defect,
+        every_namespace: Arc::default(),
     };
     let report = run_all(&factory).await;
     let failed = report.failed();
@@ -464,6 +547,43 @@ async fn catches_delete_issuer_that_deletes_everything() {
             "delete_issuer_tokens_leaves_other_issuers",
             "lookalike_issuer_trailing_slash",
         ],
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn catches_scan_serving_stale_tokens() {
+    assert_caught(
+        Defect::ScanServesStaleTokens,
+        &["scans_return_exactly_what_gets_return"],
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn catches_scan_that_ignores_the_namespace() {
+    assert_caught(
+        Defect::ScanIgnoresNamespace,
+        &["scans_return_exactly_what_gets_return"],
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn catches_batch_write_that_drops_a_record() {
+    assert_caught(Defect::BatchDropsLast, &["put_any_batches_write_like_puts"]).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn catches_store_that_drops_the_dpop_key() {
+    assert_caught(Defect::DropsDpopKey, &["tokens_round_trip_every_field"]).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn catches_change_stamp_that_never_moves() {
+    assert_caught(
+        Defect::StuckChangeStamp,
+        &["change_stamp_moves_on_every_write"],
     )
     .await;
 }

@@ -20,6 +20,9 @@ use redis::{RedisError, RedisResult};
 
 const BACKEND: &str = "redis";
 
+/// Records read per pipeline by the `scan_*` methods.
+const SCAN_PIPELINE: usize = 500;
+
 // Every script that changes data takes a receipt key (`<prefix>:{<namespace>}:op:<op id>`, in
 // the namespace's hash slot) and a receipt TTL: it first returns the result recorded there, if
 // any, and otherwise records its result there. An operation retried after its reply was lost
@@ -604,6 +607,42 @@ impl RedisStore {
         }
     }
 
+    /// The index, then one pipeline of `HMGET`s per [`SCAN_PIPELINE`] listed keys (a key deleted
+    /// in between is left out). Every key shares the namespace's hash slot, so a pipeline serves
+    /// a cluster too.
+    async fn scan_raw(
+        &self,
+        kind: RecordKind,
+    ) -> Result<Vec<(RecordKey, Vec<u8>, Version)>, StoreError> {
+        let keys = self.list_raw(kind).await?;
+        let mut found = Vec::with_capacity(keys.len());
+        for chunk in keys.chunks(SCAN_PIPELINE) {
+            let redis_keys: Vec<String> = chunk.iter().map(|k| self.record_key(k)).collect();
+            let fields: Vec<(Option<String>, Option<Vec<u8>>)> = self
+                .idempotent(|mut c| {
+                    let mut pipe = redis::pipe();
+                    for k in &redis_keys {
+                        pipe.cmd("HMGET").arg(k).arg("ver").arg("data");
+                    }
+                    async move { pipe.query_async(&mut c).await }
+                })
+                .await?;
+            for (key, pair) in chunk.iter().zip(fields) {
+                match pair {
+                    (Some(v), Some(d)) => found.push((key.clone(), d, Version::new(v))),
+                    (None, None) => {}
+                    _ => {
+                        return Err(StoreError::Corrupt {
+                            key: key.to_string(),
+                            reason: "record hash lacks its version or data field".to_owned(),
+                        });
+                    }
+                }
+            }
+        }
+        Ok(found)
+    }
+
     async fn list_raw(&self, kind: RecordKind) -> Result<Vec<RecordKey>, StoreError> {
         let index_key = self.index_key();
         let members: Vec<String> = self
@@ -679,6 +718,13 @@ impl RawRecords for RedisStore {
     async fn list_records(&self, kind: RecordKind) -> Result<Vec<RecordKey>, StoreError> {
         self.list_raw(kind).await
     }
+
+    async fn scan_records(
+        &self,
+        kind: RecordKind,
+    ) -> Result<Vec<(RecordKey, Vec<u8>, Version)>, StoreError> {
+        self.scan_raw(kind).await
+    }
 }
 
 mcp_auth_core::impl_record_stores!(RedisStore);
@@ -741,6 +787,11 @@ impl TokenStore for RedisStore {
 
     async fn list_tokens(&self) -> Result<Vec<TokenKey>, StoreError> {
         raw::list_tokens(self).await
+    }
+
+    /// The index, then pipelined `HMGET`s (500 keys per round trip).
+    async fn scan_tokens(&self) -> Result<Vec<(TokenKey, Versioned<TokenSet>)>, StoreError> {
+        raw::scan_tokens(self).await
     }
 
     async fn binding_and_token_versions(

@@ -165,7 +165,26 @@ struct Shared {
     /// seen); only the JSON decoding is skipped when the version is unchanged. Versions are
     /// random per write, so a stale entry can never match.
     decoded_tokens: Mutex<HashMap<(String, String), (i64, TokenSet)>>,
+    /// The answers of `binding_and_token_versions`, valid while the database's change stamp
+    /// (`PRAGMA data_version`, which moves when another connection commits, and this
+    /// connection's `total_changes`) is the one they were read at: a warm `access_token()`
+    /// then costs one pragma instead of two index lookups.
+    versions: Mutex<VersionsCache>,
 }
+
+/// See [`Shared::versions`].
+#[derive(Default)]
+struct VersionsCache {
+    stamp: Option<(i64, u64)>,
+    /// By token key: the answer of each namespace that asked.
+    entries: HashMap<TokenKey, Vec<CachedVersions>>,
+}
+
+/// (namespace, binding version, token version).
+type CachedVersions = (String, Option<i64>, Option<i64>);
+
+/// Token keys kept in the versions cache before it is cleared.
+const VERSIONS_CACHE_MAX: usize = 1024;
 
 /// Entries kept in the decoded-token cache before it is cleared.
 const DECODED_TOKENS_MAX: usize = 1024;
@@ -266,6 +285,7 @@ impl SqliteStore {
                 read_only: opened.read_only,
                 busy_timeout: busy,
                 decoded_tokens: Mutex::default(),
+                versions: Mutex::default(),
             }),
             namespace: options.namespace,
         })
@@ -333,8 +353,24 @@ impl SqliteStore {
         .await
     }
 
+    /// Runs a short read (one indexed row) on the caller's thread when the connection is free
+    /// and the database is writable (WAL, where readers never wait for writers): no hand-off to
+    /// another thread for a few microseconds of work. Otherwise (connection busy, read-only or
+    /// immutable database) as [`SqliteStore::with_conn`].
+    async fn with_read_conn<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&mut Connection, &str) -> Result<T, StoreError> + Send + 'static,
+    ) -> Result<T, StoreError> {
+        if self.shared.read_only.is_none()
+            && let Ok(mut conn) = self.shared.conn.try_lock()
+        {
+            return f(&mut conn.connection, self.namespace.as_str());
+        }
+        self.with_conn(f).await
+    }
+
     async fn get_raw(&self, key: RecordKey) -> Result<Option<(Vec<u8>, Version)>, StoreError> {
-        self.with_conn(move |conn, ns| {
+        self.with_read_conn(move |conn, ns| {
             let mut stmt = conn
                 .prepare_cached(
                     "SELECT value, version FROM records WHERE namespace = ?1 AND key = ?2",
@@ -360,12 +396,7 @@ impl SqliteStore {
         expect: Expect,
     ) -> Result<Version, StoreError> {
         self.check_writable(|| format!("writing {key}"))?;
-        // The issuer column serves `delete_issuer_tokens` (exact byte comparison).
-        let issuer = match &key {
-            RecordKey::Registration(issuer) => Some(issuer.as_str().to_owned()),
-            RecordKey::Tokens(token_key) => Some(token_key.issuer.as_str().to_owned()),
-            _ => None,
-        };
+        let issuer = issuer_column(&key).map(str::to_owned);
         self.with_conn(move |conn, ns| {
             let version = new_version();
             let storage_key = key.storage_key();
@@ -478,6 +509,186 @@ impl SqliteStore {
         .await
     }
 
+    /// One `SELECT` of every record of `kind` in this namespace.
+    async fn scan_raw(
+        &self,
+        kind: RecordKind,
+    ) -> Result<Vec<(RecordKey, Vec<u8>, Version)>, StoreError> {
+        self.scan_with(kind, |key, bytes, version| Ok(Some((key, bytes, version))))
+            .await
+    }
+
+    /// One `SELECT` of every record of `kind` in this namespace. The rows are read in chunks of
+    /// [`SCAN_CHUNK`] while other threads parse their keys and apply `decode` (reading and
+    /// decoding overlap; the copies of the values never pile up); a small scan is decoded on this
+    /// thread. `Ok(None)` leaves a row out. The order of the result is unspecified.
+    async fn scan_with<T: Send + 'static>(
+        &self,
+        kind: RecordKind,
+        decode: impl Fn(RecordKey, Vec<u8>, Version) -> Result<Option<T>, StoreError>
+        + Send
+        + Sync
+        + 'static,
+    ) -> Result<Vec<T>, StoreError> {
+        self.with_conn(move |conn, ns| {
+            let what = format!("{} scan", kind.as_str());
+            // Storage keys are `<kind>/…`: the key range makes this one range scan of the
+            // primary key (the kind index would cost one primary-key lookup per row).
+            let (from, until) = (format!("{}/", kind.as_str()), format!("{}0", kind.as_str()));
+            let mut stmt = conn
+                .prepare_cached(
+                    "SELECT key, value, version FROM records
+                     WHERE namespace = ?1 AND key >= ?3 AND key < ?4 AND kind = ?2",
+                )
+                .map_err(|e| map_err_named(e, &what))?;
+            let mut rows = stmt
+                .query_map(params![ns, kind.as_str(), from, until], |row| {
+                    Ok((
+                        row.get::<_, String>(0)?,
+                        row.get::<_, Vec<u8>>(1)?,
+                        row.get::<_, i64>(2)?,
+                    ))
+                })
+                .map_err(|e| map_err_named(e, &what))?;
+            let decode_row = |(raw, bytes, version): (String, Vec<u8>, i64)| {
+                let key = RecordKey::from_storage_key(&raw).ok_or_else(|| StoreError::Corrupt {
+                    key: raw.clone(),
+                    reason: "unrecognised storage key".to_owned(),
+                })?;
+                decode(key, bytes, version_of(version))
+            };
+            let mut next_chunk = || {
+                rows.by_ref()
+                    .take(SCAN_CHUNK)
+                    .collect::<Result<Vec<_>, _>>()
+                    .map_err(|e| map_err_named(e, &what))
+            };
+            let first = next_chunk()?;
+            let threads = std::thread::available_parallelism().map_or(1, usize::from);
+            if first.len() < SCAN_CHUNK || threads < 2 {
+                // Small (or single core): decode here.
+                let mut found = Vec::with_capacity(first.len());
+                let mut chunk = first;
+                while !chunk.is_empty() {
+                    for row in chunk {
+                        found.extend(decode_row(row)?);
+                    }
+                    chunk = next_chunk()?;
+                }
+                return Ok(found);
+            }
+            // This thread reads; decoders (one per core but this one, at least one) decode.
+            let decoders = (threads - 1).clamp(1, 3);
+            let (sender, receiver) = std::sync::mpsc::sync_channel::<Vec<_>>(decoders);
+            let receiver = Mutex::new(receiver);
+            std::thread::scope(|scope| {
+                let handles: Vec<_> = (0..decoders)
+                    .map(|_| {
+                        scope.spawn(|| {
+                            let mut found = Vec::new();
+                            loop {
+                                let chunk = receiver
+                                    .lock()
+                                    .unwrap_or_else(PoisonError::into_inner)
+                                    .recv();
+                                let Ok(chunk) = chunk else {
+                                    return Ok(found);
+                                };
+                                for row in chunk {
+                                    found.extend(decode_row(row)?);
+                                }
+                            }
+                        })
+                    })
+                    .collect();
+                let mut read = Ok(());
+                let mut chunk = first;
+                while !chunk.is_empty() {
+                    // Every decoder stopped (an error): stop reading.
+                    if sender.send(chunk).is_err() {
+                        break;
+                    }
+                    chunk = match next_chunk() {
+                        Ok(c) => c,
+                        Err(e) => {
+                            read = Err(e);
+                            break;
+                        }
+                    };
+                }
+                drop(sender);
+                let mut found = Vec::new();
+                for handle in handles {
+                    match handle.join() {
+                        Ok(part) => found.extend(part?),
+                        Err(panic) => std::panic::resume_unwind(panic),
+                    }
+                }
+                read.map(|()| found)
+            })
+        })
+        .await
+    }
+
+    /// `Expect::Any` upserts of many records, [`IMPORT_BATCH`] per `BEGIN IMMEDIATE`
+    /// transaction (one commit, one fsync each; the write lock is held for one batch at a time).
+    async fn put_many_raw(
+        &self,
+        records: Vec<(RecordKey, Vec<u8>)>,
+    ) -> Result<Vec<Version>, StoreError> {
+        if records.is_empty() {
+            return Ok(Vec::new());
+        }
+        self.check_writable(|| format!("writing {} records", records.len()))?;
+        let mut versions = Vec::with_capacity(records.len());
+        let mut records = records.into_iter().peekable();
+        while records.peek().is_some() {
+            let batch: Vec<_> = records.by_ref().take(IMPORT_BATCH).collect();
+            let last = records.peek().is_none();
+            versions.extend(
+                self.with_conn(move |conn, ns| {
+                    let what = format!("a batch of {} records", batch.len());
+                    let tx = conn
+                        .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
+                        .map_err(|e| map_err_named(e, &what))?;
+                    let mut versions = Vec::with_capacity(batch.len());
+                    {
+                        let mut stmt = tx
+                            .prepare_cached(
+                                "INSERT INTO records (namespace, key, kind, issuer, value, version)
+                                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)
+                                 ON CONFLICT (namespace, key) DO UPDATE SET
+                                   kind = excluded.kind, issuer = excluded.issuer,
+                                   value = excluded.value, version = excluded.version",
+                            )
+                            .map_err(|e| map_err_named(e, &what))?;
+                        for (key, bytes) in &batch {
+                            let version = new_version();
+                            stmt.execute(params![
+                                ns,
+                                key.storage_key(),
+                                key.kind().as_str(),
+                                issuer_column(key),
+                                bytes,
+                                version
+                            ])
+                            .map_err(|e| map_err(e, key))?;
+                            versions.push(version_of(version));
+                        }
+                    }
+                    tx.commit().map_err(|e| map_err_named(e, &what))?;
+                    // As after every write, once for the whole import.
+                    if last {
+                        scrub(conn, false);
+                    }
+                    Ok(versions)
+                })
+                .await?,
+            );
+        }
+        Ok(versions)
+    }
+
     async fn list_raw(&self, kind: RecordKind) -> Result<Vec<RecordKey>, StoreError> {
         self.with_conn(move |conn, ns| {
             let what = format!("{} list", kind.as_str());
@@ -499,6 +710,21 @@ impl SqliteStore {
             Ok(keys)
         })
         .await
+    }
+}
+
+/// Rows a scan reads before handing them to a decoder (see `SqliteStore::scan_with`).
+const SCAN_CHUNK: usize = 512;
+
+/// Records written per transaction by [`TokenStore::put_tokens_any`] and its siblings.
+const IMPORT_BATCH: usize = 1000;
+
+/// The `issuer` column of a record; it serves `delete_issuer_tokens` (exact byte comparison).
+fn issuer_column(key: &RecordKey) -> Option<&str> {
+    match key {
+        RecordKey::Registration(issuer) => Some(issuer.as_str()),
+        RecordKey::Tokens(token_key) => Some(token_key.issuer.as_str()),
+        _ => None,
     }
 }
 
@@ -618,6 +844,20 @@ impl RawRecords for SqliteStore {
     async fn list_records(&self, kind: RecordKind) -> Result<Vec<RecordKey>, StoreError> {
         self.list_raw(kind).await
     }
+
+    async fn scan_records(
+        &self,
+        kind: RecordKind,
+    ) -> Result<Vec<(RecordKey, Vec<u8>, Version)>, StoreError> {
+        self.scan_raw(kind).await
+    }
+
+    async fn put_records_any(
+        &self,
+        records: Vec<(RecordKey, Vec<u8>)>,
+    ) -> Result<Vec<Version>, StoreError> {
+        self.put_many_raw(records).await
+    }
 }
 
 mcp_auth_core::impl_record_stores!(SqliteStore);
@@ -721,25 +961,88 @@ impl TokenStore for SqliteStore {
         raw::list_tokens(self).await
     }
 
+    /// One `SELECT`, the records decoded off the connection lock (the decoded-token cache is
+    /// left alone).
+    async fn scan_tokens(&self) -> Result<Vec<(TokenKey, Versioned<TokenSet>)>, StoreError> {
+        self.scan_with(RecordKind::Tokens, |key, bytes, version| {
+            let Some(key) = key.into_tokens() else {
+                return Ok(None);
+            };
+            let value = record::decode_tokens(&key, &bytes)?;
+            Ok(Some((key, Versioned { value, version })))
+        })
+        .await
+    }
+
+    /// One `BEGIN IMMEDIATE` transaction per 1000 records.
+    async fn put_tokens_any(
+        &self,
+        tokens: &[(TokenKey, TokenSet)],
+    ) -> Result<Vec<Version>, StoreError> {
+        raw::put_tokens_any(self, tokens).await
+    }
+
     async fn binding_and_token_versions(
         &self,
         key: &TokenKey,
     ) -> Result<(Option<Version>, Option<Version>), StoreError> {
-        let binding = RecordKey::Binding(key.resource.clone()).storage_key();
-        let tokens = RecordKey::Tokens(key.clone()).storage_key();
-        self.with_conn(move |conn, ns| {
+        let shared = Arc::clone(&self.shared);
+        let key = key.clone();
+        self.with_read_conn(move |conn, ns| {
+            let named = |e| map_err_named(e, "the versions of a binding and its tokens");
+            // A read-only (possibly immutable) connection detects no change: always query.
+            let stamp = match shared.read_only {
+                None => Some((
+                    conn.prepare_cached("PRAGMA data_version")
+                        .and_then(|mut stmt| stmt.query_row([], |row| row.get::<_, i64>(0)))
+                        .map_err(named)?,
+                    conn.total_changes(),
+                )),
+                Some(_) => None,
+            };
+            if stamp.is_some() {
+                let cache = shared
+                    .versions
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner);
+                if cache.stamp == stamp
+                    && let Some((_, b, t)) = cache
+                        .entries
+                        .get(&key)
+                        .and_then(|all| all.iter().find(|(n, _, _)| n == ns))
+                {
+                    return Ok((b.map(version_of), t.map(version_of)));
+                }
+            }
+            let binding = RecordKey::Binding(key.resource.clone()).storage_key();
+            let tokens = RecordKey::Tokens(key.clone()).storage_key();
             // One statement, one row, versions only: no value (and no overflow page) is read.
-            conn.prepare_cached(
-                "SELECT (SELECT version FROM records WHERE namespace = ?1 AND key = ?2),
-                        (SELECT version FROM records WHERE namespace = ?1 AND key = ?3)",
-            )
-            .and_then(|mut stmt| {
-                stmt.query_row(params![ns, binding, tokens], |row| {
-                    Ok((row.get::<_, Option<i64>>(0)?, row.get::<_, Option<i64>>(1)?))
+            let (b, t) = conn
+                .prepare_cached(
+                    "SELECT (SELECT version FROM records WHERE namespace = ?1 AND key = ?2),
+                            (SELECT version FROM records WHERE namespace = ?1 AND key = ?3)",
+                )
+                .and_then(|mut stmt| {
+                    stmt.query_row(params![ns, binding, tokens], |row| {
+                        Ok((row.get::<_, Option<i64>>(0)?, row.get::<_, Option<i64>>(1)?))
+                    })
                 })
-            })
-            .map(|(b, t)| (b.map(version_of), t.map(version_of)))
-            .map_err(|e| map_err_named(e, "the versions of a binding and its tokens"))
+                .map_err(named)?;
+            if stamp.is_some() {
+                // Read after the stamp: at least as new as it, so safe to keep under it.
+                let mut cache = shared
+                    .versions
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner);
+                if cache.stamp != stamp || cache.entries.len() >= VERSIONS_CACHE_MAX {
+                    cache.entries.clear();
+                    cache.stamp = stamp;
+                }
+                let all = cache.entries.entry(key).or_default();
+                all.retain(|(n, _, _)| n != ns);
+                all.push((ns.to_owned(), b, t));
+            }
+            Ok((b.map(version_of), t.map(version_of)))
         })
         .await
     }

@@ -2,6 +2,7 @@
 //! (pass or fail), and returns a [`CheckResult`] instead of panicking, so a harness can run them
 //! against deliberately broken stores and see each defect caught.
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -269,6 +270,8 @@ fn full_tokens(tag: &str) -> TokenSet {
         retry_after: Timestamp::from_unix_seconds(1_700_000_530),
         error: format!("temporarily_unavailable-{tag}"),
     });
+    // The DPoP private key of DPoP-bound tokens (RFC 9449): a secret stored with them.
+    t.dpop_key = Some(tagged_secret("dpop-key", tag));
     t.extra = rich_extra(tag);
     t
 }
@@ -412,6 +415,11 @@ fn same_tokens(got: &TokenSet, want: &TokenSet, what: &str) -> Result<(), Failur
         secret_eq(&got.refresh_token, &want.refresh_token),
         "{}",
         mismatch("refresh_token")
+    );
+    ensure!(
+        secret_eq(&got.dpop_key, &want.dpop_key),
+        "{}",
+        mismatch("dpop_key")
     );
     ensure!(got.scopes == want.scopes, "{}", mismatch("scopes"));
     ensure!(
@@ -1165,6 +1173,53 @@ pub async fn put_version_conflicts_when_deleted<F: StoreFactory>(factory: &F) ->
     })
 }
 
+/// A store that offers a change stamp (`TokenStore::change_stamp`, only for stores whose
+/// every writer is in this process) moves it on every write of tokens, bindings and
+/// registrations, deletions included: the engine serves its cached token without asking the
+/// store while the stamp stands still, so a stamp that misses a write serves a revoked or
+/// rotated token.
+pub async fn change_stamp_moves_on_every_write<F: StoreFactory>(factory: &F) -> CheckResult {
+    with_cx!(factory, |cx| {
+        let Some(mut last) = cx.store.change_stamp() else {
+            return Ok(Outcome::Skipped(
+                "store offers no change stamp (right for stores shared between processes)"
+                    .to_owned(),
+            ));
+        };
+        let a = TokenKey::new(issuer(ISSUER_A)?, resource(RESOURCE_1)?);
+        let mut moved = |what: &str, now: Option<u64>| -> Result<(), Failure> {
+            ensure!(
+                now.is_some() && now != Some(last),
+                "the change stamp did not move after {what} ({last} → {now:?})"
+            );
+            last = now.unwrap_or_default();
+            Ok(())
+        };
+        let v = cx
+            .store
+            .put_tokens(&a, &full_tokens("s1"), Expect::Absent)
+            .await?;
+        moved("a token write", cx.store.change_stamp())?;
+        cx.store
+            .put_tokens(&a, &full_tokens("s2"), Expect::Version(v))
+            .await?;
+        moved("a compare-and-swap token write", cx.store.change_stamp())?;
+        cx.store
+            .put_binding(&full_binding(&a.resource, &a.issuer, "s"), Expect::Any)
+            .await?;
+        moved("a binding write", cx.store.change_stamp())?;
+        cx.store
+            .put_registration(&full_registration(&a.issuer, "s"), Expect::Any)
+            .await?;
+        moved("a registration write", cx.store.change_stamp())?;
+        cx.store.delete_tokens(&a, Expect::Any).await?;
+        moved("a token deletion", cx.store.change_stamp())?;
+        cx.store.delete_binding(&a.resource, Expect::Any).await?;
+        moved("a binding deletion", cx.store.change_stamp())?;
+        Ok(Outcome::Passed)
+    })
+}
+
 /// `binding_and_token_versions` reports exactly the versions reads see: absent → `None`,
 /// every write → the new version, other issuers' tokens and other namespaces never.
 pub async fn binding_and_token_versions_match_reads<F: StoreFactory>(factory: &F) -> CheckResult {
@@ -1894,6 +1949,361 @@ pub async fn list_returns_exactly_what_was_stored<F: StoreFactory>(factory: &F) 
     })
 }
 
+/// What a namespace should hold, as encoded records, for [`scans_match`].
+#[derive(Default)]
+struct Expected {
+    registrations: BTreeMap<IssuerId, Vec<u8>>,
+    tokens: BTreeMap<TokenKey, Vec<u8>>,
+    bindings: BTreeMap<ResourceUri, Vec<u8>>,
+}
+
+impl Expected {
+    fn registration(&mut self, r: &ClientRegistration) -> Result<(), Failure> {
+        self.registrations
+            .insert(r.issuer.clone(), record::encode_registration(r)?);
+        Ok(())
+    }
+
+    fn tokens(&mut self, key: &TokenKey, t: &TokenSet) -> Result<(), Failure> {
+        self.tokens
+            .insert(key.clone(), record::encode_tokens(key, t)?);
+        Ok(())
+    }
+
+    fn binding(&mut self, b: &ResourceBinding) -> Result<(), Failure> {
+        self.bindings
+            .insert(b.resource.clone(), record::encode_binding(b)?);
+        Ok(())
+    }
+}
+
+/// The `scan_*` of `store` return exactly `want` (no more, no fewer, no duplicates), and each
+/// scanned record has the value and version its individual `get` returns.
+async fn scans_match<S: CredentialStore + ?Sized>(
+    store: &S,
+    want: &Expected,
+    when: &str,
+) -> Result<(), Failure> {
+    let mut seen = BTreeMap::new();
+    for r in store.scan_registrations().await? {
+        let issuer = r.value.issuer.clone();
+        let bytes = record::encode_registration(&r.value)?;
+        let got = store.get_registration(&issuer).await?;
+        ensure!(
+            got.as_ref().map(|g| &g.version) == Some(&r.version),
+            "{when}: scan_registrations gave {issuer} version {}, get_registration {:?}",
+            r.version,
+            got.as_ref().map(|g| &g.version)
+        );
+        ensure!(
+            got.map(|g| record::encode_registration(&g.value))
+                .transpose()?
+                == Some(bytes.clone()),
+            "{when}: scan_registrations and get_registration differ for {issuer}"
+        );
+        ensure!(
+            seen.insert(issuer.clone(), bytes).is_none(),
+            "{when}: scan_registrations returned {issuer} twice"
+        );
+    }
+    ensure!(
+        seen == want.registrations,
+        "{when}: scan_registrations returned {:?}, expected {:?} (or different contents)",
+        seen.keys().collect::<Vec<_>>(),
+        want.registrations.keys().collect::<Vec<_>>()
+    );
+    let mut seen = BTreeMap::new();
+    for (key, t) in store.scan_tokens().await? {
+        let bytes = record::encode_tokens(&key, &t.value)?;
+        let got = store.get_tokens(&key).await?;
+        ensure!(
+            got.as_ref().map(|g| &g.version) == Some(&t.version),
+            "{when}: scan_tokens gave {key} version {}, get_tokens {:?}",
+            t.version,
+            got.as_ref().map(|g| &g.version)
+        );
+        ensure!(
+            got.map(|g| record::encode_tokens(&key, &g.value))
+                .transpose()?
+                == Some(bytes.clone()),
+            "{when}: scan_tokens and get_tokens differ for {key}"
+        );
+        ensure!(
+            seen.insert(key.clone(), bytes).is_none(),
+            "{when}: scan_tokens returned {key} twice"
+        );
+    }
+    ensure!(
+        seen == want.tokens,
+        "{when}: scan_tokens returned {} token sets, expected {} (or different contents)",
+        seen.len(),
+        want.tokens.len()
+    );
+    let mut seen = BTreeMap::new();
+    for b in store.scan_bindings().await? {
+        let resource = b.value.resource.clone();
+        let bytes = record::encode_binding(&b.value)?;
+        let got = store.get_binding(&resource).await?;
+        ensure!(
+            got.as_ref().map(|g| &g.version) == Some(&b.version),
+            "{when}: scan_bindings gave {resource} version {}, get_binding {:?}",
+            b.version,
+            got.as_ref().map(|g| &g.version)
+        );
+        ensure!(
+            got.map(|g| record::encode_binding(&g.value)).transpose()? == Some(bytes.clone()),
+            "{when}: scan_bindings and get_binding differ for {resource}"
+        );
+        ensure!(
+            seen.insert(resource.clone(), bytes).is_none(),
+            "{when}: scan_bindings returned {resource} twice"
+        );
+    }
+    ensure!(
+        seen == want.bindings,
+        "{when}: scan_bindings returned {:?}, expected {:?} (or different contents)",
+        seen.keys().collect::<Vec<_>>(),
+        want.bindings.keys().collect::<Vec<_>>()
+    );
+    Ok(())
+}
+
+/// `scan_registrations`, `scan_tokens` and `scan_bindings` return exactly what the individual
+/// `get_*` return — same records, same values, same versions — after writes, overwrites and
+/// deletes, and only this namespace's records (like `list_*`).
+pub async fn scans_return_exactly_what_gets_return<F: StoreFactory>(factory: &F) -> CheckResult {
+    with_cx!(factory, |cx| {
+        if !cx.store.capabilities().list {
+            return Ok(Outcome::Skipped("store does not declare list".to_owned()));
+        }
+        let (_, other) = cx.other_namespace(None).await?;
+        let (_, empty) = cx.other_namespace(None).await?;
+        let issuers: Vec<IssuerId> = LOOKALIKE_ISSUERS
+            .iter()
+            .take(5)
+            .map(|s| issuer(s))
+            .collect::<Result<_, _>>()?;
+        let resources: Vec<ResourceUri> = LOOKALIKE_RESOURCES
+            .iter()
+            .take(3)
+            .map(|s| resource(s))
+            .collect::<Result<_, _>>()?;
+        let mut want = Expected::default();
+        // The same keys in another namespace, with other contents: never part of this scan.
+        let mut want_other = Expected::default();
+        for (i, id) in issuers.iter().enumerate() {
+            let r = full_registration(id, &format!("scan{i}"));
+            cx.store.put_registration(&r, Expect::Absent).await?;
+            want.registration(&r)?;
+            let o = full_registration(id, &format!("other{i}"));
+            other.put_registration(&o, Expect::Absent).await?;
+            want_other.registration(&o)?;
+            for (j, res) in resources.iter().enumerate() {
+                let key = TokenKey::new(id.clone(), res.clone());
+                let t = full_tokens(&format!("scan{i}-{j}"));
+                cx.store.put_tokens(&key, &t, Expect::Absent).await?;
+                want.tokens(&key, &t)?;
+            }
+        }
+        let other_key = TokenKey::new(issuers[0].clone(), resources[0].clone());
+        let o = full_tokens("other");
+        other.put_tokens(&other_key, &o, Expect::Absent).await?;
+        want_other.tokens(&other_key, &o)?;
+        for (j, res) in resources.iter().enumerate() {
+            let b = full_binding(res, &issuers[j % issuers.len()], &format!("scan{j}"));
+            cx.store.put_binding(&b, Expect::Absent).await?;
+            want.binding(&b)?;
+        }
+        let o = full_binding(&resources[0], &issuers[1], "other");
+        other.put_binding(&o, Expect::Absent).await?;
+        want_other.binding(&o)?;
+
+        scans_match(cx.store.as_ref(), &want, "after the writes").await?;
+
+        // Overwrite some records (new versions, new contents), delete others.
+        let r = full_registration(&issuers[1], "rewritten");
+        cx.store.put_registration(&r, Expect::Any).await?;
+        want.registration(&r)?;
+        cx.store
+            .delete_registration(&issuers[2], Expect::Any)
+            .await?;
+        want.registrations.remove(&issuers[2]);
+        let rewritten = TokenKey::new(issuers[0].clone(), resources[1].clone());
+        let t = full_tokens("rewritten");
+        cx.store.put_tokens(&rewritten, &t, Expect::Any).await?;
+        want.tokens(&rewritten, &t)?;
+        // Same contents again: only the version changes.
+        let same = TokenKey::new(issuers[3].clone(), resources[2].clone());
+        cx.store
+            .put_tokens(&same, &full_tokens("scan3-2"), Expect::Any)
+            .await?;
+        let gone = TokenKey::new(issuers[1].clone(), resources[0].clone());
+        cx.store.delete_tokens(&gone, Expect::Any).await?;
+        want.tokens.remove(&gone);
+        cx.store.delete_issuer_tokens(&issuers[4]).await?;
+        want.tokens.retain(|k, _| k.issuer != issuers[4]);
+        cx.store.delete_binding(&resources[2], Expect::Any).await?;
+        want.bindings.remove(&resources[2]);
+        let b = full_binding(&resources[1], &issuers[0], "rebound");
+        cx.store.put_binding(&b, Expect::Any).await?;
+        want.binding(&b)?;
+
+        scans_match(cx.store.as_ref(), &want, "after overwrites and deletes").await?;
+        scans_match(other.as_ref(), &want_other, "in another namespace").await?;
+        scans_match(
+            empty.as_ref(),
+            &Expected::default(),
+            "in an empty namespace",
+        )
+        .await?;
+        Ok(Outcome::Passed)
+    })
+}
+
+/// `put_registrations_any`, `put_tokens_any` and `put_bindings_any` write like one
+/// `put_*(…, Expect::Any)` per record: new records are created, existing ones overwritten, the
+/// returned versions are the ones `get_*` report (and a compare-and-swap on them succeeds), other
+/// namespaces are untouched, and an empty batch writes nothing.
+pub async fn put_any_batches_write_like_puts<F: StoreFactory>(factory: &F) -> CheckResult {
+    with_cx!(factory, |cx| {
+        let (_, other) = cx.other_namespace(None).await?;
+        ensure!(
+            cx.store.put_tokens_any(&[]).await?.is_empty()
+                && cx.store.put_registrations_any(&[]).await?.is_empty()
+                && cx.store.put_bindings_any(&[]).await?.is_empty(),
+            "an empty batch returned versions"
+        );
+        let issuers: Vec<IssuerId> = LOOKALIKE_ISSUERS
+            .iter()
+            .take(4)
+            .map(|s| issuer(s))
+            .collect::<Result<_, _>>()?;
+        let resources: Vec<ResourceUri> = LOOKALIKE_RESOURCES
+            .iter()
+            .take(3)
+            .map(|s| resource(s))
+            .collect::<Result<_, _>>()?;
+        // One record of each kind exists before the batch: it is overwritten.
+        let before_key = TokenKey::new(issuers[0].clone(), resources[0].clone());
+        let before_v = cx
+            .store
+            .put_tokens(&before_key, &full_tokens("before"), Expect::Absent)
+            .await?;
+        let reg_before_v = cx
+            .store
+            .put_registration(&full_registration(&issuers[0], "before"), Expect::Absent)
+            .await?;
+        let binding_before_v = cx
+            .store
+            .put_binding(
+                &full_binding(&resources[0], &issuers[0], "before"),
+                Expect::Absent,
+            )
+            .await?;
+
+        let registrations: Vec<ClientRegistration> = issuers
+            .iter()
+            .enumerate()
+            .map(|(i, id)| full_registration(id, &format!("batch{i}")))
+            .collect();
+        let mut tokens = Vec::new();
+        for (i, id) in issuers.iter().enumerate() {
+            for (j, res) in resources.iter().enumerate() {
+                tokens.push((
+                    TokenKey::new(id.clone(), res.clone()),
+                    full_tokens(&format!("batch{i}-{j}")),
+                ));
+            }
+        }
+        let bindings: Vec<ResourceBinding> = resources
+            .iter()
+            .enumerate()
+            .map(|(j, res)| full_binding(res, &issuers[j], &format!("batch{j}")))
+            .collect();
+
+        let reg_versions = cx.store.put_registrations_any(&registrations).await?;
+        let token_versions = cx.store.put_tokens_any(&tokens).await?;
+        let binding_versions = cx.store.put_bindings_any(&bindings).await?;
+        ensure!(
+            reg_versions.len() == registrations.len()
+                && token_versions.len() == tokens.len()
+                && binding_versions.len() == bindings.len(),
+            "a batch returned {} / {} / {} versions for {} / {} / {} records",
+            reg_versions.len(),
+            token_versions.len(),
+            binding_versions.len(),
+            registrations.len(),
+            tokens.len(),
+            bindings.len()
+        );
+        ensure!(
+            token_versions[0] != before_v
+                && reg_versions[0] != reg_before_v
+                && binding_versions[0] != binding_before_v,
+            "overwriting a record in a batch kept its old version"
+        );
+        let mut want = Expected::default();
+        for (r, v) in registrations.iter().zip(&reg_versions) {
+            let got = cx.store.get_registration(&r.issuer).await?;
+            ensure!(
+                got.as_ref().map(|g| &g.version) == Some(v),
+                "registration {} reads at {:?}, the batch returned {v}",
+                r.issuer,
+                got.as_ref().map(|g| &g.version)
+            );
+            expect_registration(cx.store.as_ref(), r).await?;
+            want.registration(r)?;
+        }
+        for ((key, t), v) in tokens.iter().zip(&token_versions) {
+            let got = cx.store.get_tokens(key).await?;
+            ensure!(
+                got.as_ref().map(|g| &g.version) == Some(v),
+                "tokens {key} read at {:?}, the batch returned {v}",
+                got.as_ref().map(|g| &g.version)
+            );
+            expect_tokens(cx.store.as_ref(), key, t).await?;
+            want.tokens(key, t)?;
+        }
+        for (b, v) in bindings.iter().zip(&binding_versions) {
+            let got = cx.store.get_binding(&b.resource).await?;
+            ensure!(
+                got.as_ref().map(|g| &g.version) == Some(v),
+                "binding {} reads at {:?}, the batch returned {v}",
+                b.resource,
+                got.as_ref().map(|g| &g.version)
+            );
+            ensure!(
+                got.map(|g| record::encode_binding(&g.value)).transpose()?
+                    == Some(record::encode_binding(b)?),
+                "binding {} does not read back as written by the batch",
+                b.resource
+            );
+            want.binding(b)?;
+        }
+        // The returned versions are current: a compare-and-swap on them succeeds.
+        cx.store
+            .put_tokens(
+                &tokens[1].0,
+                &tokens[1].1,
+                Expect::Version(token_versions[1].clone()),
+            )
+            .await?;
+        if cx.store.capabilities().list {
+            // `tokens[1]` was rewritten with the same contents.
+            scans_match(cx.store.as_ref(), &want, "after batch writes").await?;
+            scans_match(other.as_ref(), &Expected::default(), "in another namespace").await?;
+        } else {
+            ensure!(
+                other.get_tokens(&tokens[0].0).await?.is_none()
+                    && other.get_registration(&issuers[0]).await?.is_none()
+                    && other.get_binding(&resources[0]).await?.is_none(),
+                "a batch wrote into another namespace"
+            );
+        }
+        Ok(Outcome::Passed)
+    })
+}
+
 /// Garbage stored under a key is reported as `Corrupt` naming the key — never a panic, never a
 /// silent `None` — and stays in place until deleted explicitly.
 pub async fn corrupt_record_is_reported_and_kept<F: StoreFactory>(factory: &F) -> CheckResult {
@@ -2070,6 +2480,10 @@ pub async fn no_secret_in_debug<F: StoreFactory>(factory: &F) -> CheckResult {
             Some(tokens.access_token.expose_secret().to_owned()),
             tokens
                 .refresh_token
+                .as_ref()
+                .map(|s| s.expose_secret().to_owned()),
+            tokens
+                .dpop_key
                 .as_ref()
                 .map(|s| s.expose_secret().to_owned()),
             Some(pending.pkce_verifier.expose_secret().to_owned()),
