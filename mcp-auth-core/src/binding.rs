@@ -11,6 +11,16 @@
 //! | dynamic (DCR) | [`BindingAction::SwitchAndRegister`]: drop the old AS's tokens for this resource; use (or create by registering) the client at the new AS |
 //! | metadata document (CIMD) | [`BindingAction::SwitchKeepClientId`]: drop tokens; the same `client_id` URL is presented to the new AS, no registration |
 //!
+//! The grants that need no interactive login record their credentials as pre-registered at the
+//! AS that issued the tokens, so they follow the first row; with a declared issuer the move is
+//! refused before even the new AS's metadata is fetched:
+//!
+//! | grant | recorded as | AS issuer changed → | why |
+//! |---|---|---|---|
+//! | client credentials (SEP-1046) | pre-registered | `Refuse` | the client_id and secret (or key) were issued by that AS |
+//! | identity assertion (SEP-990: token exchange for an ID-JAG, then JWT bearer) | pre-registered | `Refuse` | the client_secret_basic credentials of the second leg belong to that AS; SEP-990 names no way to follow a move |
+//! | JWT bearer (workload identity federation) | pre-registered (the `client_id` if any, else empty) | `Refuse` | the workload JWT's audience is that AS: presenting it elsewhere would hand a bearer credential to a server it was not meant for |
+//!
 //! Returning to a previous AS finds its registration intact, because every registration is
 //! keyed by its own issuer.
 

@@ -20,9 +20,14 @@ pub mod conformance;
 
 #[cfg(feature = "engine")]
 pub use engine::{
-    AuthError, AuthorizationRequest, Authorizer, Challenge, ClientConfig, ClientCredentials,
-    ClientCredentialsAuth, DeviceCode, HeadlessAuthorizer, HttpPolicy, LogoutReport,
+    AccessCredential, AuthError, AuthorizationRequest, Authorizer, Challenge, ClientConfig,
+    ClientCredentials, ClientCredentialsAuth, DeviceCode, DpopKey, DpopMode, HeadlessAuthorizer,
+    HttpPolicy, LogoutReport,
     LoopbackAuthorizer, McpAuth, McpAuthBuilder, PasteAuthorizer, PreRegisteredClient,
+};
+#[cfg(feature = "engine")]
+pub use engine::{
+    AssertionProvider, AssertionRequest, AssertionSource, IdentityAssertionGrant, JwtBearerGrant,
 };
 pub use error::{BoxError, StoreError};
 pub use ids::{InvalidId, IssuerId, MAX_ID_LEN, Namespace, ResourceUri, TokenKey};

@@ -156,9 +156,9 @@ impl fmt::Debug for ClientRegistration {
 #[non_exhaustive]
 #[derive(Clone)]
 pub struct TokenSet {
-    /// The access token sent as `Authorization: Bearer`.
+    /// The access token sent as `Authorization: Bearer` (or `DPoP`, with a proof).
     pub access_token: SecretString,
-    /// `token_type` from the token response (normally `Bearer`).
+    /// `token_type` from the token response: `Bearer`, or `DPoP` for sender-constrained tokens.
     pub token_type: String,
     /// When the access token expires, if the AS said (`expires_in`).
     pub expires_at: Option<Timestamp>,
@@ -172,6 +172,11 @@ pub struct TokenSet {
     /// that uses it, so none resends a refresh token whose fate is not known. `None`: no refresh
     /// is running or has failed.
     pub refresh_state: Option<RefreshState>,
+    /// The private key these tokens are bound to, when the authorization server issued them as
+    /// DPoP tokens (RFC 9449, `token_type` `DPoP`): PKCS#8 DER of a P-256 key, base64url. A
+    /// DPoP-bound access or refresh token is useless without it, so it is stored in the same
+    /// record and written in the same compare-and-swap. `None` for Bearer tokens.
+    pub dpop_key: Option<SecretString>,
     /// Fields of the token response this version does not know.
     pub extra: Extra,
 }
@@ -225,6 +230,7 @@ impl TokenSet {
             scopes: Vec::new(),
             obtained_at: Timestamp::now(),
             refresh_state: None,
+            dpop_key: None,
             extra: Extra::new(),
         }
     }
@@ -246,6 +252,7 @@ impl fmt::Debug for TokenSet {
             .field("scopes", &self.scopes)
             .field("obtained_at", &self.obtained_at)
             .field("refresh_state", &self.refresh_state)
+            .field("dpop_key", &self.dpop_key)
             .field("extra", &ExtraKeys(&self.extra))
             .finish()
     }

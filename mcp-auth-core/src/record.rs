@@ -220,6 +220,9 @@ struct TokensV1 {
     // Absent in records written before refresh states existed, and whenever there is none.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     refresh_state: Option<RefreshState>,
+    // Only for DPoP-bound tokens.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    dpop_key: Option<String>,
     extra: Extra,
 }
 
@@ -410,6 +413,7 @@ pub fn encode_tokens(key: &TokenKey, tokens: &TokenSet) -> Result<Vec<u8>, Store
             scopes: tokens.scopes.clone(),
             obtained_at: tokens.obtained_at,
             refresh_state: tokens.refresh_state.clone(),
+            dpop_key: expose(&tokens.dpop_key),
             extra: tokens.extra.clone(),
         },
     )
@@ -433,6 +437,7 @@ pub fn decode_tokens(key: &TokenKey, bytes: &[u8]) -> Result<TokenSet, StoreErro
         scopes: t.scopes,
         obtained_at: t.obtained_at,
         refresh_state: t.refresh_state,
+        dpop_key: t.dpop_key.map(SecretString::from),
         extra: t.extra,
     })
 }

@@ -9,8 +9,8 @@
 use std::sync::Arc;
 
 use mcp_auth_core::{
-    ClientConfig, ClientCredentials, ClientCredentialsAuth, HttpPolicy, IssuerId, McpAuth,
-    MemoryStore, PreRegisteredClient, ResourceUri, SecretString,
+    ClientConfig, ClientCredentials, ClientCredentialsAuth, DpopMode, HttpPolicy, IssuerId,
+    McpAuth, MemoryStore, PreRegisteredClient, ResourceUri, SecretString,
 };
 use rmcp::ServiceExt;
 use rmcp::model::{
@@ -43,7 +43,9 @@ fn client_config(
     let mut config = ClientConfig::default()
         .with_client_name("mcp-auth conformance client")
         .with_redirect_uri("http://localhost:3000/callback")
-        .with_client_metadata_url(CIMD_URL);
+        .with_client_metadata_url(CIMD_URL)
+        // DPoP-bound tokens wherever the authorization server offers them (SEP-1932).
+        .with_dpop(DpopMode::IfSupported);
     let issuer = text(ctx, "issuer").map(IssuerId::new).transpose()?;
     if issuer.is_none() {
         // The harness is the MCP server and the AS at once, and says which credentials to use:
@@ -72,6 +74,39 @@ fn client_config(
                 },
                 issuer,
             });
+        }
+        // SEP-990: the ID token is exchanged at the IdP for an ID-JAG, which is presented to
+        // the AS (learnt from the PRM) with this client's client_secret_basic credentials.
+        "auth/enterprise-managed-authorization" => {
+            let mut grant = mcp_auth_core::IdentityAssertionGrant::new(
+                &text(ctx, "idp_token_endpoint").ok_or("the context has no idp_token_endpoint")?,
+                SecretString::from(text(ctx, "idp_id_token").unwrap_or_default()),
+                text(ctx, "client_id").unwrap_or_default(),
+                SecretString::from(text(ctx, "client_secret").unwrap_or_default()),
+            )?;
+            if let Some(idp_client_id) = text(ctx, "idp_client_id") {
+                grant = grant.with_idp_client(idp_client_id, None);
+            }
+            if let Some(idp_issuer) = text(ctx, "idp_issuer") {
+                grant = grant.with_idp_issuer(idp_issuer);
+            }
+            if let Some(issuer) = issuer {
+                grant = grant.with_issuer(issuer);
+            }
+            config = config.with_identity_assertion(grant);
+        }
+        // Workload identity federation: the harness's workload JWT as an RFC 7523 grant.
+        "auth/wif-jwt-bearer" => {
+            let mut grant = mcp_auth_core::JwtBearerGrant::new(SecretString::from(
+                text(ctx, "valid_jwt").unwrap_or_default(),
+            ));
+            if let Some(client_id) = text(ctx, "client_id") {
+                grant = grant.with_client_id(client_id);
+            }
+            if let Some(issuer) = issuer {
+                grant = grant.with_issuer(issuer);
+            }
+            config = config.with_jwt_bearer(grant);
         }
         _ => {
             if let (Some(client_id), Some(secret)) =

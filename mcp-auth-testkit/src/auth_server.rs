@@ -14,11 +14,14 @@ use axum::response::{IntoResponse, Response};
 use base64::Engine as _;
 use serde_json::{Map, Value, json};
 
+use crate::dpop::{self, DpopRejection, ReplayCache};
 use crate::util::{
     Params, html_escape, is_form, is_json, is_loopback_host, json_response, lock,
     method_not_allowed, no_store, not_found, oauth_error, pkce_syntax_ok, random_token,
     redirect_matches, s256, unix_now, valid_redirect_uri, valid_resource,
 };
+
+pub(crate) mod jwt_bearer;
 
 /// How long an authorization code stays redeemable.
 const CODE_TTL: Duration = Duration::from_secs(60);
@@ -85,6 +88,16 @@ pub struct AuthServerConfig {
     /// Match redirect URIs character for character, loopback port included, as some servers
     /// do (default `false`: any port of a registered loopback redirect URI, RFC 8252 §7.3).
     pub exact_redirect_uris: bool,
+    /// DPoP (RFC 9449): advertise `dpop_signing_alg_values_supported: ["ES256"]`; a token
+    /// request with a `DPoP` proof (validated strictly: [`DpopRejection`]) gets `token_type`
+    /// `DPoP` tokens bound to the proof's key, access and refresh token alike, and a refresh
+    /// of a DPoP-bound refresh token needs a proof by the same key (default `false`: `DPoP`
+    /// headers are ignored and Bearer tokens issued).
+    pub dpop: bool,
+    /// With [`AuthServerConfig::dpop`]: a token request whose proof lacks this nonce is answered
+    /// `400 use_dpop_nonce` with a `DPoP-Nonce` header (RFC 9449 §8). Change it at run time
+    /// with [`AuthServer::set_dpop_nonce`].
+    pub dpop_nonce: Option<String>,
 }
 
 impl Default for AuthServerConfig {
@@ -108,6 +121,8 @@ impl Default for AuthServerConfig {
             device_interval: Duration::from_secs(5),
             device_code_ttl: Duration::from_secs(600),
             exact_redirect_uris: false,
+            dpop: false,
+            dpop_nonce: None,
         }
     }
 }
@@ -146,6 +161,10 @@ pub enum Misbehavior {
     WrongState,
     /// The token endpoint answers every request with this status and body.
     TokenResponse(u16, String),
+    /// A DPoP downgrade: token requests carrying a valid DPoP proof (and refreshes of DPoP-bound
+    /// refresh tokens) are answered with unbound `token_type: Bearer` tokens, while metadata
+    /// still advertises DPoP.
+    DpopBearerDowngrade,
 }
 
 /// A fault of the token endpoint's infrastructure (a slow, overloaded or flaky authorization
@@ -217,6 +236,12 @@ pub struct AsRequest {
     pub grant_type: Option<String>,
     /// Status code of the response.
     pub status: u16,
+    /// A `DPoP` header was sent (token endpoint of a [`AuthServerConfig::dpop`] server).
+    pub dpop_proof: bool,
+    /// The JWK thumbprint of the proof's key, when the proof was valid.
+    pub dpop_jkt: Option<String>,
+    /// Why the proof (or its absence, for a DPoP-bound refresh token) was refused.
+    pub dpop_rejection: Option<DpopRejection>,
 }
 
 /// A client the AS knows (pre-registered, DCR-registered, or CIMD URL).
@@ -251,6 +276,8 @@ pub struct TokenInfo {
     pub expired: bool,
     /// The token's grant was revoked.
     pub revoked: bool,
+    /// For a DPoP-bound token: the JWK SHA-256 thumbprint (`cnf.jkt`) of its key.
+    pub jkt: Option<String>,
 }
 
 struct CodeRec {
@@ -314,6 +341,8 @@ struct TokenRec {
     force_expired: bool,
     /// Refresh token rotated out.
     used: bool,
+    /// DPoP binding: the thumbprint of the key the token is bound to.
+    jkt: Option<String>,
 }
 
 struct AsState {
@@ -337,6 +366,12 @@ struct AsState {
     device_counts: HashMap<String, (usize, usize)>,
     /// Device-code polls still to be answered `slow_down` whatever their timing.
     forced_slow_downs: usize,
+    /// Issuers whose assertions the JWT bearer grant accepts.
+    assertion_issuers: Vec<jwt_bearer::TrustedIssuer>,
+    /// The nonce DPoP proofs must carry.
+    dpop_nonce: Option<String>,
+    /// Token requests refused for their DPoP proof, or for lacking one (not `use_dpop_nonce`).
+    dpop_rejections: usize,
 }
 
 struct AsInner {
@@ -346,6 +381,8 @@ struct AsInner {
     issuer_path: String,
     http: reqwest::Client,
     state: Mutex<AsState>,
+    /// `jti`s of the DPoP proofs accepted.
+    dpop_seen: ReplayCache,
 }
 
 /// A mock OAuth authorization server on `127.0.0.1` (cheap to clone; clones share state).
@@ -394,6 +431,7 @@ impl AuthServer {
             .timeout(CIMD_TIMEOUT)
             .build()
             .map_err(std::io::Error::other)?;
+        let dpop_nonce = config.dpop_nonce.clone();
         let inner = Arc::new(AsInner {
             config,
             base_url,
@@ -415,12 +453,20 @@ impl AuthServer {
                 devices: HashMap::new(),
                 device_counts: HashMap::new(),
                 forced_slow_downs: 0,
+                assertion_issuers: Vec::new(),
+                dpop_nonce,
+                dpop_rejections: 0,
             }),
+            dpop_seen: ReplayCache::default(),
         });
         let app = Router::new()
             .fallback(handle)
             .with_state(Arc::clone(&inner));
         tokio::spawn(async move {
+            // No Nagle delay: streamed answers are written in small pieces.
+            let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
+                let _ = tcp.set_nodelay(true);
+            });
             let _ = axum::serve(listener, app).await;
         });
         Ok(AuthServer { inner })
@@ -555,7 +601,25 @@ impl AuthServer {
             scopes: t.scopes.clone(),
             expired: t.force_expired || t.expires_at.is_some_and(|e| Instant::now() >= e),
             revoked: st.grants.get(t.grant).copied().unwrap_or(true),
+            jkt: t.jkt.clone(),
         })
+    }
+
+    /// The DPoP binding (JWK thumbprint) of an access or refresh token this AS issued.
+    pub fn token_jkt(&self, token: &str) -> Option<String> {
+        lock(&self.inner.state).tokens.get(token)?.jkt.clone()
+    }
+
+    /// How many token requests were refused for an invalid DPoP proof, or for a DPoP-bound
+    /// refresh token sent without one or with another key's (`use_dpop_nonce` answers are not
+    /// counted).
+    pub fn dpop_rejections(&self) -> usize {
+        lock(&self.inner.state).dpop_rejections
+    }
+
+    /// Replaces the nonce DPoP proofs must carry (`None`: no nonce needed).
+    pub fn set_dpop_nonce(&self, nonce: Option<String>) {
+        lock(&self.inner.state).dpop_nonce = nonce;
     }
 
     /// Makes every access token issued so far expired (forces clients to refresh).
@@ -645,6 +709,16 @@ struct Req<'a> {
     query: Params,
     form: Params,
     body: &'a Bytes,
+    /// What the token endpoint made of the request's DPoP proof (for the request log).
+    dpop: Mutex<DpopSeen>,
+}
+
+/// What the token endpoint made of a request's DPoP proof.
+#[derive(Default)]
+struct DpopSeen {
+    proof: bool,
+    jkt: Option<String>,
+    rejection: Option<DpopRejection>,
 }
 
 /// Result of parsing an `Authorization: Basic` header.
@@ -721,6 +795,9 @@ async fn handle(
         presented_secret: basic_secret || form.map.contains_key("client_secret"),
         grant_type: form.get("grant_type").map(str::to_string),
         status: 0,
+        dpop_proof: false,
+        dpop_jkt: None,
+        dpop_rejection: None,
     };
     let req = Req {
         method: &method,
@@ -728,6 +805,7 @@ async fn handle(
         query,
         form,
         body: &body,
+        dpop: Mutex::new(DpopSeen::default()),
     };
     if endpoint == Endpoint::Token {
         return token_with_fault(&inner, &req, log).await;
@@ -763,6 +841,10 @@ async fn token_with_fault(inner: &AsInner, req: &Req<'_>, mut log: AsRequest) ->
     };
     let processed = |log: &mut AsRequest, resp: &Response| {
         log.status = resp.status().as_u16();
+        let seen = std::mem::take(&mut *lock(&req.dpop));
+        log.dpop_proof = seen.proof;
+        log.dpop_jkt = seen.jkt;
+        log.dpop_rejection = seen.rejection;
         lock(&inner.state).requests.push(log.clone());
     };
     match fault {
@@ -926,6 +1008,11 @@ impl AsInner {
                 json!(["authorization_code", "refresh_token"]),
             );
         }
+        if self.accepts_jwt_bearer()
+            && let Some(Value::Array(grants)) = d.get_mut("grant_types_supported")
+        {
+            grants.push(json!(crate::idp::JWT_BEARER_GRANT));
+        }
         d.insert(
             "token_endpoint_auth_methods_supported".into(),
             json!(["client_secret_basic", "client_secret_post", "none"]),
@@ -935,6 +1022,12 @@ impl AsInner {
         }
         if let Some(s) = &c.scopes_supported {
             d.insert("scopes_supported".into(), json!(s));
+        }
+        if c.dpop {
+            d.insert(
+                "dpop_signing_alg_values_supported".into(),
+                json!([dpop::DPOP_ALG]),
+            );
         }
         if c.iss_parameter_supported {
             d.insert(
@@ -1449,6 +1542,18 @@ impl AsInner {
                 &format!("parameter {d} repeated"),
             );
         }
+        if req.form.get("grant_type") == Some(crate::idp::JWT_BEARER_GRANT)
+            && self.accepts_jwt_bearer()
+        {
+            // Client authentication depends on the assertion's issuer.
+            return self.jwt_bearer_grant(req);
+        }
+        // RFC 9449 §5: the proof is checked before anything else is looked at.
+        let jkt = match self.token_dpop(req) {
+            Ok(jkt) => jkt,
+            Err(refused) => return *refused,
+        };
+        let jkt = jkt.as_deref();
         let client = match self.authenticate(req) {
             Ok(c) => c,
             Err(r) => return *r,
@@ -1459,10 +1564,10 @@ impl AsInner {
                 "invalid_request",
                 "missing grant_type",
             ),
-            Some("authorization_code") => self.code_grant(req, &client),
-            Some("refresh_token") => self.refresh_grant(req, &client),
+            Some("authorization_code") => self.code_grant(req, &client, jkt),
+            Some("refresh_token") => self.refresh_grant(req, &client, jkt),
             Some(DEVICE_GRANT) if self.config.device_authorization => {
-                self.device_grant(req, &client)
+                self.device_grant(req, &client, jkt)
             }
             Some(_) => oauth_error(
                 StatusCode::BAD_REQUEST,
@@ -1472,7 +1577,72 @@ impl AsInner {
         }
     }
 
-    fn code_grant(&self, req: &Req<'_>, client: &RegisteredClient) -> Response {
+    /// The DPoP proof of a token request on a [`AuthServerConfig::dpop`] server: `Ok(None)`
+    /// without one (or when DPoP is off), the thumbprint of its key when valid, else the
+    /// `400 invalid_dpop_proof` / `use_dpop_nonce` answer.
+    fn token_dpop(&self, req: &Req<'_>) -> Result<Option<String>, Box<Response>> {
+        if !self.config.dpop {
+            return Ok(None);
+        }
+        let proof = match dpop::proof_header(req.headers) {
+            Ok(None) => return Ok(None),
+            Ok(Some(p)) => Ok(p),
+            Err(r) => Err(r),
+        };
+        let nonce = lock(&self.state).dpop_nonce.clone();
+        let htu = format!("{}/token", self.issuer);
+        let checked = proof.and_then(|p| {
+            dpop::validate(
+                p,
+                &dpop::Expected {
+                    method: "POST",
+                    htu: &htu,
+                    access_token: None,
+                    nonce: nonce.as_deref(),
+                    jkt: None,
+                },
+                &self.dpop_seen,
+            )
+        });
+        {
+            let mut seen = lock(&req.dpop);
+            seen.proof = true;
+            match &checked {
+                Ok(jkt) => seen.jkt = Some(jkt.clone()),
+                Err(r) => seen.rejection = Some(r.clone()),
+            }
+        }
+        match checked {
+            Ok(jkt) => Ok(Some(jkt)),
+            Err(DpopRejection::Nonce) => {
+                let mut resp = oauth_error(
+                    StatusCode::BAD_REQUEST,
+                    "use_dpop_nonce",
+                    "Authorization server requires nonce in DPoP proof",
+                );
+                if let Some(v) = nonce.and_then(|n| HeaderValue::from_str(&n).ok()) {
+                    resp.headers_mut().insert("dpop-nonce", v);
+                }
+                Err(Box::new(no_store(resp)))
+            }
+            Err(r) => {
+                lock(&self.state).dpop_rejections += 1;
+                Err(Box::new(oauth_error(
+                    StatusCode::BAD_REQUEST,
+                    "invalid_dpop_proof",
+                    &r.to_string(),
+                )))
+            }
+        }
+    }
+
+    /// Records a refused DPoP-bound refresh (no proof, or another key's).
+    fn refuse_bound_refresh(&self, st: &mut AsState, req: &Req<'_>, r: DpopRejection) {
+        st.dpop_rejections += 1;
+        lock(&req.dpop).rejection = Some(r);
+    }
+
+    fn code_grant(&self, req: &Req<'_>, client: &RegisteredClient, jkt: Option<&str>) -> Response {
         let invalid_grant = |d: &str| oauth_error(StatusCode::BAD_REQUEST, "invalid_grant", d);
         let Some(code) = req.form.get("code") else {
             return oauth_error(StatusCode::BAD_REQUEST, "invalid_request", "missing code");
@@ -1536,7 +1706,7 @@ impl AsInner {
         let refresh = self.config.issue_refresh_tokens
             && (!self.config.oidc_offline_access
                 || (rec.consent && scopes.iter().any(|s| s == "offline_access")));
-        self.issue(st, grant, &client.client_id, resource, scopes, refresh)
+        self.issue_bound(st, grant, &client.client_id, resource, scopes, refresh, jkt)
     }
 
     // ----- device authorization grant (RFC 8628) ------------------------------------
@@ -1619,7 +1789,12 @@ impl AsInner {
         ))
     }
 
-    fn device_grant(&self, req: &Req<'_>, client: &RegisteredClient) -> Response {
+    fn device_grant(
+        &self,
+        req: &Req<'_>,
+        client: &RegisteredClient,
+        jkt: Option<&str>,
+    ) -> Response {
         let error = |e: &str, d: &str| oauth_error(StatusCode::BAD_REQUEST, e, d);
         let Some(code) = req.form.get("device_code") else {
             return error("invalid_request", "missing device_code");
@@ -1682,12 +1857,17 @@ impl AsInner {
                 let grant = st.grants.len();
                 st.grants.push(false);
                 let refresh = self.config.issue_refresh_tokens;
-                self.issue(st, grant, &client.client_id, resource, scopes, refresh)
+                self.issue_bound(st, grant, &client.client_id, resource, scopes, refresh, jkt)
             }
         }
     }
 
-    fn refresh_grant(&self, req: &Req<'_>, client: &RegisteredClient) -> Response {
+    fn refresh_grant(
+        &self,
+        req: &Req<'_>,
+        client: &RegisteredClient,
+        jkt: Option<&str>,
+    ) -> Response {
         let invalid_grant = |d: &str| oauth_error(StatusCode::BAD_REQUEST, "invalid_grant", d);
         let Some(rt) = req.form.get("refresh_token") else {
             return oauth_error(
@@ -1708,6 +1888,26 @@ impl AsInner {
         if rec.client_id != client.client_id {
             return invalid_grant("refresh token was issued to another client");
         }
+        // RFC 9449 §5.0: a DPoP-bound refresh token is useless without its key (checked before
+        // reuse detection: a thief without the key cannot even revoke the grant).
+        match (rec.jkt.clone(), jkt) {
+            (Some(_), None) => {
+                self.refuse_bound_refresh(st, req, DpopRejection::MissingProof);
+                return oauth_error(
+                    StatusCode::BAD_REQUEST,
+                    "invalid_dpop_proof",
+                    "the refresh token is DPoP-bound: a DPoP proof is required",
+                );
+            }
+            (Some(bound), Some(j)) if bound != j => {
+                self.refuse_bound_refresh(st, req, DpopRejection::KeyMismatch);
+                return invalid_grant("the DPoP proof's key is not the refresh token's key");
+            }
+            _ => {}
+        }
+        let Some(rec) = st.tokens.get_mut(rt) else {
+            return invalid_grant("unknown refresh token");
+        };
         let grant = rec.grant;
         if st.grants.get(grant).copied().unwrap_or(true) {
             return invalid_grant("refresh token revoked");
@@ -1753,7 +1953,7 @@ impl AsInner {
         if rotate {
             rec.used = true;
         }
-        self.issue(st, grant, &client.client_id, resource, scopes, rotate)
+        self.issue_bound(st, grant, &client.client_id, resource, scopes, rotate, jkt)
     }
 
     fn issue(
@@ -1765,6 +1965,25 @@ impl AsInner {
         scopes: Vec<String>,
         with_refresh: bool,
     ) -> Response {
+        self.issue_bound(st, grant, client_id, resource, scopes, with_refresh, None)
+    }
+
+    /// [`AsInner::issue`]; with `jkt`, DPoP-bound tokens (`token_type` `DPoP`) unless the
+    /// [`Misbehavior::DpopBearerDowngrade`] is on.
+    #[allow(clippy::too_many_arguments)]
+    fn issue_bound(
+        &self,
+        st: &mut AsState,
+        grant: usize,
+        client_id: &str,
+        resource: Option<String>,
+        scopes: Vec<String>,
+        with_refresh: bool,
+        jkt: Option<&str>,
+    ) -> Response {
+        let jkt = jkt
+            .filter(|_| st.misbehavior != Misbehavior::DpopBearerDowngrade)
+            .map(str::to_owned);
         let ttl = self.config.access_token_ttl;
         let access = random_token("at_");
         st.tokens.insert(
@@ -1778,12 +1997,14 @@ impl AsInner {
                 expires_at: Instant::now().checked_add(ttl),
                 force_expired: false,
                 used: false,
+                jkt: jkt.clone(),
             },
         );
         st.issued.push(access.clone());
         let mut body = Map::new();
         body.insert("access_token".into(), json!(access));
-        body.insert("token_type".into(), json!("Bearer"));
+        let token_type = if jkt.is_some() { "DPoP" } else { "Bearer" };
+        body.insert("token_type".into(), json!(token_type));
         body.insert("expires_in".into(), json!(ttl.as_secs()));
         if with_refresh {
             let refresh = random_token("rt_");
@@ -1798,6 +2019,7 @@ impl AsInner {
                     expires_at: None,
                     force_expired: false,
                     used: false,
+                    jkt,
                 },
             );
             st.issued.push(refresh.clone());

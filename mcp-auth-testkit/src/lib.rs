@@ -3,7 +3,9 @@
 #![deny(missing_docs)]
 
 mod auth_server;
+mod dpop;
 mod gate;
+mod idp;
 mod mcp_server;
 mod util;
 
@@ -11,5 +13,7 @@ pub use auth_server::{
     AsRequest, AuthServer, AuthServerConfig, DevicePolls, Endpoint, Misbehavior, RegisteredClient,
     TokenFault, TokenInfo,
 };
+pub use dpop::{DpopRejection, TestDpopKey};
 pub use gate::{Gate, GateRequest};
+pub use idp::{IdentityProvider, IdpConfig, IdpMisbehavior, IdpRequest, JwtParts, TestJwtKey};
 pub use mcp_server::{McpMisbehavior, McpRequest, McpServer, McpServerConfig, PrmLocation};

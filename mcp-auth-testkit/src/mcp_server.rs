@@ -11,6 +11,7 @@ use axum::response::{IntoResponse, Response};
 use serde_json::{Value, json};
 
 use crate::auth_server::{AuthServer, TokenInfo};
+use crate::dpop::{self, DpopRejection, ReplayCache};
 use crate::util::{Params, json_response, lock, method_not_allowed, not_found, quote};
 
 const PRM_PREFIX: &str = "/.well-known/oauth-protected-resource";
@@ -66,6 +67,11 @@ pub struct McpServerConfig {
     pub resource_metadata_in_header: bool,
     /// Where the PRM is served (default [`PrmLocation::PathSuffixed`]).
     pub prm_location: PrmLocation,
+    /// DPoP-bound tokens (RFC 9449) need `Authorization: DPoP` and a valid proof whatever
+    /// this says; with a nonce, a proof lacking it is answered `401` with
+    /// `WWW-Authenticate: DPoP error="use_dpop_nonce"` and a `DPoP-Nonce` header (RFC 9449
+    /// §9). Change it at run time with [`McpServer::set_dpop_nonce`] (default `None`).
+    pub dpop_nonce: Option<String>,
 }
 
 impl Default for McpServerConfig {
@@ -78,6 +84,7 @@ impl Default for McpServerConfig {
             challenge_scope: None,
             resource_metadata_in_header: true,
             prm_location: PrmLocation::PathSuffixed,
+            dpop_nonce: None,
         }
     }
 }
@@ -91,6 +98,15 @@ pub struct McpRequest {
     pub path: String,
     /// Token from `Authorization: Bearer`.
     pub bearer: Option<String>,
+    /// Token from `Authorization: DPoP`.
+    pub dpop_token: Option<String>,
+    /// A `DPoP` proof header was sent.
+    pub dpop_proof: bool,
+    /// The JWK thumbprint of the proof's key, when the proof was checked and accepted.
+    pub dpop_jkt: Option<String>,
+    /// Why the DPoP proof (or its absence, or the Bearer scheme for a DPoP-bound token) was
+    /// refused.
+    pub dpop_rejection: Option<DpopRejection>,
     /// `access_token=...` appeared in the query string.
     pub token_in_query: bool,
     /// Status code of the response.
@@ -108,6 +124,7 @@ struct McpState {
     required_scopes: Vec<String>,
     misbehavior: McpMisbehavior,
     requests: Vec<McpRequest>,
+    dpop_nonce: Option<String>,
 }
 
 struct McpInner {
@@ -118,6 +135,8 @@ struct McpInner {
     challenge_scope: Option<String>,
     resource_metadata_in_header: bool,
     state: Mutex<McpState>,
+    /// `jti`s of the DPoP proofs accepted.
+    dpop_seen: ReplayCache,
 }
 
 /// A protected MCP server (resource server) on `127.0.0.1` (cheap to clone; clones share
@@ -182,7 +201,9 @@ impl McpServer {
                 required_scopes: config.required_scopes,
                 misbehavior: McpMisbehavior::None,
                 requests: Vec::new(),
+                dpop_nonce: config.dpop_nonce,
             }),
+            dpop_seen: ReplayCache::default(),
         });
         let app = Router::new()
             .fallback(handle)
@@ -239,6 +260,25 @@ impl McpServer {
     pub fn clear_requests(&self) {
         lock(&self.inner.state).requests.clear();
     }
+
+    /// Replaces the nonce DPoP proofs must carry (`None`: no nonce needed).
+    pub fn set_dpop_nonce(&self, nonce: Option<String>) {
+        lock(&self.inner.state).dpop_nonce = nonce;
+    }
+
+    /// Requests refused for their DPoP proof, for lacking one, or for presenting a DPoP-bound
+    /// token as Bearer (`use_dpop_nonce` answers are not counted), in the request log.
+    pub fn dpop_rejections(&self) -> usize {
+        lock(&self.inner.state)
+            .requests
+            .iter()
+            .filter(|r| {
+                r.dpop_rejection
+                    .as_ref()
+                    .is_some_and(|d| !d.is_nonce_request())
+            })
+            .count()
+    }
 }
 
 async fn handle(
@@ -252,17 +292,23 @@ async fn handle(
     let query = Params::parse(uri.query().unwrap_or("").as_bytes());
     let token_in_query = query.map.contains_key("access_token");
     let bearer = parse_bearer(&headers);
-    let bearer_token = match &bearer {
-        Bearer::Token(t) => Some(t.clone()),
-        _ => None,
+    let (bearer_token, dpop_token) = match &bearer {
+        Bearer::Token(t) => (Some(t.clone()), None),
+        Bearer::Dpop(t) => (None, Some(t.clone())),
+        _ => (None, None),
     };
     let presented = bearer_token
         .as_deref()
+        .or(dpop_token.as_deref())
         .or_else(|| query.get("access_token"));
     let info = presented.and_then(|t| inner.introspect(t));
     let is_prm =
         path == inner.prm_path || path == PRM_PREFIX || path.starts_with(&format!("{PRM_PREFIX}/"));
 
+    let mut dpop = DpopOutcome {
+        proof: headers.contains_key("dpop"),
+        ..DpopOutcome::default()
+    };
     let resp = if path == inner.prm_path {
         if method == Method::GET {
             inner.prm()
@@ -271,7 +317,15 @@ async fn handle(
         }
     } else if path == inner.path {
         if matches!(method, Method::GET | Method::POST | Method::DELETE) {
-            inner.mcp(token_in_query, &bearer, info.as_ref(), &body)
+            let call = Call {
+                method: &method,
+                headers: &headers,
+                token_in_query,
+                bearer: &bearer,
+                info: info.as_ref(),
+                body: &body,
+            };
+            inner.mcp(&call, &mut dpop)
         } else {
             method_not_allowed("GET, POST, DELETE")
         }
@@ -283,6 +337,10 @@ async fn handle(
         method: method.to_string(),
         path,
         bearer: bearer_token,
+        dpop_token,
+        dpop_proof: dpop.proof,
+        dpop_jkt: dpop.jkt,
+        dpop_rejection: dpop.rejection,
         token_in_query,
         status: resp.status().as_u16(),
         token_issuer: info.map(|i| i.issuer),
@@ -295,7 +353,28 @@ async fn handle(
 enum Bearer {
     Absent,
     Malformed,
+    /// `Authorization: Bearer`.
     Token(String),
+    /// `Authorization: DPoP` (RFC 9449 §7.1).
+    Dpop(String),
+}
+
+/// One request to the MCP endpoint.
+struct Call<'a> {
+    method: &'a Method,
+    headers: &'a HeaderMap,
+    token_in_query: bool,
+    bearer: &'a Bearer,
+    info: Option<&'a TokenInfo>,
+    body: &'a Bytes,
+}
+
+/// What the MCP endpoint made of a request's DPoP proof.
+#[derive(Default)]
+struct DpopOutcome {
+    proof: bool,
+    jkt: Option<String>,
+    rejection: Option<DpopRejection>,
 }
 
 fn parse_bearer(headers: &HeaderMap) -> Bearer {
@@ -304,7 +383,8 @@ fn parse_bearer(headers: &HeaderMap) -> Bearer {
         Some(Err(())) => return Bearer::Malformed,
         Some(Ok(parts)) => parts,
     };
-    if !scheme.eq_ignore_ascii_case("bearer") {
+    let dpop = scheme.eq_ignore_ascii_case("dpop");
+    if !dpop && !scheme.eq_ignore_ascii_case("bearer") {
         // Another scheme: no bearer token presented.
         return Bearer::Absent;
     }
@@ -314,7 +394,9 @@ fn parse_bearer(headers: &HeaderMap) -> Bearer {
         && token.trim_end_matches('=').bytes().all(|b| {
             b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~' | b'+' | b'/')
         });
-    if b64token {
+    if b64token && dpop {
+        Bearer::Dpop(token.to_string())
+    } else if b64token {
         Bearer::Token(token.to_string())
     } else {
         Bearer::Malformed
@@ -412,17 +494,124 @@ impl McpInner {
         resp
     }
 
-    fn mcp(
+    /// A `401` with a `DPoP` challenge (RFC 9449 §7.1), and a `DPoP-Nonce` when given.
+    fn dpop_unauthorized(
         &self,
-        token_in_query: bool,
-        bearer: &Bearer,
-        info: Option<&TokenInfo>,
-        body: &Bytes,
+        error: &str,
+        description: &str,
+        nonce: Option<&str>,
+        misbehavior: &McpMisbehavior,
     ) -> Response {
-        let (current_issuers, required, misbehavior) = {
+        let mut parts = vec![
+            format!("error={}", quote(error)),
+            format!("error_description={}", quote(description)),
+            format!("algs={}", quote(dpop::DPOP_ALG)),
+        ];
+        if self.resource_metadata_in_header {
+            parts.push(format!("resource_metadata={}", quote(&self.prm_url())));
+        }
+        let value = match misbehavior {
+            McpMisbehavior::RawWwwAuthenticate(raw) => raw.clone(),
+            _ => format!("DPoP {}", parts.join(", ")),
+        };
+        let mut resp = json_response(StatusCode::UNAUTHORIZED, &json!({ "error": error }));
+        if let Ok(v) = HeaderValue::from_str(&value) {
+            resp.headers_mut().insert(header::WWW_AUTHENTICATE, v);
+        }
+        if let Some(v) = nonce.and_then(|n| HeaderValue::from_str(n).ok()) {
+            resp.headers_mut().insert("dpop-nonce", v);
+        }
+        resp
+    }
+
+    /// RFC 9449 §7: a DPoP-bound token needs the `DPoP` scheme and a valid proof by its key;
+    /// the `DPoP` scheme needs a DPoP-bound token. `None`: nothing to refuse.
+    fn check_dpop(
+        &self,
+        call: &Call<'_>,
+        info: &TokenInfo,
+        nonce: Option<&str>,
+        outcome: &mut DpopOutcome,
+        misbehavior: &McpMisbehavior,
+    ) -> Option<Response> {
+        let (token, bound) = match (call.bearer, &info.jkt) {
+            (Bearer::Token(_), None) => return None,
+            (Bearer::Token(_), Some(_)) => {
+                outcome.rejection = Some(DpopRejection::BearerScheme);
+                return Some(self.dpop_unauthorized(
+                    "invalid_token",
+                    "the access token is DPoP-bound: use the DPoP scheme with a proof",
+                    None,
+                    misbehavior,
+                ));
+            }
+            (Bearer::Dpop(_), None) => {
+                outcome.rejection = Some(DpopRejection::UnboundToken);
+                return Some(self.dpop_unauthorized(
+                    "invalid_token",
+                    "the access token is not DPoP-bound",
+                    None,
+                    misbehavior,
+                ));
+            }
+            (Bearer::Dpop(t), Some(jkt)) => (t.as_str(), jkt.as_str()),
+            _ => return None,
+        };
+        let url = self.url();
+        let checked = match dpop::proof_header(call.headers) {
+            Ok(None) => Err(DpopRejection::MissingProof),
+            Ok(Some(proof)) => dpop::validate(
+                proof,
+                &dpop::Expected {
+                    method: call.method.as_str(),
+                    htu: &url,
+                    access_token: Some(token),
+                    nonce,
+                    jkt: Some(bound),
+                },
+                &self.dpop_seen,
+            ),
+            Err(r) => Err(r),
+        };
+        match checked {
+            Ok(jkt) => {
+                outcome.jkt = Some(jkt);
+                None
+            }
+            Err(DpopRejection::Nonce) => {
+                outcome.rejection = Some(DpopRejection::Nonce);
+                Some(self.dpop_unauthorized(
+                    "use_dpop_nonce",
+                    "Resource server requires nonce in DPoP proof",
+                    nonce,
+                    misbehavior,
+                ))
+            }
+            Err(r) => {
+                let description = r.to_string();
+                outcome.rejection = Some(r);
+                Some(self.dpop_unauthorized("invalid_dpop_proof", &description, None, misbehavior))
+            }
+        }
+    }
+
+    fn mcp(&self, call: &Call<'_>, dpop: &mut DpopOutcome) -> Response {
+        let Call {
+            token_in_query,
+            bearer,
+            info,
+            body,
+            ..
+        } = *call;
+        let (current_issuers, required, misbehavior, nonce) = {
             let st = lock(&self.state);
             let issuers: Vec<String> = st.current.iter().map(AuthServer::issuer).collect();
-            (issuers, st.required_scopes.clone(), st.misbehavior.clone())
+            (
+                issuers,
+                st.required_scopes.clone(),
+                st.misbehavior.clone(),
+                st.dpop_nonce.clone(),
+            )
         };
         if token_in_query {
             // RFC 6750 §2.3 URI query parameter method is not supported.
@@ -431,7 +620,7 @@ impl McpInner {
         match bearer {
             Bearer::Absent => return self.unauthorized(None, &misbehavior),
             Bearer::Malformed => return self.unauthorized(Some("invalid_request"), &misbehavior),
-            Bearer::Token(_) => {}
+            Bearer::Token(_) | Bearer::Dpop(_) => {}
         }
         let url = self.url();
         let valid = info.is_some_and(|i| {
@@ -441,8 +630,19 @@ impl McpInner {
                 && i.resource.as_deref() == Some(url.as_str())
         });
         let Some(info) = info.filter(|_| valid) else {
+            if matches!(bearer, Bearer::Dpop(_)) {
+                return self.dpop_unauthorized(
+                    "invalid_token",
+                    "the access token is not valid",
+                    None,
+                    &misbehavior,
+                );
+            }
             return self.unauthorized(Some("invalid_token"), &misbehavior);
         };
+        if let Some(refused) = self.check_dpop(call, info, nonce.as_deref(), dpop, &misbehavior) {
+            return refused;
+        }
         if required.iter().any(|s| !info.scopes.contains(s)) {
             let mut parts = vec![
                 "error=\"insufficient_scope\"".to_string(),

@@ -13,11 +13,12 @@
 //!   suite itself would call that a pass);
 //! * a scenario that should have run but left no `checks.json` fails too;
 //! * in the requirements run only the scenarios the revision scores count;
-//! * `conformance/expected-failures-extensions.yaml` lists extension scenarios that may fail, in
-//!   the extension runs only; a listed scenario that passes is stale and fails the command.
+//! * every other run (the suites, and each auth extension scenario in a run of its own) must
+//!   pass every scenario it runs: nothing is excused.
 //!
-//! The decisions are pure functions (name derivation, the YAML list, check counting, verdicts),
-//! tested below; the rest runs processes and prints.
+//! The decisions are pure functions (name derivation, check counting, verdicts), tested below;
+//! the rest runs processes and prints. JSON (`checks.json`, npm's `package.json`) is read with
+//! `serde_json`.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::env;
@@ -41,8 +42,6 @@ pub(crate) const CLIENT_OVERRIDE_ENV: &str = "MCP_AUTH_CONFORMANCE_CLIENT";
 const REVISION: &str = "2026-07-28";
 /// A run still going after this long is killed (its scenarios then show as MISSING).
 const RUN_TIMEOUT: Duration = Duration::from_secs(10 * 60);
-/// Extension scenarios allowed to fail, relative to the workspace root.
-const EXPECTED_FAILURES_FILE: &str = "conformance/expected-failures-extensions.yaml";
 
 /// Client scenarios `--requirements 2026-07-28` scores (used when `list` cannot be parsed).
 const REQUIREMENTS_SCORED: [&str; 32] = [
@@ -115,7 +114,7 @@ const BACKCOMPAT: [&str; 2] = [
     "auth/2025-03-26-oauth-endpoint-fallback",
 ];
 
-/// The auth extension scenarios, each run alone with `--scenario`.
+/// The auth extension scenarios, each run alone with `--scenario`; each must pass.
 const EXTENSIONS: [&str; 6] = [
     "auth/client-credentials-jwt",
     "auth/client-credentials-basic",
@@ -143,12 +142,10 @@ pub(crate) fn command(args: &[String]) -> Result<(), String> {
 }
 
 /// Provisions the suite, builds the client, runs every run and judges the results. Without
-/// `keep_going` it stops after the first run with an unexpected failure.
+/// `keep_going` it stops after the first run with a failing or missing scenario.
 pub(crate) fn run(keep_going: bool) -> Result<(), String> {
     let started = Instant::now();
     let root = project_root();
-
-    let listed = load_expected_failures(&root)?;
 
     let phase = Instant::now();
     let tools = provision(&root)?;
@@ -173,7 +170,7 @@ pub(crate) fn run(keep_going: bool) -> Result<(), String> {
     for spec in &specs {
         let execution = execute(spec, &tools, &client, &root, &results_root)?;
         let found = collect_results(&execution.dir)?;
-        let rows = evaluate(spec, &scored, &listed, &found);
+        let rows = evaluate(spec, &scored, &found);
         let fatal = rows.iter().any(|row| row.verdict.is_fatal());
         reports.push(RunReport {
             spec,
@@ -197,15 +194,15 @@ pub(crate) fn run(keep_going: bool) -> Result<(), String> {
         started.elapsed().as_secs_f64()
     );
 
-    let unexpected: usize = reports
+    let fatal: usize = reports
         .iter()
         .map(|r| r.rows.iter().filter(|row| row.verdict.is_fatal()).count())
         .sum();
-    if unexpected == 0 {
+    if fatal == 0 {
         Ok(())
     } else {
         Err(format!(
-            "conformance: {unexpected} unexpected failure(s) or stale expected failure(s); see the table above"
+            "conformance: {fatal} scenario(s) failed or left no results; see the table above"
         ))
     }
 }
@@ -218,10 +215,8 @@ pub(crate) fn run(keep_going: bool) -> Result<(), String> {
 enum RunKind {
     /// `--requirements`: only scored scenarios can fail the command.
     Requirements,
-    /// `--suite`: every scenario must pass.
+    /// `--suite`, or one extension scenario with `--scenario`: every scenario must pass.
     Suite,
-    /// A single extension scenario: may fail if listed in the expected-failures file.
-    Extension,
 }
 
 /// One invocation of the conformance runner.
@@ -268,7 +263,7 @@ fn run_specs(scored: &BTreeSet<String>) -> Vec<RunSpec> {
     for scenario in EXTENSIONS {
         specs.push(RunSpec {
             name: scenario.replace('/', "_"),
-            kind: RunKind::Extension,
+            kind: RunKind::Suite,
             args: strings(&["--scenario", scenario]),
             expected: strings(&[scenario]),
         });
@@ -430,7 +425,7 @@ fn provision(root: &Path) -> Result<Tools, String> {
 /// The `version` field of an npm `package.json`.
 fn package_version(manifest: &Path) -> Option<String> {
     let text = fs::read_to_string(manifest).ok()?;
-    let json = parse_json(&text).ok()?;
+    let json: serde_json::Value = serde_json::from_str(&text).ok()?;
     json.get("version")?.as_str().map(str::to_owned)
 }
 
@@ -782,20 +777,24 @@ fn strip_timestamp(component: &str) -> Option<&str> {
 
 /// Counts the checks of a `checks.json` (a JSON array of checks with a `status`).
 fn count_checks(text: &str) -> Result<CheckCounts, String> {
-    let Json::Array(checks) = parse_json(text)? else {
+    let json: serde_json::Value = serde_json::from_str(text).map_err(|e| format!("JSON: {e}"))?;
+    let Some(checks) = json.as_array() else {
         return Err("checks.json is not a JSON array".to_owned());
     };
     let mut counts = CheckCounts::default();
-    for check in &checks {
+    for check in checks {
         let status = check
             .get("status")
-            .and_then(Json::as_str)
+            .and_then(serde_json::Value::as_str)
             .ok_or("a check has no status")?;
         match status {
             "SUCCESS" => counts.passed += 1,
             "FAILURE" => {
                 counts.failed += 1;
-                let id = check.get("id").and_then(Json::as_str).unwrap_or("?");
+                let id = check
+                    .get("id")
+                    .and_then(serde_json::Value::as_str)
+                    .unwrap_or("?");
                 counts.failing.push(id.to_owned());
             }
             "WARNING" => counts.warnings += 1,
@@ -807,101 +806,7 @@ fn count_checks(text: &str) -> Result<CheckCounts, String> {
 }
 
 // ---------------------------------------------------------------------------------------------
-// Expected failures and verdicts
-
-/// Reads and checks `conformance/expected-failures-extensions.yaml`.
-fn load_expected_failures(root: &Path) -> Result<BTreeSet<String>, String> {
-    let path = root.join(EXPECTED_FAILURES_FILE);
-    let text =
-        fs::read_to_string(&path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
-    let names =
-        parse_expected_failures(&text).map_err(|e| format!("{EXPECTED_FAILURES_FILE}: {e}"))?;
-    for name in &names {
-        if !EXTENSIONS.contains(&name.as_str()) {
-            return Err(format!(
-                "{EXPECTED_FAILURES_FILE}: {name:?} is not an extension scenario; this file only \
-                 excuses extension scenarios ({})",
-                EXTENSIONS.join(", ")
-            ));
-        }
-    }
-    Ok(names.into_iter().collect())
-}
-
-/// The `client:` list of an expected-failures file (the suite's baseline format):
-/// ```yaml
-/// client:
-///   - auth/dpop   # comment
-/// server: []
-/// ```
-/// Per-check entries (`scenario:check-id`) are refused: this file excuses whole scenarios.
-fn parse_expected_failures(text: &str) -> Result<Vec<String>, String> {
-    let mut section: Option<String> = None;
-    let mut client = Vec::new();
-    for (index, raw) in text.lines().enumerate() {
-        let line_no = index + 1;
-        let line = strip_yaml_comment(raw).trim_end();
-        if line.trim().is_empty() || line.trim() == "---" {
-            continue;
-        }
-        let trimmed = line.trim_start();
-        let is_item = trimmed == "-" || trimmed.starts_with("- ");
-        if !is_item {
-            if line.starts_with([' ', '\t']) {
-                return Err(format!("line {line_no}: expected `- <scenario>`"));
-            }
-            let (key, rest) = line
-                .split_once(':')
-                .ok_or_else(|| format!("line {line_no}: expected `client:`"))?;
-            let rest = rest.trim();
-            if !rest.is_empty() && rest != "[]" {
-                return Err(format!(
-                    "line {line_no}: write `{}:` followed by `  - <scenario>` lines",
-                    key.trim()
-                ));
-            }
-            section = Some(key.trim().to_owned());
-            continue;
-        }
-        let item = unquote(trimmed.trim_start_matches('-').trim());
-        if item.is_empty() {
-            return Err(format!("line {line_no}: empty list item"));
-        }
-        match section.as_deref() {
-            Some("client") => {
-                if item.contains(':') {
-                    return Err(format!(
-                        "line {line_no}: per-check entry {item:?} is not supported; list whole scenarios"
-                    ));
-                }
-                client.push(item.to_owned());
-            }
-            Some(_) => {}
-            None => return Err(format!("line {line_no}: list item before `client:`")),
-        }
-    }
-    Ok(client)
-}
-
-fn strip_yaml_comment(line: &str) -> &str {
-    let mut previous = ' ';
-    for (at, c) in line.char_indices() {
-        if c == '#' && previous.is_whitespace() {
-            return line.get(..at).unwrap_or(line);
-        }
-        previous = c;
-    }
-    line
-}
-
-fn unquote(item: &str) -> &str {
-    for quote in ['"', '\''] {
-        if let Some(inner) = item.strip_prefix(quote).and_then(|s| s.strip_suffix(quote)) {
-            return inner;
-        }
-    }
-    item
-}
+// Verdicts
 
 /// A scenario's result, reduced to what the verdict needs.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -915,12 +820,8 @@ enum Outcome {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Verdict {
     Pass,
-    /// An unexpected failure.
+    /// A scenario that must pass failed.
     Fail,
-    /// A listed extension scenario that failed in its extension run.
-    ExpectedFail,
-    /// A listed extension scenario that passed: remove it from the file.
-    Stale,
     /// A scenario the requirement set runs but does not score, failed.
     NotScoredFail,
     /// No `checks.json` for a scenario that should have run.
@@ -934,8 +835,6 @@ impl Verdict {
         match self {
             Self::Pass => "PASS",
             Self::Fail => "FAIL",
-            Self::ExpectedFail => "XFAIL (expected)",
-            Self::Stale => "STALE",
             Self::NotScoredFail => "NOT-SCORED-FAIL",
             Self::Missing => "MISSING",
             Self::NotScoredMissing => "NOT-SCORED-MISSING",
@@ -944,26 +843,18 @@ impl Verdict {
 
     /// True when this verdict fails the command.
     fn is_fatal(self) -> bool {
-        matches!(self, Self::Fail | Self::Stale | Self::Missing)
+        matches!(self, Self::Fail | Self::Missing)
     }
 }
 
 /// The verdict for a scenario. `scored` is false only for scenarios a requirements run does not
-/// score; `listed` says the scenario is in the expected-failures file, which excuses failures in
-/// extension runs only.
-fn verdict(kind: RunKind, scored: bool, listed: bool, outcome: Outcome) -> Verdict {
+/// score; every other scenario, in every run, must pass.
+fn verdict(scored: bool, outcome: Outcome) -> Verdict {
     if !scored {
         return match outcome {
             Outcome::Passed => Verdict::Pass,
             Outcome::Failed => Verdict::NotScoredFail,
             Outcome::Missing => Verdict::NotScoredMissing,
-        };
-    }
-    if listed && kind == RunKind::Extension {
-        return match outcome {
-            Outcome::Passed => Verdict::Stale,
-            Outcome::Failed => Verdict::ExpectedFail,
-            Outcome::Missing => Verdict::Missing,
         };
     }
     match outcome {
@@ -986,7 +877,6 @@ struct Row {
 fn evaluate(
     spec: &RunSpec,
     scored: &BTreeSet<String>,
-    listed: &BTreeSet<String>,
     found: &BTreeMap<String, Found>,
 ) -> Vec<Row> {
     let mut names = spec.expected.clone();
@@ -1003,7 +893,7 @@ fn evaluate(
                 Some(_) => Outcome::Failed,
                 None => Outcome::Missing,
             };
-            let verdict = verdict(spec.kind, is_scored, listed.contains(&scenario), outcome);
+            let verdict = verdict(is_scored, outcome);
             Row {
                 scenario,
                 scored: is_scored,
@@ -1102,7 +992,7 @@ fn run_total(report: &RunReport<'_>) -> String {
             passed(&scored),
             scored.len()
         ),
-        RunKind::Suite | RunKind::Extension => format!(
+        RunKind::Suite => format!(
             "{}: {}/{} scenarios passed",
             report.spec.name,
             passed(&scored),
@@ -1116,13 +1006,6 @@ fn run_total(report: &RunReport<'_>) -> String {
             not_scored.len()
         ));
     }
-    let expected = scored
-        .iter()
-        .filter(|r| r.verdict == Verdict::ExpectedFail)
-        .count();
-    if expected > 0 {
-        total.push_str(&format!(" ({expected} expected failure(s))"));
-    }
     total
 }
 
@@ -1135,17 +1018,13 @@ fn problem_line(report: &RunReport<'_>, row: &Row, root: &Path) -> String {
             .to_string()
     };
     let at = format!("{} {}", report.spec.name, row.scenario);
-    match (&row.verdict, &row.found) {
-        (Verdict::Stale, _) => format!(
-            "STALE    {at}: passes now; remove {:?} from {EXPECTED_FAILURES_FILE}",
-            row.scenario
-        ),
-        (_, Some(Found::Checks { counts, path })) if counts.failing.is_empty() => format!(
+    match &row.found {
+        Some(Found::Checks { counts, path }) if counts.failing.is_empty() => format!(
             "FAIL     {at}: no check succeeded ({} skipped), so the client never exercised it ({})",
             counts.skipped,
             shown(path)
         ),
-        (_, Some(Found::Checks { counts, path })) => {
+        Some(Found::Checks { counts, path }) => {
             const SHOWN: usize = 6;
             let mut ids = counts
                 .failing
@@ -1159,242 +1038,13 @@ fn problem_line(report: &RunReport<'_>, row: &Row, root: &Path) -> String {
             }
             format!("FAIL     {at}: failing checks {ids} ({})", shown(path))
         }
-        (_, Some(Found::Unreadable { error, path })) => {
+        Some(Found::Unreadable { error, path }) => {
             format!("FAIL     {at}: cannot read {}: {error}", shown(path))
         }
-        (_, None) => format!(
+        None => format!(
             "MISSING  {at}: no checks.json under {}/ (see runner-stderr.txt there)",
             shown(&report.dir)
         ),
-    }
-}
-
-// ---------------------------------------------------------------------------------------------
-// A minimal JSON reader (xtask has no dependencies).
-
-/// A parsed JSON value. Numbers keep their text.
-#[derive(Debug, PartialEq)]
-enum Json {
-    Null,
-    Bool(bool),
-    Number(String),
-    String(String),
-    Array(Vec<Json>),
-    Object(Vec<(String, Json)>),
-}
-
-impl Json {
-    /// The value of `key` when this is an object that has it.
-    fn get(&self, key: &str) -> Option<&Json> {
-        match self {
-            Self::Object(members) => members.iter().find(|(k, _)| k == key).map(|(_, v)| v),
-            _ => None,
-        }
-    }
-
-    fn as_str(&self) -> Option<&str> {
-        match self {
-            Self::String(s) => Some(s),
-            _ => None,
-        }
-    }
-}
-
-/// Parses one JSON document.
-fn parse_json(text: &str) -> Result<Json, String> {
-    let mut parser = JsonParser { text, pos: 0 };
-    let value = parser.value(0)?;
-    parser.whitespace();
-    if parser.pos != text.len() {
-        return Err(format!("JSON: trailing data at byte {}", parser.pos));
-    }
-    Ok(value)
-}
-
-struct JsonParser<'a> {
-    text: &'a str,
-    pos: usize,
-}
-
-impl JsonParser<'_> {
-    const MAX_DEPTH: usize = 256;
-
-    fn peek(&self) -> Option<u8> {
-        self.text.as_bytes().get(self.pos).copied()
-    }
-
-    fn bump(&mut self) -> Option<u8> {
-        let byte = self.peek()?;
-        self.pos += 1;
-        Some(byte)
-    }
-
-    fn error(&self, what: &str) -> String {
-        format!("JSON: {what} at byte {}", self.pos)
-    }
-
-    fn whitespace(&mut self) {
-        while matches!(self.peek(), Some(b' ' | b'\t' | b'\n' | b'\r')) {
-            self.pos += 1;
-        }
-    }
-
-    fn expect(&mut self, byte: u8) -> Result<(), String> {
-        self.whitespace();
-        if self.bump() == Some(byte) {
-            Ok(())
-        } else {
-            Err(self.error(&format!("expected `{}`", char::from(byte))))
-        }
-    }
-
-    fn value(&mut self, depth: usize) -> Result<Json, String> {
-        if depth > Self::MAX_DEPTH {
-            return Err(self.error("nesting too deep"));
-        }
-        self.whitespace();
-        match self.peek() {
-            Some(b'{') => self.object(depth),
-            Some(b'[') => self.array(depth),
-            Some(b'"') => self.string().map(Json::String),
-            Some(b't') => self.literal("true", Json::Bool(true)),
-            Some(b'f') => self.literal("false", Json::Bool(false)),
-            Some(b'n') => self.literal("null", Json::Null),
-            Some(b'-' | b'0'..=b'9') => Ok(self.number()),
-            _ => Err(self.error("expected a value")),
-        }
-    }
-
-    fn literal(&mut self, word: &str, value: Json) -> Result<Json, String> {
-        if self
-            .text
-            .get(self.pos..)
-            .is_some_and(|rest| rest.starts_with(word))
-        {
-            self.pos += word.len();
-            Ok(value)
-        } else {
-            Err(self.error("expected a value"))
-        }
-    }
-
-    fn number(&mut self) -> Json {
-        let start = self.pos;
-        while matches!(
-            self.peek(),
-            Some(b'-' | b'+' | b'.' | b'e' | b'E' | b'0'..=b'9')
-        ) {
-            self.pos += 1;
-        }
-        Json::Number(
-            self.text
-                .get(start..self.pos)
-                .unwrap_or_default()
-                .to_owned(),
-        )
-    }
-
-    fn array(&mut self, depth: usize) -> Result<Json, String> {
-        self.expect(b'[')?;
-        let mut items = Vec::new();
-        self.whitespace();
-        if self.peek() == Some(b']') {
-            self.pos += 1;
-            return Ok(Json::Array(items));
-        }
-        loop {
-            items.push(self.value(depth + 1)?);
-            self.whitespace();
-            match self.bump() {
-                Some(b',') => {}
-                Some(b']') => return Ok(Json::Array(items)),
-                _ => return Err(self.error("expected `,` or `]`")),
-            }
-        }
-    }
-
-    fn object(&mut self, depth: usize) -> Result<Json, String> {
-        self.expect(b'{')?;
-        let mut members = Vec::new();
-        self.whitespace();
-        if self.peek() == Some(b'}') {
-            self.pos += 1;
-            return Ok(Json::Object(members));
-        }
-        loop {
-            self.whitespace();
-            let key = self.string()?;
-            self.expect(b':')?;
-            members.push((key, self.value(depth + 1)?));
-            self.whitespace();
-            match self.bump() {
-                Some(b',') => {}
-                Some(b'}') => return Ok(Json::Object(members)),
-                _ => return Err(self.error("expected `,` or `}`")),
-            }
-        }
-    }
-
-    fn string(&mut self) -> Result<String, String> {
-        if self.bump() != Some(b'"') {
-            return Err(self.error("expected a string"));
-        }
-        let mut out = String::new();
-        loop {
-            let start = self.pos;
-            while !matches!(self.peek(), Some(b'"' | b'\\') | None) {
-                self.pos += 1;
-            }
-            // Both ends sit on ASCII bytes, so this is a whole-character slice.
-            out.push_str(self.text.get(start..self.pos).unwrap_or_default());
-            match self.bump() {
-                Some(b'"') => return Ok(out),
-                Some(b'\\') => {
-                    let escaped = match self.bump() {
-                        Some(b'"') => '"',
-                        Some(b'\\') => '\\',
-                        Some(b'/') => '/',
-                        Some(b'b') => '\u{8}',
-                        Some(b'f') => '\u{c}',
-                        Some(b'n') => '\n',
-                        Some(b'r') => '\r',
-                        Some(b't') => '\t',
-                        Some(b'u') => self.unicode_escape()?,
-                        _ => return Err(self.error("bad escape")),
-                    };
-                    out.push(escaped);
-                }
-                _ => return Err(self.error("unterminated string")),
-            }
-        }
-    }
-
-    /// After `\u`: four hex digits, or a surrogate pair `\uD83D\uDE00`.
-    fn unicode_escape(&mut self) -> Result<char, String> {
-        let high = self.hex4()?;
-        let code = if (0xD800..0xDC00).contains(&high) {
-            if self.bump() != Some(b'\\') || self.bump() != Some(b'u') {
-                return Err(self.error("lone surrogate"));
-            }
-            let low = self.hex4()?;
-            if !(0xDC00..0xE000).contains(&low) {
-                return Err(self.error("bad surrogate pair"));
-            }
-            0x10000 + ((high - 0xD800) << 10) + (low - 0xDC00)
-        } else {
-            high
-        };
-        char::from_u32(code).ok_or_else(|| self.error("bad \\u escape"))
-    }
-
-    fn hex4(&mut self) -> Result<u32, String> {
-        let digits = self
-            .text
-            .get(self.pos..self.pos + 4)
-            .ok_or_else(|| self.error("short \\u escape"))?;
-        let value = u32::from_str_radix(digits, 16).map_err(|_| self.error("bad \\u escape"))?;
-        self.pos += 4;
-        Ok(value)
     }
 }
 
@@ -1436,42 +1086,6 @@ mod tests {
     }
 
     #[test]
-    fn expected_failures_yaml_lists_client_scenarios() {
-        let text = "\
-# Extension scenarios not implemented yet.
-client:
-  - auth/dpop          # DPoP
-  - 'auth/dpop-nonce'
-  - \"auth/wif-jwt-bearer\"
-
-server: []
-";
-        assert_eq!(
-            parse_expected_failures(text).unwrap(),
-            ["auth/dpop", "auth/dpop-nonce", "auth/wif-jwt-bearer"]
-        );
-        assert_eq!(
-            parse_expected_failures("client:\n- auth/dpop\nserver:\n  - x\n").unwrap(),
-            ["auth/dpop"]
-        );
-        assert!(parse_expected_failures("client: []\n").unwrap().is_empty());
-        assert!(parse_expected_failures("").unwrap().is_empty());
-
-        let per_check = parse_expected_failures("client:\n  - auth/scope-step-up:some-check\n");
-        assert!(per_check.unwrap_err().contains("per-check"));
-        assert!(parse_expected_failures("  - auth/dpop\n").is_err());
-        assert!(parse_expected_failures("client: auth/dpop\n").is_err());
-        assert!(parse_expected_failures("client:\n  auth/dpop\n").is_err());
-        assert!(parse_expected_failures("client:\n  -\n").is_err());
-    }
-
-    #[test]
-    fn the_checked_in_expected_failures_file_parses() {
-        let listed = load_expected_failures(&project_root()).unwrap();
-        assert!(listed.iter().all(|s| EXTENSIONS.contains(&s.as_str())));
-    }
-
-    #[test]
     fn checks_are_counted_by_status() {
         let text = r#"[
           {"id": "prm-pathbased-requested", "status": "SUCCESS", "details": {"status": 401}},
@@ -1504,50 +1118,19 @@ server: []
     }
 
     #[test]
-    fn json_strings_are_decoded() {
-        let json = parse_json(r#"{"a": "x\"\\\/\n\u0041\ud83d\ude00", "b": {}}"#).unwrap();
-        assert_eq!(json.get("a").and_then(Json::as_str), Some("x\"\\/\nA😀"));
-        assert_eq!(json.get("b"), Some(&Json::Object(Vec::new())));
-        assert!(parse_json(r#""\ud83d""#).is_err());
-        assert!(parse_json(&"[".repeat(1000)).is_err());
-    }
-
-    #[test]
-    fn verdicts_follow_the_expected_failures_rules() {
+    fn every_scored_scenario_must_pass() {
         use Outcome::{Failed, Missing, Passed};
-        use RunKind::{Extension, Requirements, Suite};
-        // Unlisted scenarios must pass wherever they run.
-        assert_eq!(verdict(Suite, true, false, Passed), Verdict::Pass);
-        assert_eq!(verdict(Suite, true, false, Failed), Verdict::Fail);
-        assert_eq!(verdict(Suite, true, false, Missing), Verdict::Missing);
-        assert_eq!(verdict(Requirements, true, false, Failed), Verdict::Fail);
-        assert_eq!(verdict(Extension, true, false, Failed), Verdict::Fail);
-        // Listed: excused in its extension run only, and stale once it passes there.
-        assert_eq!(
-            verdict(Extension, true, true, Failed),
-            Verdict::ExpectedFail
-        );
-        assert_eq!(verdict(Extension, true, true, Passed), Verdict::Stale);
-        assert_eq!(verdict(Extension, true, true, Missing), Verdict::Missing);
-        assert_eq!(verdict(Suite, true, true, Failed), Verdict::Fail);
-        assert_eq!(verdict(Requirements, true, true, Failed), Verdict::Fail);
-        // Not scored by the requirement set: reported, never fatal, listed or not.
-        for listed in [false, true] {
-            assert_eq!(verdict(Requirements, false, listed, Passed), Verdict::Pass);
-            assert_eq!(
-                verdict(Requirements, false, listed, Failed),
-                Verdict::NotScoredFail
-            );
-            assert_eq!(
-                verdict(Requirements, false, listed, Missing),
-                Verdict::NotScoredMissing
-            );
-        }
+        // Everywhere but the requirement set's unscored scenarios: pass, or fail the command.
+        assert_eq!(verdict(true, Passed), Verdict::Pass);
+        assert_eq!(verdict(true, Failed), Verdict::Fail);
+        assert_eq!(verdict(true, Missing), Verdict::Missing);
+        // Not scored by the requirement set: reported, never fatal.
+        assert_eq!(verdict(false, Passed), Verdict::Pass);
+        assert_eq!(verdict(false, Failed), Verdict::NotScoredFail);
+        assert_eq!(verdict(false, Missing), Verdict::NotScoredMissing);
         let fatal: Vec<Verdict> = [
             Verdict::Pass,
             Verdict::Fail,
-            Verdict::ExpectedFail,
-            Verdict::Stale,
             Verdict::NotScoredFail,
             Verdict::Missing,
             Verdict::NotScoredMissing,
@@ -1555,7 +1138,7 @@ server: []
         .into_iter()
         .filter(|v| v.is_fatal())
         .collect();
-        assert_eq!(fatal, [Verdict::Fail, Verdict::Stale, Verdict::Missing]);
+        assert_eq!(fatal, [Verdict::Fail, Verdict::Missing]);
     }
 
     #[test]
@@ -1564,7 +1147,6 @@ server: []
             .iter()
             .map(|s| (*s).to_owned())
             .collect();
-        let listed: BTreeSet<String> = ["auth/dpop".to_owned()].into();
         let specs = run_specs(&scored);
         assert_eq!(specs.len(), 3 + EXTENSIONS.len());
         assert_eq!(specs[0].expected.len(), 39);
@@ -1595,7 +1177,7 @@ server: []
                 path: PathBuf::from("checks.json"),
             },
         );
-        let rows = evaluate(&specs[0], &scored, &listed, &found);
+        let rows = evaluate(&specs[0], &scored, &found);
         let of = |name: &str| {
             rows.iter()
                 .find(|r| r.scenario == name)
@@ -1615,9 +1197,71 @@ server: []
         );
         assert_eq!(of("surprise"), Verdict::Pass); // not scored, but it passed
 
-        let rows = evaluate(&specs[6], &scored, &listed, &found);
+        let rows = evaluate(&specs[6], &scored, &found);
         assert_eq!(rows.len(), 5); // auth/dpop plus the four unrelated names above
-        assert_eq!(rows[0].verdict, Verdict::ExpectedFail);
+        assert_eq!(rows[0].verdict, Verdict::Fail);
+    }
+
+    #[test]
+    fn every_extension_scenario_runs_alone_and_must_pass() {
+        let scored: BTreeSet<String> = REQUIREMENTS_SCORED
+            .iter()
+            .map(|s| (*s).to_owned())
+            .collect();
+        let specs = run_specs(&scored);
+        let extension_runs = &specs[3..];
+        assert_eq!(extension_runs.len(), EXTENSIONS.len());
+        for (spec, scenario) in extension_runs.iter().zip(EXTENSIONS) {
+            assert_eq!(spec.name, scenario.replace('/', "_"));
+            assert_eq!(spec.kind, RunKind::Suite);
+            assert_eq!(spec.args, ["--scenario", scenario]);
+            assert_eq!(spec.expected, [scenario]);
+        }
+        // The four once excused by an expected-failures file are among them.
+        for scenario in [
+            "auth/dpop",
+            "auth/dpop-nonce",
+            "auth/enterprise-managed-authorization",
+            "auth/wif-jwt-bearer",
+        ] {
+            assert!(extension_runs.iter().any(|s| s.expected == [scenario]));
+        }
+
+        let judge = |spec: &RunSpec, found: Option<Found>| {
+            let found: BTreeMap<String, Found> = found
+                .map(|f| (spec.expected[0].clone(), f))
+                .into_iter()
+                .collect();
+            let rows = evaluate(spec, &scored, &found);
+            assert_eq!(rows.len(), 1);
+            assert!(rows[0].scored);
+            rows[0].verdict
+        };
+        let counts = |passed: usize, failed: usize| Found::Checks {
+            counts: CheckCounts {
+                passed,
+                failed,
+                ..CheckCounts::default()
+            },
+            path: PathBuf::from("checks.json"),
+        };
+        for spec in extension_runs {
+            assert_eq!(judge(spec, Some(counts(4, 0))), Verdict::Pass);
+            let failed = judge(spec, Some(counts(4, 1)));
+            assert_eq!(failed, Verdict::Fail);
+            assert!(failed.is_fatal());
+            let untested = judge(spec, Some(counts(0, 0)));
+            assert_eq!(untested, Verdict::Fail);
+            assert!(untested.is_fatal());
+            let unreadable = Found::Unreadable {
+                error: "JSON: EOF".to_owned(),
+                path: PathBuf::from("checks.json"),
+            };
+            assert!(judge(spec, Some(unreadable)).is_fatal());
+            let missing = judge(spec, None);
+            assert_eq!(missing, Verdict::Missing);
+            assert!(missing.is_fatal());
+        }
     }
 
     #[test]

@@ -9,7 +9,7 @@ use super::error::AuthError;
 use super::http::{Http, redact};
 use crate::ids::{IssuerId, ResourceUri};
 
-/// The parts of a `Bearer` challenge the client uses. Unparseable input yields an empty
+/// The parts of a `Bearer` or `DPoP` challenge the client uses. Unparseable input yields an empty
 /// challenge (the caller then falls back to well-known discovery), never an error or a panic.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Challenge {
@@ -22,9 +22,10 @@ pub struct Challenge {
 }
 
 impl Challenge {
-    /// Parses a `WWW-Authenticate` header value and returns its `Bearer` challenge (RFC 6750
-    /// §3, RFC 9110 §11.6.1 syntax: `Bearer k=v, k="quoted, value"`). Other schemes in the same
-    /// header are skipped.
+    /// Parses a `WWW-Authenticate` header value and returns its `Bearer` (RFC 6750 §3) and
+    /// `DPoP` (RFC 9449 §7.1) challenges' parameters (RFC 9110 §11.6.1 syntax:
+    /// `Bearer k=v, k="quoted, value"`); the first value of each parameter wins. Other schemes
+    /// in the same header are skipped.
     pub fn parse(header: &str) -> Self {
         let mut out = Self::default();
         let mut in_bearer = false;
@@ -72,19 +73,29 @@ impl Challenge {
                 };
                 rest = remaining;
                 if in_bearer {
-                    match token.to_ascii_lowercase().as_str() {
-                        "resource_metadata" => out.resource_metadata = Some(value),
-                        "scope" => out.scope = Some(value),
-                        "error" => out.error = Some(value),
-                        _ => {}
+                    let field = match token.to_ascii_lowercase().as_str() {
+                        "resource_metadata" => &mut out.resource_metadata,
+                        "scope" => &mut out.scope,
+                        "error" => &mut out.error,
+                        _ => continue,
+                    };
+                    if field.is_none() {
+                        *field = Some(value);
                     }
                 }
             } else {
                 // A new scheme starts.
-                in_bearer = token.eq_ignore_ascii_case("bearer");
+                in_bearer =
+                    token.eq_ignore_ascii_case("bearer") || token.eq_ignore_ascii_case("dpop");
             }
         }
         out
+    }
+
+    /// True for a resource server's request for a DPoP nonce (`error="use_dpop_nonce"`, RFC
+    /// 9449 §9): retry with a proof carrying the `DPoP-Nonce` it sent, never re-authorize.
+    pub fn is_dpop_nonce(&self) -> bool {
+        self.error.as_deref() == Some("use_dpop_nonce")
     }
 
     /// The challenged scopes, split on spaces.
@@ -357,6 +368,18 @@ impl ServerMetadata {
                 .is_some_and(|s| s.iter().any(|s| s == "openid"))
     }
 
+    /// Whether the server binds tokens to DPoP proofs signed with ES256 (RFC 9449 §5.1:
+    /// `dpop_signing_alg_values_supported`).
+    pub(crate) fn supports_dpop_es256(&self) -> bool {
+        self.raw
+            .get("dpop_signing_alg_values_supported")
+            .and_then(Value::as_array)
+            .is_some_and(|algs| {
+                algs.iter()
+                    .any(|a| a.as_str() == Some(super::dpop::DPOP_ALG))
+            })
+    }
+
     /// Whether `prompt=consent` may be sent: the server lists it in `prompt_values_supported`
     /// (OpenID Connect Prompt Create), or lists no prompt values at all.
     pub(crate) fn accepts_prompt_consent(&self) -> bool {
@@ -528,6 +551,14 @@ mod tests {
         );
         assert_eq!(c.error.as_deref(), Some("insufficient_scope"));
         assert_eq!(c.scopes(), vec!["a", "b"]);
+        let c = Challenge::parse(
+            r#"DPoP error="use_dpop_nonce", resource_metadata="https://r/.well-known/x", Bearer error="invalid_token""#,
+        );
+        assert!(c.is_dpop_nonce());
+        assert_eq!(
+            c.resource_metadata.as_deref(),
+            Some("https://r/.well-known/x")
+        );
         let c = Challenge::parse(r#"Basic realm="x", scope="nope""#);
         assert_eq!(c, Challenge::default());
         let c = Challenge::parse(r#"bearer scope=unquoted , error="a \"q\" b""#);

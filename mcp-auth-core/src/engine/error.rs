@@ -142,13 +142,30 @@ pub enum AuthError {
         waited: std::time::Duration,
     },
     /// The token response's `token_type` is not `Bearer` (RFC 6749 §7.1: a client must not use
-    /// a token whose type it does not understand; DPoP-bound tokens are not supported yet).
-    #[error("{issuer} issued a token of type {token_type:?}; this client uses Bearer tokens only")]
+    /// a token whose type it does not understand): not `Bearer`, nor `DPoP` in answer to a
+    /// request that carried a DPoP proof.
+    #[error(
+        "{issuer} issued a token of type {token_type:?}; this client uses Bearer tokens, and DPoP \
+         tokens when it asked for them"
+    )]
     UnsupportedTokenType {
         /// The AS.
         issuer: IssuerId,
         /// The `token_type` it sent (printable characters only).
         token_type: String,
+    },
+    /// DPoP was required ([`crate::DpopMode::Required`]) or already bound to the tokens, and the
+    /// authorization server does not support it (no ES256 in
+    /// `dpop_signing_alg_values_supported`) or answered with a Bearer token (a downgrade).
+    #[error(
+        "{issuer} does not provide DPoP-bound tokens ({reason}); a Bearer token is not accepted \
+         in their place"
+    )]
+    DpopNotAvailable {
+        /// The AS.
+        issuer: IssuerId,
+        /// What it did.
+        reason: &'static str,
     },
     /// No usable tokens, and this call does not start an interactive authorization.
     #[error("no valid credentials for {resource}; log in first")]
@@ -174,6 +191,35 @@ pub enum AuthError {
     RegistrationNotPossible {
         /// The AS.
         issuer: IssuerId,
+    },
+    /// The authorization server's `grant_types_supported` does not list the grant the client is
+    /// configured for (the JWT bearer grant of an identity assertion or workload identity).
+    /// Nothing was sent to its token endpoint, and no other grant is tried.
+    #[error("authorization server {issuer} does not support the {grant_type} grant")]
+    GrantNotSupported {
+        /// The AS.
+        issuer: IssuerId,
+        /// The grant type.
+        grant_type: String,
+    },
+    /// The enterprise identity provider refused the token exchange (RFC 8693) for an ID-JAG
+    /// (SEP-990), e.g. `invalid_grant` for an expired or foreign ID token. A subject token
+    /// refused with `invalid_grant` is not presented again.
+    #[error("token exchange at {token_endpoint} returned {error}{}", .description.as_deref().map(|d| format!(" ({d})")).unwrap_or_default())]
+    TokenExchange {
+        /// The identity provider's token endpoint (without query).
+        token_endpoint: String,
+        /// OAuth `error` code (or the HTTP status if there was none).
+        error: String,
+        /// `error_description`, if any.
+        description: Option<String>,
+    },
+    /// The configured assertion provider could not supply an assertion (or supplied an empty
+    /// one).
+    #[error("no assertion available: {reason}")]
+    AssertionUnavailable {
+        /// The provider's error message.
+        reason: String,
     },
     /// The authorization server advertises no `device_authorization_endpoint` (RFC 8628), so
     /// the device flow cannot be used there; log in through a browser instead.

@@ -571,11 +571,25 @@ impl Http {
         form: &[(&str, &str)],
         basic: Option<(&str, &str)>,
     ) -> Result<Fetched, AuthError> {
+        self.post_form_with_headers(url, form, basic, &[]).await
+    }
+
+    /// [`Http::post_form`] with extra request headers (a `DPoP` proof).
+    pub(crate) async fn post_form_with_headers(
+        &self,
+        url: &Url,
+        form: &[(&str, &str)],
+        basic: Option<(&str, &str)>,
+        headers: &[(&str, String)],
+    ) -> Result<Fetched, AuthError> {
         let mut request = self
             .client(url)?
             .post(url.clone())
             .header("Accept", "application/json")
             .form(form);
+        for (name, value) in headers {
+            request = request.header(*name, value);
+        }
         if let Some((id, secret)) = basic {
             let enc =
                 |s: &str| url::form_urlencoded::byte_serialize(s.as_bytes()).collect::<String>();
@@ -592,6 +606,7 @@ impl Http {
         url: &Url,
         form: &[(&str, &str)],
         basic: Option<(&str, &str)>,
+        headers: &[(&str, String)],
         timeout: Duration,
     ) -> Result<Fetched, (AuthError, Delivery)> {
         self.check_url(url).map_err(|e| (e, Delivery::NotSent))?;
@@ -602,6 +617,9 @@ impl Http {
             .header("Accept", "application/json")
             .timeout(timeout)
             .form(form);
+        for (name, value) in headers {
+            request = request.header(*name, value);
+        }
         if let Some((id, secret)) = basic {
             let enc =
                 |s: &str| url::form_urlencoded::byte_serialize(s.as_bytes()).collect::<String>();

@@ -9,9 +9,11 @@
 //!   the union of the old and the challenged scopes, a bounded number of times.
 //! - [`McpAuth::logout`]: deletes a server's tokens and revokes them at its AS.
 
+mod assertion;
 mod authorizer;
 mod device;
 mod discovery;
+mod dpop;
 mod error;
 mod http;
 mod refresh;
@@ -28,11 +30,15 @@ use sha2::Digest as _;
 use tracing::{Instrument, debug, info_span, warn};
 use url::Url;
 
+pub use assertion::{
+    AssertionProvider, AssertionRequest, AssertionSource, IdentityAssertionGrant, JwtBearerGrant,
+};
 pub use authorizer::{
     AuthorizationRequest, Authorizer, HeadlessAuthorizer, LoopbackAuthorizer, PasteAuthorizer,
 };
 pub use device::DeviceCode;
 pub use discovery::{Challenge, metadata_urls};
+pub use dpop::{AccessCredential, DpopKey, DpopMode};
 pub use error::AuthError;
 pub use http::HttpPolicy;
 
@@ -113,6 +119,12 @@ pub struct ClientConfig {
     /// Machine-to-machine credentials (SEP-1046): when set, tokens come from the
     /// `client_credentials` grant instead of an interactive authorization.
     pub client_credentials: Option<ClientCredentials>,
+    /// Enterprise-managed authorization (SEP-990): tokens from the user's identity assertion,
+    /// exchanged at the enterprise IdP for an ID-JAG that is presented as a JWT bearer grant.
+    pub identity_assertion: Option<IdentityAssertionGrant>,
+    /// Workload identity federation: tokens from the RFC 7523 JWT bearer grant with the
+    /// workload's JWT.
+    pub jwt_bearer: Option<JwtBearerGrant>,
     /// Talk to 2025-03-26 servers that publish no protected resource metadata: their origin is
     /// taken as the authorization server (default true).
     pub legacy_discovery: bool,
@@ -121,6 +133,9 @@ pub struct ClientConfig {
     /// the server's own choice of AS (default false: [`McpAuthBuilder::build`] refuses it).
     /// Only for environments where the MCP server is trusted, such as test harnesses.
     pub allow_undeclared_secret_issuer: bool,
+    /// Sender-constrained tokens (DPoP, RFC 9449) for the authorization-code flow and its
+    /// refreshes (default [`DpopMode::Off`]).
+    pub dpop: DpopMode,
 }
 
 /// Credentials for the `client_credentials` grant (SEP-1046).
@@ -184,13 +199,31 @@ impl Default for ClientConfig {
             max_step_up_attempts: 2,
             pending_ttl: Duration::from_secs(600),
             client_credentials: None,
+            identity_assertion: None,
+            jwt_bearer: None,
             legacy_discovery: true,
             allow_undeclared_secret_issuer: false,
+            dpop: DpopMode::Off,
         }
     }
 }
 
 impl ClientConfig {
+    /// Uses DPoP (RFC 9449) as `mode` says. With DPoP-bound tokens every request to the MCP
+    /// server needs `Authorization: DPoP <token>` and a fresh proof
+    /// ([`McpAuth::access_credential`], [`AccessCredential::dpop_proof`]); `mcp-auth-rmcp` and
+    /// `mcp-auth proxy` send them.
+    ///
+    /// ```
+    /// use mcp_auth_core::{ClientConfig, DpopMode};
+    /// let config = ClientConfig::default().with_dpop(DpopMode::IfSupported);
+    /// assert_eq!(config.dpop, DpopMode::IfSupported);
+    /// ```
+    pub fn with_dpop(mut self, mode: DpopMode) -> Self {
+        self.dpop = mode;
+        self
+    }
+
     /// Sets the redirect URI.
     pub fn with_redirect_uri(mut self, uri: impl Into<String>) -> Self {
         self.redirect_uri = uri.into();
@@ -212,6 +245,67 @@ impl ClientConfig {
     /// Uses the `client_credentials` grant with these credentials.
     pub fn with_client_credentials(mut self, credentials: ClientCredentials) -> Self {
         self.client_credentials = Some(credentials);
+        self
+    }
+
+    /// Uses enterprise-managed authorization (SEP-990): the user's identity assertion (an ID
+    /// token from the enterprise IdP) is exchanged at the IdP for an ID-JAG (RFC 8693), which
+    /// is presented to the MCP server's authorization server as a JWT bearer grant (RFC 7523)
+    /// with this client's `client_secret_basic` credentials. No browser, registration, PKCE or
+    /// refresh token: an expired access token is replaced by running both legs again. The
+    /// client is recorded as pre-registered at the authorization server that issued the tokens
+    /// (SEP-2352: a move to another one is refused). Without a declared issuer
+    /// ([`IdentityAssertionGrant::with_issuer`]) [`McpAuthBuilder::build`] refuses the
+    /// configuration unless [`ClientConfig::allowing_undeclared_secret_issuer`] is set.
+    ///
+    /// ```
+    /// use mcp_auth_core::{ClientConfig, IdentityAssertionGrant, IssuerId, SecretString};
+    ///
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let config = ClientConfig::default().with_identity_assertion(
+    ///     IdentityAssertionGrant::new(
+    ///         "https://idp.example.com/oauth2/token",
+    ///         SecretString::from("<the user's ID token>"),
+    ///         "mcp-client",
+    ///         SecretString::from("<its secret at the authorization server>"),
+    ///     )?
+    ///     .with_idp_client("mcp-client-at-the-idp", None)
+    ///     .with_issuer(IssuerId::new("https://auth.mcp.example.com")?),
+    /// );
+    /// assert!(config.identity_assertion.is_some());
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn with_identity_assertion(mut self, grant: IdentityAssertionGrant) -> Self {
+        self.identity_assertion = Some(grant);
+        self
+    }
+
+    /// Uses workload identity federation: the workload's JWT is presented to the MCP server's
+    /// authorization server as an RFC 7523 JWT bearer grant, with no client authentication and
+    /// no registration. One request per token: a refused assertion is an error (no retry, no
+    /// other grant), and is not presented again; an expired access token is replaced by
+    /// presenting the assertion again (or a fresh one from an [`AssertionProvider`]). The
+    /// assertion is recorded as pre-registered at the authorization server that accepted it
+    /// (SEP-2352: a move to another one is refused). Without a declared issuer ([`JwtBearerGrant::with_issuer`])
+    /// [`McpAuthBuilder::build`] refuses the configuration unless
+    /// [`ClientConfig::allowing_undeclared_secret_issuer`] is set.
+    ///
+    /// ```
+    /// use mcp_auth_core::{ClientConfig, IssuerId, JwtBearerGrant, SecretString};
+    ///
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let config = ClientConfig::default().with_jwt_bearer(
+    ///     JwtBearerGrant::new(SecretString::from("<the workload's JWT>"))
+    ///         .with_client_id("my-workload")
+    ///         .with_issuer(IssuerId::new("https://auth.mcp.example.com")?),
+    /// );
+    /// assert!(config.jwt_bearer.is_some());
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn with_jwt_bearer(mut self, grant: JwtBearerGrant) -> Self {
+        self.jwt_bearer = Some(grant);
         self
     }
 
@@ -290,6 +384,10 @@ pub struct McpAuth {
     hot: Mutex<HashMap<ResourceUri, Arc<HotEntry>>>,
     /// Cleared when the store answers `Unsupported` to the version probe.
     versions_supported: std::sync::atomic::AtomicBool,
+    /// The latest `DPoP-Nonce` of each authorization and resource server.
+    dpop_nonces: dpop::Nonces,
+    /// Parsed DPoP keys of the stored token sets.
+    dpop_keys: dpop::KeyCache,
 }
 
 /// What a warm `access_token()` needs, and the versions that prove it current.
@@ -298,6 +396,8 @@ struct HotEntry {
     binding_version: crate::store::Version,
     token_version: crate::store::Version,
     tokens: TokenSet,
+    /// The store's change stamp read before the records were (`TokenStore::change_stamp`).
+    stamp: Option<u64>,
 }
 
 /// One async mutex per key: single-flight for refreshes, authorizations and registrations
@@ -382,6 +482,7 @@ impl McpAuthBuilder {
             }
         }
         let http = Http::new(self.policy.clone())?;
+        assertion::check_config(&self.config, &http)?;
         if let Some(raw) = &self.config.client_metadata_url {
             // R21: a Client ID Metadata Document URL is https with a path (http only to loopback
             // when the policy allows it, for tests).
@@ -412,6 +513,8 @@ impl McpAuthBuilder {
             unsaved: Arc::default(),
             hot: Mutex::default(),
             versions_supported: std::sync::atomic::AtomicBool::new(true),
+            dpop_nonces: dpop::Nonces::default(),
+            dpop_keys: dpop::KeyCache::default(),
         })
     }
 }
@@ -429,6 +532,18 @@ fn random_urlsafe(bytes: usize) -> String {
 fn pkce_challenge(verifier: &str) -> String {
     base64::engine::general_purpose::URL_SAFE_NO_PAD
         .encode(sha2::Sha256::digest(verifier.as_bytes()))
+}
+
+/// An authorization server's `400 use_dpop_nonce` with a `DPoP-Nonce` (RFC 9449 §8): it
+/// refused before acting on the request, which may be sent again with the nonce.
+fn asks_for_dpop_nonce(fetched: &http::Fetched) -> bool {
+    fetched.status == 400
+        && fetched.headers.contains_key("dpop-nonce")
+        && serde_json::from_slice::<Map<String, Value>>(&fetched.body)
+            .ok()
+            .and_then(|m| m.get("error").and_then(Value::as_str).map(str::to_owned))
+            .as_deref()
+            == Some("use_dpop_nonce")
 }
 
 fn oauth_error(issuer: &IssuerId, endpoint: &'static str, status: u16, body: &[u8]) -> AuthError {
@@ -468,18 +583,81 @@ impl McpAuth {
     /// A valid access token for `resource`: cached, else refreshed, else obtained by a new
     /// authorization through the configured [`Authorizer`].
     pub async fn access_token(&self, resource: &ResourceUri) -> Result<SecretString, AuthError> {
-        match self.cached_access_token(resource).await {
+        self.access_credential(resource)
+            .await
+            .map(AccessCredential::into_token)
+    }
+
+    /// [`McpAuth::access_token`] with how to present it: `Bearer`, or `DPoP` with a proof per
+    /// request ([`AccessCredential::dpop_proof`]) when the token is DPoP-bound.
+    pub async fn access_credential(
+        &self,
+        resource: &ResourceUri,
+    ) -> Result<AccessCredential, AuthError> {
+        match self.cached_access_credential(resource).await {
             Err(e) if e.needs_login() => {
                 // One authorization per server at a time; whoever waited uses its result.
                 let lock = self.authorize_locks.get(resource);
                 let _guard = lock.lock().await;
-                match self.cached_access_token(resource).await {
-                    Err(e) if e.needs_login() => self.authorize_unlocked(resource).await,
+                match self.cached_access_credential(resource).await {
+                    Err(e) if e.needs_login() => {
+                        let token = self.authorize_unlocked(resource).await?;
+                        self.credential(resource, token).await
+                    }
                     other => other,
                 }
             }
             other => other,
         }
+    }
+
+    /// How to present `token`, a token this engine returned for `resource` (from
+    /// [`McpAuth::handle_unauthorized`], say): DPoP when the stored token set it belongs to is
+    /// DPoP-bound, else Bearer.
+    ///
+    /// # Errors
+    /// A store error, or an unusable stored DPoP key.
+    pub async fn credential(
+        &self,
+        resource: &ResourceUri,
+        token: SecretString,
+    ) -> Result<AccessCredential, AuthError> {
+        let Some(binding) = self
+            .store_retry(|| self.store.get_binding(resource))
+            .await?
+        else {
+            return Ok(AccessCredential::new(token, None));
+        };
+        let key = TokenKey::new(binding.value.issuer, resource.clone());
+        let stored = self.store_retry(|| self.store.get_tokens(&key)).await?;
+        match stored {
+            Some(t) if t.value.access_token.expose_secret() == token.expose_secret() => {
+                self.credential_of(&t.value)
+            }
+            _ => Ok(AccessCredential::new(token, None)),
+        }
+    }
+
+    /// The credential of a token set (its DPoP key parsed once per process).
+    fn credential_of(&self, tokens: &TokenSet) -> Result<AccessCredential, AuthError> {
+        let key = match &tokens.dpop_key {
+            Some(stored) => Some(self.dpop_keys.get(stored)?),
+            None => None,
+        };
+        Ok(AccessCredential::new(tokens.access_token.clone(), key))
+    }
+
+    /// The latest `DPoP-Nonce` the server at `url`'s origin sent (RFC 9449 §9), for the next
+    /// proof to it.
+    pub fn dpop_nonce(&self, url: &Url) -> Option<String> {
+        self.dpop_nonces.get(url)
+    }
+
+    /// Records a resource server's `DPoP-Nonce` header value (from any response, and from a
+    /// `401` whose challenge [`Challenge::is_dpop_nonce`]). Values that are not RFC 9449
+    /// nonces are ignored.
+    pub fn record_dpop_nonce(&self, url: &Url, nonce: &str) {
+        self.dpop_nonces.record(url, nonce);
     }
 
     /// A valid access token from the store, refreshed if needed; never starts an
@@ -490,9 +668,20 @@ impl McpAuth {
         &self,
         resource: &ResourceUri,
     ) -> Result<SecretString, AuthError> {
-        if let Some(token) = self.hot_access_token(resource).await? {
-            return Ok(token);
+        self.cached_access_credential(resource)
+            .await
+            .map(AccessCredential::into_token)
+    }
+
+    /// [`McpAuth::cached_access_token`] with how to present it.
+    pub async fn cached_access_credential(
+        &self,
+        resource: &ResourceUri,
+    ) -> Result<AccessCredential, AuthError> {
+        if let Some(credential) = self.hot_access_credential(resource).await? {
+            return Ok(credential);
         }
+        let stamp = self.store.change_stamp();
         let binding = self
             .store_retry(|| self.store.get_binding(resource))
             .await?
@@ -502,22 +691,31 @@ impl McpAuth {
         let key = TokenKey::new(binding.value.issuer.clone(), resource.clone());
         match self.store_retry(|| self.store.get_tokens(&key)).await? {
             Some(t) if !self.is_stale(&t.value) => {
-                let token = t.value.access_token.clone();
+                let credential = self.credential_of(&t.value)?;
                 if t.value.refresh_state.is_none() {
                     let entry = HotEntry {
                         key,
                         binding_version: binding.version,
                         token_version: t.version,
                         tokens: t.value,
+                        stamp,
                     };
                     self.hot
                         .lock()
                         .unwrap_or_else(PoisonError::into_inner)
                         .insert(resource.clone(), Arc::new(entry));
                 }
-                Ok(token)
+                Ok(credential)
             }
-            Some(_) => self.refresh(&binding.value, &key).await,
+            // A refresh keeps the DPoP key (a DPoP-bound refresh must come back DPoP-bound).
+            Some(t) => {
+                let token = self.refresh(&binding.value, &key).await?;
+                let key = match &t.value.dpop_key {
+                    Some(stored) => Some(self.dpop_keys.get(stored)?),
+                    None => None,
+                };
+                Ok(AccessCredential::new(token, key))
+            }
             None => Err(AuthError::LoginRequired {
                 resource: resource.to_string(),
             }),
@@ -526,10 +724,10 @@ impl McpAuth {
 
     /// The warm path: the token this engine decoded before, if the store says both records are
     /// unchanged and the token is not due for a refresh. `None`: take the full path.
-    async fn hot_access_token(
+    async fn hot_access_credential(
         &self,
         resource: &ResourceUri,
-    ) -> Result<Option<SecretString>, AuthError> {
+    ) -> Result<Option<AccessCredential>, AuthError> {
         use std::sync::atomic::Ordering;
         if !self.versions_supported.load(Ordering::Relaxed) {
             return Ok(None);
@@ -543,13 +741,31 @@ impl McpAuth {
         else {
             return Ok(None);
         };
+        if self.is_stale(&entry.tokens) {
+            return Ok(None);
+        }
+        // Nothing in the store changed since the entry was read: no round trip at all.
+        let stamp = self.store.change_stamp();
+        if stamp.is_some() && stamp == entry.stamp {
+            return self.credential_of(&entry.tokens).map(Some);
+        }
         match self.store.binding_and_token_versions(&entry.key).await {
-            Ok((Some(b), Some(t)))
-                if b == entry.binding_version
-                    && t == entry.token_version
-                    && !self.is_stale(&entry.tokens) =>
-            {
-                Ok(Some(entry.tokens.access_token.clone()))
+            Ok((Some(b), Some(t))) if b == entry.binding_version && t == entry.token_version => {
+                if stamp.is_some() {
+                    // Other records changed, not these: remember the stamp they were current at.
+                    let fresh = HotEntry {
+                        key: entry.key.clone(),
+                        binding_version: entry.binding_version.clone(),
+                        token_version: entry.token_version.clone(),
+                        tokens: entry.tokens.clone(),
+                        stamp,
+                    };
+                    self.hot
+                        .lock()
+                        .unwrap_or_else(PoisonError::into_inner)
+                        .insert(resource.clone(), Arc::new(fresh));
+                }
+                self.credential_of(&entry.tokens).map(Some)
             }
             Ok(_) => Ok(None),
             Err(StoreError::Unsupported { .. }) => {
@@ -638,6 +854,12 @@ impl McpAuth {
         www_authenticate: Option<&str>,
     ) -> Result<SecretString, AuthError> {
         let challenge = www_authenticate.map(Challenge::parse).unwrap_or_default();
+        if challenge.is_dpop_nonce() {
+            // Not a refusal of the token: the server wants a proof with its nonce. The caller
+            // records its `DPoP-Nonce` and retries with the same token; authorizing again would
+            // only meet the same challenge.
+            return self.cached_access_token(resource).await;
+        }
         let seen = self.token_snapshot(resource).await?;
         let prm = self
             .resource_metadata(resource, challenge.resource_metadata.as_deref())
@@ -874,14 +1096,39 @@ impl McpAuth {
         registration: &ClientRegistration,
         form: &mut Vec<(&'static str, String)>,
     ) -> Result<Map<String, Value>, AuthError> {
+        self.token_request_dpop(meta, registration, form, None)
+            .await
+    }
+
+    /// [`McpAuth::token_request`] with a DPoP proof when `dpop` is set; a `use_dpop_nonce` answer
+    /// (the server refused before doing anything) is retried once with its nonce.
+    async fn token_request_dpop(
+        &self,
+        meta: &ServerMetadata,
+        registration: &ClientRegistration,
+        form: &mut Vec<(&'static str, String)>,
+        dpop: Option<&DpopKey>,
+    ) -> Result<Map<String, Value>, AuthError> {
         let basic = client_auth(registration, form);
         let form_refs: Vec<(&str, &str)> = form.iter().map(|(k, v)| (*k, v.as_str())).collect();
         let basic_refs = basic.as_ref().map(|(a, b)| (a.as_str(), b.as_str()));
-        let fetched = self
-            .http
-            .post_form(&meta.token_endpoint, &form_refs, basic_refs)
-            .await?;
-        if fetched.status != 200 {
+        let mut retried = false;
+        loop {
+            let headers = self.dpop_headers(dpop, &meta.token_endpoint)?;
+            let fetched = self
+                .http
+                .post_form_with_headers(&meta.token_endpoint, &form_refs, basic_refs, &headers)
+                .await?;
+            if dpop.is_some() {
+                self.remember_dpop_nonce(&meta.token_endpoint, &fetched.headers);
+            }
+            if fetched.status == 200 {
+                return fetched.json_object();
+            }
+            if dpop.is_some() && !retried && asks_for_dpop_nonce(&fetched) {
+                retried = true;
+                continue;
+            }
             return Err(oauth_error(
                 &meta.issuer,
                 "token",
@@ -889,7 +1136,62 @@ impl McpAuth {
                 &fetched.body,
             ));
         }
-        fetched.json_object()
+    }
+
+    /// The `DPoP` header of a POST to the token endpoint `url` (with the server's latest nonce).
+    fn dpop_headers(
+        &self,
+        dpop: Option<&DpopKey>,
+        url: &Url,
+    ) -> Result<Vec<(&'static str, String)>, AuthError> {
+        match dpop {
+            Some(key) => Ok(vec![(
+                "DPoP",
+                key.proof("POST", url, None, self.dpop_nonces.get(url).as_deref())?,
+            )]),
+            None => Ok(Vec::new()),
+        }
+    }
+
+    /// Keeps the `DPoP-Nonce` a server sent (RFC 9449 §8.2: use it in the next proof).
+    fn remember_dpop_nonce(&self, url: &Url, headers: &reqwest::header::HeaderMap) {
+        if let Some(nonce) = headers.get("dpop-nonce").and_then(|v| v.to_str().ok()) {
+            self.dpop_nonces.record(url, nonce);
+        }
+    }
+
+    /// A new key for an authorization at `meta`'s server, as [`ClientConfig::dpop`] says, or
+    /// as `required` says: once a server's tokens for a resource were DPoP-bound, a new
+    /// authorization there must be too (a server that stops binding them is refused, never
+    /// silently downgraded to Bearer; `logout` lets the user accept Bearer tokens again).
+    fn new_dpop_key(
+        &self,
+        meta: &ServerMetadata,
+        required: bool,
+    ) -> Result<Option<DpopKey>, AuthError> {
+        match (self.config.dpop, meta.supports_dpop_es256(), required) {
+            (DpopMode::Required, false, _) | (_, false, true) => Err(AuthError::DpopNotAvailable {
+                issuer: meta.issuer.clone(),
+                reason: "its metadata lists no ES256 in dpop_signing_alg_values_supported",
+            }),
+            (DpopMode::Off, _, false) | (DpopMode::IfSupported, false, false) => Ok(None),
+            (_, true, _) => DpopKey::generate().map(Some),
+        }
+    }
+
+    /// Whether an authorization at `issuer` for `resource` must yield DPoP-bound tokens.
+    async fn dpop_required(&self, issuer: &IssuerId, resource: &ResourceUri) -> bool {
+        match self.config.dpop {
+            DpopMode::Required => true,
+            DpopMode::Off => false,
+            DpopMode::IfSupported => self
+                .store
+                .get_tokens(&TokenKey::new(issuer.clone(), resource.clone()))
+                .await
+                .ok()
+                .flatten()
+                .is_some_and(|t| t.value.dpop_key.is_some()),
+        }
     }
 
     /// The full authorization for `resource` at the AS named by `prm`, after the SEP-2352
@@ -921,6 +1223,23 @@ impl McpAuth {
                         challenge,
                         explicit_scopes,
                     )
+                    .await;
+            }
+            if let Some(grant) = &self.config.identity_assertion {
+                return self
+                    .identity_assertion_grant(
+                        resource,
+                        prm,
+                        &meta,
+                        grant,
+                        challenge,
+                        explicit_scopes,
+                    )
+                    .await;
+            }
+            if let Some(grant) = &self.config.jwt_bearer {
+                return self
+                    .jwt_bearer_grant(resource, prm, &meta, grant, challenge, explicit_scopes)
                     .await;
             }
             if !meta.supports_s256() {
@@ -1017,6 +1336,15 @@ impl McpAuth {
         // Declared pre-registered credentials never reach another AS.
         if let Some(pre) = &self.config.pre_registered
             && let Some(declared) = &pre.issuer
+            && declared != issuer
+        {
+            return Err(AuthError::AuthorizationServerChanged {
+                from: declared.clone(),
+                to: issuer.clone(),
+            });
+        }
+        // So do the declared credentials of an assertion grant (not even metadata is fetched).
+        if let Some(declared) = self.declared_assertion_issuer()
             && declared != issuer
         {
             return Err(AuthError::AuthorizationServerChanged {
@@ -1307,11 +1635,20 @@ impl McpAuth {
             ("resource", prm.resource_raw.clone()),
         ];
         let span = info_span!("token_exchange", issuer = %meta.issuer);
+        let dpop_required = self.dpop_required(&meta.issuer, resource).await;
+        let dpop = self.new_dpop_key(meta, dpop_required)?;
         let body = self
-            .token_request(meta, registration, &mut form)
+            .token_request_dpop(meta, registration, &mut form, dpop.as_ref())
             .instrument(span)
             .await?;
-        let tokens = parse_token_response(meta, &body, None, &pending.scopes)?;
+        let tokens = parse_token_response_dpop(
+            meta,
+            &body,
+            None,
+            &pending.scopes,
+            dpop.as_ref(),
+            dpop_required,
+        )?;
         self.bind(resource, prm, meta, &tokens).await?;
         Ok(tokens.access_token)
     }
@@ -1584,6 +1921,8 @@ fn client_auth(
             form.push(("client_secret", secret));
             None
         }
+        // A JWT bearer grant without a client_id (workload identity) sends none.
+        _ if registration.client_id.is_empty() => None,
         _ => {
             form.push(("client_id", registration.client_id.clone()));
             None
@@ -1676,6 +2015,20 @@ fn parse_token_response(
     previous: Option<&TokenSet>,
     requested_scopes: &[String],
 ) -> Result<TokenSet, AuthError> {
+    parse_token_response_dpop(meta, body, previous, requested_scopes, None, false)
+}
+
+/// [`parse_token_response`] for a request that carried a proof signed by `dpop`: `token_type`
+/// `DPoP` is accepted then, and the key stored with the tokens; a `Bearer` answer is refused
+/// when `dpop_required` (DPoP was required, or the previous tokens were DPoP-bound).
+fn parse_token_response_dpop(
+    meta: &ServerMetadata,
+    body: &Map<String, Value>,
+    previous: Option<&TokenSet>,
+    requested_scopes: &[String],
+    dpop: Option<&DpopKey>,
+    dpop_required: bool,
+) -> Result<TokenSet, AuthError> {
     let invalid = |reason: &str| AuthError::InvalidResponse {
         url: redact(&meta.token_endpoint),
         reason: reason.to_owned(),
@@ -1694,14 +2047,25 @@ fn parse_token_response(
         .get("token_type")
         .and_then(Value::as_str)
         .ok_or_else(|| invalid("token response has no token_type"))?;
-    if !token_type.eq_ignore_ascii_case("bearer") {
-        return Err(AuthError::UnsupportedTokenType {
+    let bound = match dpop {
+        Some(key) if token_type.eq_ignore_ascii_case("dpop") => Some(key),
+        _ if token_type.eq_ignore_ascii_case("bearer") => None,
+        _ => {
+            return Err(AuthError::UnsupportedTokenType {
+                issuer: meta.issuer.clone(),
+                token_type: refresh::printable(token_type).chars().take(40).collect(),
+            });
+        }
+    };
+    if bound.is_none() && dpop_required {
+        return Err(AuthError::DpopNotAvailable {
             issuer: meta.issuer.clone(),
-            token_type: refresh::printable(token_type).chars().take(40).collect(),
+            reason: "it answered a request with a DPoP proof with a Bearer token",
         });
     }
     let mut tokens = TokenSet::new(SecretString::from(access.to_owned()));
-    tokens.token_type = "Bearer".to_owned();
+    tokens.token_type = if bound.is_some() { "DPoP" } else { "Bearer" }.to_owned();
+    tokens.dpop_key = bound.map(DpopKey::stored);
     tokens.expires_at =
         expires_in(body.get("expires_in")).map(|d| Timestamp::now().saturating_add(d));
     tokens.refresh_token = match body.get("refresh_token").and_then(Value::as_str) {

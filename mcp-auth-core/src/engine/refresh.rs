@@ -29,7 +29,9 @@ use tracing::{Instrument, debug, error, info_span, warn};
 
 use super::discovery::ResourceMetadata;
 use super::http::Delivery;
-use super::{AuthError, McpAuth, client_auth, oauth_error, parse_token_response};
+use super::{
+    AuthError, McpAuth, asks_for_dpop_nonce, client_auth, oauth_error, parse_token_response_dpop,
+};
 use crate::error::StoreError;
 use crate::ids::TokenKey;
 use crate::model::{RefreshState, ResourceBinding, TokenSet};
@@ -114,6 +116,10 @@ enum Answer {
     },
     /// The request may have been processed; its answer was lost.
     Unknown { reason: String },
+    /// A DPoP-bound refresh answered with a Bearer token (a downgrade): the refresh token may
+    /// be rotated away as for [`Answer::Unknown`], but the caller gets this error, which does
+    /// not send it to a new authorization.
+    Downgraded(AuthError),
 }
 
 /// What to do with a token set without holding the lease.
@@ -476,6 +482,13 @@ impl McpAuth {
                     reason,
                 },
             ),
+            Answer::Downgraded(error) => (
+                RefreshState::Unknown {
+                    at: Timestamp::now(),
+                    reason: printable(&error.to_string()),
+                },
+                error,
+            ),
         };
         warn!(issuer = %key.issuer, resource = %key.resource, error = %error, "refresh did not complete");
         let mut outcome = current.value.clone();
@@ -588,31 +601,63 @@ impl McpAuth {
         let basic = client_auth(&registration, &mut form);
         let form_refs: Vec<(&str, &str)> = form.iter().map(|(k, v)| (*k, v.as_str())).collect();
         let basic_refs = basic.as_ref().map(|(a, b)| (a.as_str(), b.as_str()));
-        let fetched = match self
-            .http
-            .post_form_classified(
-                &meta.token_endpoint,
-                &form_refs,
-                basic_refs,
-                self.config.refresh_timeout,
-            )
-            .await
-        {
-            Ok(f) => f,
-            Err((e, Delivery::NotSent)) => return failed(printable(&e.to_string())),
-            Err((e, Delivery::Unknown)) => {
-                return Answer::Unknown {
-                    reason: printable(&e.to_string()),
-                };
+        // A DPoP-bound refresh token is sent only with a proof from its key.
+        let dpop = match &current.dpop_key {
+            Some(stored) => match self.dpop_keys.get(stored) {
+                Ok(key) => Some(key),
+                Err(e) => return failed(e.to_string()),
+            },
+            None => None,
+        };
+        let mut retried = false;
+        let fetched = loop {
+            let headers = match self.dpop_headers(dpop.as_deref(), &meta.token_endpoint) {
+                Ok(h) => h,
+                Err(e) => return failed(e.to_string()),
+            };
+            let fetched = match self
+                .http
+                .post_form_classified(
+                    &meta.token_endpoint,
+                    &form_refs,
+                    basic_refs,
+                    &headers,
+                    self.config.refresh_timeout,
+                )
+                .await
+            {
+                Ok(f) => f,
+                Err((e, Delivery::NotSent)) => return failed(printable(&e.to_string())),
+                Err((e, Delivery::Unknown)) => {
+                    return Answer::Unknown {
+                        reason: printable(&e.to_string()),
+                    };
+                }
+            };
+            if dpop.is_some() {
+                self.remember_dpop_nonce(&meta.token_endpoint, &fetched.headers);
+                // Refused before the refresh token was looked at: send it again with the nonce.
+                if !retried && asks_for_dpop_nonce(&fetched) {
+                    retried = true;
+                    continue;
+                }
             }
+            break fetched;
         };
         if fetched.status == 200 {
             // The AS accepted the refresh token: an answer we cannot use still rotated it.
-            return match fetched
-                .json_object()
-                .and_then(|body| parse_token_response(&meta, &body, Some(current), &[]))
-            {
+            return match fetched.json_object().and_then(|body| {
+                parse_token_response_dpop(
+                    &meta,
+                    &body,
+                    Some(current),
+                    &[],
+                    dpop.as_deref(),
+                    dpop.is_some(),
+                )
+            }) {
                 Ok(tokens) => Answer::Tokens(tokens),
+                Err(e @ AuthError::DpopNotAvailable { .. }) => Answer::Downgraded(e),
                 Err(e) => Answer::Unknown {
                     reason: printable(&e.to_string()),
                 },
