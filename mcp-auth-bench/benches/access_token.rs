@@ -1,55 +1,65 @@
 //! `cargo xtask bench`: what users run. `McpAuth::cached_access_token()` on a valid stored token,
-//! end to end (engine, store, decoded-record cache), over `MemoryStore` and `SqliteStore`, beside
-//! the cheapest baseline of each: an in-memory map lookup of one server's token (what rmcp's
-//! in-memory credential store does: one key, no issuer) and one prepared `SELECT` of the token
-//! row. Medians of 10 000 calls timed inside a tokio task; three runs. A benchmark, not a test:
-//! it asserts nothing about time (it does check that no HTTP request was made).
+//! end to end (engine, store, decoded-record cache), beside the cheapest baseline of each store:
+//!
+//! * memory: an in-memory map lookup of one server's token (one key, no issuer), and rmcp 3.11's
+//!   own `AuthorizationManager::get_access_token()` over its `InMemoryCredentialStore` (a token
+//!   response stored as rmcp stores one, received now, `expires_in` 3600);
+//! * SQLite: one prepared `SELECT` of the token row on the same file;
+//! * Redis (when `MCP_AUTH_TEST_REDIS_URL` is set): one `HGET` round trip of the token record's
+//!   value, with the `redis` crate's connection manager as the store uses.
+//!
+//! Medians of 10 000 calls timed inside a tokio task, in 10 slices of 1 000 alternating with the
+//! baselines' slices (load from elsewhere weighs on both sides of a ratio alike); three runs;
+//! ratios ours / baseline (and memory / rmcp). Then a refresh storm per store: 1000 concurrent tasks calling
+//! `access_token()` on an expired token, which must cost exactly one token request at the
+//! authorization server. Writes `target/bench/access_token.json`. A benchmark, not a test: it
+//! asserts nothing about time (it does check that the warm calls made no HTTP request, and the
+//! storm's single refresh).
 #![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use mcp_auth_bench::{
+    RUNS, SAMPLES, SLICES, Slice, Table, WARMUP, in_task, interleaved, median_f64, median_of,
+    micros, ratio, samples_of,
+};
 use mcp_auth_core::record::RecordKey;
 use mcp_auth_core::{
-    CredentialStore, HttpPolicy, IssuerId, McpAuth, MemoryStore, ResourceUri, SecretString,
-    TokenKey,
+    CredentialStore, Expect, ExposeSecret, HttpPolicy, IssuerId, McpAuth, MemoryStore, Namespace,
+    ResourceUri, SecretString, Timestamp, TokenKey,
 };
+use mcp_auth_store_redis::RedisStore;
 use mcp_auth_store_sqlite::SqliteStore;
-use mcp_auth_testkit::{AuthServer, AuthServerConfig, McpServer, McpServerConfig};
+use mcp_auth_testkit::{AuthServer, AuthServerConfig, Endpoint, McpServer, McpServerConfig};
+use rmcp::transport::auth::{
+    AuthorizationManager, CredentialStore as _, InMemoryCredentialStore, OAuthTokenResponse,
+    StoredCredentials,
+};
 use rusqlite::params;
+use serde_json::json;
 
-const WARMUP: usize = 1_000;
-const SAMPLES: usize = 10_000;
-const RUNS: usize = 3;
+/// Timed calls per slice (see `interleaved`), and untimed calls before them.
+const SLICE: usize = SAMPLES / SLICES;
+const SLICE_WARMUP: usize = WARMUP / SLICES;
+/// Concurrent `access_token()` calls of the refresh storm.
+const STORM_TASKS: usize = 1_000;
 
-fn median(mut samples: Vec<Duration>) -> Duration {
-    samples.sort_unstable();
-    samples[samples.len() / 2]
+/// One store under test: its engine, and what the baselines need.
+struct Backend {
+    name: &'static str,
+    store: Arc<dyn CredentialStore>,
+    auth: Arc<McpAuth>,
 }
 
-fn micros(d: Duration) -> f64 {
-    d.as_secs_f64() * 1e6
-}
-
-/// Median of `SAMPLES` timed calls of `op` (after `WARMUP`), inside a task on a worker thread.
-fn in_task<F, Fut>(rt: &tokio::runtime::Runtime, op: F) -> Duration
-where
-    F: Fn() -> Fut + Send + 'static,
-    Fut: std::future::Future<Output = ()> + Send,
-{
-    rt.block_on(rt.spawn(async move {
-        let mut samples = Vec::with_capacity(SAMPLES);
-        for i in 0..WARMUP + SAMPLES {
-            let t = Instant::now();
-            op().await;
-            if i >= WARMUP {
-                samples.push(t.elapsed());
-            }
-        }
-        median(samples)
-    }))
-    .unwrap()
+/// One measurement of one run.
+struct Row {
+    run: usize,
+    store: &'static str,
+    baseline: &'static str,
+    ours: Duration,
+    base: Duration,
 }
 
 fn main() {
@@ -58,6 +68,7 @@ fn main() {
         .enable_all()
         .build()
         .unwrap();
+    let redis_url = mcp_auth_bench::redis_url();
     let (as1, mcp) = rt.block_on(async {
         let as1 = AuthServer::start(AuthServerConfig::default())
             .await
@@ -74,30 +85,47 @@ fn main() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("bench.db");
     let sqlite = rt.block_on(SqliteStore::open(&path)).unwrap();
-    let stores: Vec<(&str, Arc<dyn CredentialStore>)> = vec![
+    // A namespace of our own: the server may be shared with other runs.
+    let redis = redis_url.as_ref().map(|url| {
+        rt.block_on(RedisStore::connect(url))
+            .unwrap()
+            .with_namespace(Namespace::random("bench"))
+    });
+    let mut stores: Vec<(&'static str, Arc<dyn CredentialStore>)> = vec![
         ("memory", Arc::new(MemoryStore::new())),
         ("sqlite", Arc::new(sqlite.clone())),
     ];
-    let mut engines = Vec::new();
-    for (name, store) in &stores {
+    if let Some(redis) = &redis {
+        stores.push(("redis", Arc::new(redis.clone())));
+    }
+    let mut backends = Vec::new();
+    for (name, store) in stores {
         let auth = Arc::new(
-            McpAuth::builder(Arc::clone(store))
+            McpAuth::builder(Arc::clone(&store))
                 .http_policy(HttpPolicy::allowing_loopback())
                 .build()
                 .unwrap(),
         );
+        // The one login (the testkit authorizes without a browser).
         rt.block_on(auth.access_token(&resource)).unwrap();
-        engines.push((*name, auth));
+        backends.push(Backend { name, store, auth });
     }
     as1.clear_requests();
 
     // Baselines.
+    let token_of = |b: &Backend| {
+        rt.block_on(b.auth.cached_access_token(&resource))
+            .unwrap()
+            .expose_secret()
+            .to_owned()
+    };
     let map: Arc<Mutex<HashMap<String, SecretString>>> = Arc::new(Mutex::new(HashMap::from([(
         mcp.url(),
-        SecretString::from("a".repeat(40)),
+        SecretString::from(token_of(&backends[0])),
     )])));
+    let rmcp = Arc::new(rt.block_on(rmcp_manager(&token_of(&backends[0]))));
     let key = TokenKey::new(IssuerId::new(as1.issuer()).unwrap(), resource.clone());
-    let storage_key = RecordKey::Tokens(key).storage_key();
+    let storage_key = RecordKey::Tokens(key.clone()).storage_key();
     let ns = sqlite.namespace().as_str().to_owned();
     let raw = Arc::new(Mutex::new(rusqlite::Connection::open(&path).unwrap()));
     {
@@ -105,61 +133,325 @@ fn main() {
         raw.pragma_update(None, "journal_mode", "WAL").unwrap();
         raw.busy_timeout(Duration::from_secs(5)).unwrap();
     }
+    // The store's layout: hash `{ver, data}` under `mcp-auth:{<namespace key>}:r:<record key>`.
+    let redis_raw = redis.as_ref().map(|store| {
+        let client = redis::Client::open(redis_url.as_deref().unwrap()).unwrap();
+        let conn = rt
+            .block_on(redis::aio::ConnectionManager::new(client))
+            .unwrap();
+        let record = format!(
+            "mcp-auth:{{{}}}:r:{storage_key}",
+            store.namespace().storage_key()
+        );
+        (conn, record)
+    });
+    if let Some((conn, record)) = &redis_raw {
+        // The baseline reads what the store wrote: the record is where we think it is.
+        let mut c = conn.clone();
+        let data: Option<Vec<u8>> = rt
+            .block_on(
+                redis::cmd("HGET")
+                    .arg(record)
+                    .arg("data")
+                    .query_async(&mut c),
+            )
+            .unwrap();
+        assert!(data.is_some_and(|d| !d.is_empty()), "no record at {record}");
+    }
 
-    println!(
-        "\naccess_token() on a valid stored token, medians of {SAMPLES} calls (µs), {RUNS} runs"
-    );
-    println!(
-        "{:<8} {:>22} {:>26} {:>8}",
-        "store", "access_token()", "baseline", "ratio"
-    );
+    // Each store's engine and its baselines are measured alternately (interleaved slices), so
+    // load from elsewhere on the machine weighs on both sides of a ratio alike.
+    let mut rows = Vec::new();
     for run in 1..=RUNS {
-        for (name, auth) in &engines {
-            let auth = Arc::clone(auth);
-            let r = resource.clone();
-            let ours = in_task(&rt, move || {
-                let auth = Arc::clone(&auth);
-                let r = r.clone();
-                async move {
-                    std::hint::black_box(auth.cached_access_token(&r).await.unwrap());
-                }
-            });
-            let (label, base) = if *name == "memory" {
-                let map = Arc::clone(&map);
-                let url = mcp.url();
-                let base = in_task(&rt, move || {
-                    let hit = map.lock().unwrap().get(&url).cloned();
-                    std::hint::black_box(hit);
-                    async {}
-                });
-                ("map lookup (rmcp-style)", base)
-            } else {
-                let raw = Arc::clone(&raw);
-                let (ns, sk) = (ns.clone(), storage_key.clone());
-                let base = in_task(&rt, move || {
-                    let raw = raw.lock().unwrap();
-                    let mut stmt = raw
-                        .prepare_cached(
-                            "SELECT value FROM records WHERE namespace = ?1 AND key = ?2",
-                        )
-                        .unwrap();
-                    let v: Vec<u8> = stmt.query_row(params![ns, sk], |r| r.get(0)).unwrap();
-                    std::hint::black_box(v);
-                    async {}
-                });
-                ("one prepared SELECT", base)
+        for b in &backends {
+            let (auth, r) = (Arc::clone(&b.auth), resource.clone());
+            let mut ours = move || -> Slice {
+                let (auth, r) = (Arc::clone(&auth), r.clone());
+                Box::pin(async move {
+                    samples_of!(
+                        SLICE_WARMUP,
+                        SLICE,
+                        auth.cached_access_token(&r).await.unwrap()
+                    )
+                })
             };
-            println!(
-                "{:<8} {:>22.3} {:>19} {:>6.3} {:>7.2}x   (run {run})",
-                name,
-                micros(ours),
-                label,
-                micros(base),
-                micros(ours) / micros(base)
-            );
+            let mut push = |baseline, ours, base| {
+                rows.push(Row {
+                    run,
+                    store: b.name,
+                    baseline,
+                    ours,
+                    base,
+                });
+            };
+            match b.name {
+                "memory" => {
+                    let (map, url) = (Arc::clone(&map), mcp.url());
+                    let mut lookup = move || -> Slice {
+                        let (map, url) = (Arc::clone(&map), url.clone());
+                        Box::pin(async move {
+                            samples_of!(SLICE_WARMUP, SLICE, map.lock().unwrap().get(&url).cloned())
+                        })
+                    };
+                    let rmcp = Arc::clone(&rmcp);
+                    let mut rmcp = move || -> Slice {
+                        let rmcp = Arc::clone(&rmcp);
+                        Box::pin(async move {
+                            samples_of!(SLICE_WARMUP, SLICE, rmcp.get_access_token().await.unwrap())
+                        })
+                    };
+                    let m = interleaved(&rt, &mut [&mut ours, &mut lookup, &mut rmcp]);
+                    push("map lookup", m[0], m[1]);
+                    push("rmcp get_access_token()", m[0], m[2]);
+                }
+                "sqlite" => {
+                    let raw = Arc::clone(&raw);
+                    let (ns, sk) = (ns.clone(), storage_key.clone());
+                    let mut select = move || -> Slice {
+                        let raw = Arc::clone(&raw);
+                        let (ns, sk) = (ns.clone(), sk.clone());
+                        Box::pin(async move {
+                            samples_of!(SLICE_WARMUP, SLICE, {
+                                let raw = raw.lock().unwrap();
+                                let mut stmt = raw
+                                    .prepare_cached(
+                                        "SELECT value FROM records WHERE namespace = ?1 AND key = ?2",
+                                    )
+                                    .unwrap();
+                                stmt.query_row(params![ns, sk], |r| r.get::<_, Vec<u8>>(0))
+                                    .unwrap()
+                            })
+                        })
+                    };
+                    let m = interleaved(&rt, &mut [&mut ours, &mut select]);
+                    push("one prepared SELECT", m[0], m[1]);
+                }
+                _ => {
+                    let (conn, record) = redis_raw.clone().unwrap();
+                    let mut hget = move || -> Slice {
+                        let (mut c, record) = (conn.clone(), record.clone());
+                        Box::pin(async move {
+                            samples_of!(SLICE_WARMUP, SLICE, {
+                                let v: Vec<u8> = redis::cmd("HGET")
+                                    .arg(&record)
+                                    .arg("data")
+                                    .query_async(&mut c)
+                                    .await
+                                    .unwrap();
+                                v
+                            })
+                        })
+                    };
+                    let m = interleaved(&rt, &mut [&mut ours, &mut hget]);
+                    push("one HGET round trip", m[0], m[1]);
+                }
+            }
         }
     }
     let requests = as1.requests().len();
+    // What an empty body measures: the floor under the sub-microsecond rows.
+    let floor = in_task(&rt, async { median_of!(()) });
+
+    let mut table = Table::new(
+        format!(
+            "access_token() on a valid stored token: cached_access_token(), medians of {SAMPLES} \
+             calls (µs), {RUNS} runs"
+        ),
+        &[
+            "store",
+            "run",
+            "ours µs",
+            "baseline",
+            "baseline µs",
+            "ours/baseline",
+        ],
+    );
+    for r in &rows {
+        table.row(&[
+            r.store.to_owned(),
+            r.run.to_string(),
+            format!("{:.3}", micros(r.ours)),
+            r.baseline.to_owned(),
+            format!("{:.3}", micros(r.base)),
+            format!("{:.2}x", ratio(micros(r.ours), micros(r.base))),
+        ]);
+    }
+    table.print();
+
+    // Medians of the runs.
+    let mut pairs: Vec<(&'static str, &'static str)> = Vec::new();
+    for r in &rows {
+        if !pairs.contains(&(r.store, r.baseline)) {
+            pairs.push((r.store, r.baseline));
+        }
+    }
+    let mut summary = Table::new(
+        format!("medians of the {RUNS} runs"),
+        &[
+            "store",
+            "ours µs",
+            "baseline",
+            "baseline µs",
+            "ours/baseline",
+        ],
+    );
+    let mut results = Vec::new();
+    for (store, baseline) in pairs {
+        let of = |f: fn(&Row) -> Duration| {
+            let v: Vec<f64> = rows
+                .iter()
+                .filter(|r| r.store == store && r.baseline == baseline)
+                .map(|r| micros(f(r)))
+                .collect();
+            median_f64(&v)
+        };
+        let (ours, base) = (of(|r| r.ours), of(|r| r.base));
+        summary.row(&[
+            store.to_owned(),
+            format!("{ours:.3}"),
+            baseline.to_owned(),
+            format!("{base:.3}"),
+            format!("{:.2}x", ratio(ours, base)),
+        ]);
+        results.push(json!({
+            "store": store,
+            "baseline": baseline,
+            "ours_us": ours,
+            "baseline_us": base,
+            "ratio": ratio(ours, base),
+            "runs": rows.iter().filter(|r| r.store == store && r.baseline == baseline)
+                .map(|r| json!({"ours_us": micros(r.ours), "baseline_us": micros(r.base)}))
+                .collect::<Vec<_>>(),
+        }));
+    }
+    summary.print();
+    let memory_vs_rmcp = results
+        .iter()
+        .find(|r| r["baseline"] == "rmcp get_access_token()")
+        .map(|r| r["ratio"].as_f64().unwrap());
+    if let Some(x) = memory_vs_rmcp {
+        println!("memory / rmcp get_access_token(): {x:.2}x");
+    }
+    println!(
+        "timer floor (median of an empty body): {:.3} µs",
+        micros(floor)
+    );
     println!("HTTP requests to the authorization server during the timed calls: {requests}");
     assert_eq!(requests, 0, "a warm access_token() made an HTTP request");
+
+    // The refresh storm.
+    let mut storm_table = Table::new(
+        format!("refresh storm: {STORM_TASKS} concurrent access_token() on an expired token"),
+        &["store", "token requests", "AS requests", "wall ms"],
+    );
+    let mut storms = Vec::new();
+    for b in &backends {
+        let old = token_of(b);
+        expire(&rt, &*b.store, &key);
+        as1.clear_requests();
+        let auth = Arc::clone(&b.auth);
+        let r = resource.clone();
+        let (took, tokens) = in_task(&rt, async move {
+            let mut set = tokio::task::JoinSet::new();
+            let t = Instant::now();
+            for _ in 0..STORM_TASKS {
+                let (auth, r) = (Arc::clone(&auth), r.clone());
+                set.spawn(async move { auth.access_token(&r).await });
+            }
+            let mut tokens = Vec::with_capacity(STORM_TASKS);
+            while let Some(done) = set.join_next().await {
+                tokens.push(done.unwrap().unwrap().expose_secret().to_owned());
+            }
+            (t.elapsed(), tokens)
+        });
+        let token_requests = as1.count(Endpoint::Token);
+        let all_requests = as1.requests().len();
+        storm_table.row(&[
+            b.name.to_owned(),
+            token_requests.to_string(),
+            all_requests.to_string(),
+            format!("{:.1}", took.as_secs_f64() * 1e3),
+        ]);
+        assert_eq!(
+            token_requests, 1,
+            "{}: the storm made {token_requests} token requests",
+            b.name
+        );
+        assert_eq!(tokens.len(), STORM_TASKS);
+        assert!(
+            tokens.iter().all(|t| *t == tokens[0] && *t != old),
+            "{}: the storm did not hand every task the one refreshed token",
+            b.name
+        );
+        storms.push(json!({
+            "store": b.name,
+            "tasks": STORM_TASKS,
+            "token_requests": token_requests,
+            "as_requests": all_requests,
+            "wall_ms": took.as_secs_f64() * 1e3,
+        }));
+    }
+    storm_table.print();
+
+    if let Some(redis) = &redis {
+        let pattern = format!("mcp-auth:{{{}}}:*", redis.namespace().storage_key());
+        rt.block_on(mcp_auth_bench::delete_redis_keys(
+            redis_url.as_deref().unwrap(),
+            &pattern,
+        ))
+        .unwrap();
+    }
+    mcp_auth_bench::report_json(
+        "access_token",
+        &json!({
+            "benchmark": "access_token",
+            "samples": SAMPLES,
+            "runs": RUNS,
+            "redis": redis_url.is_some(),
+            "results": results,
+            "memory_vs_rmcp": memory_vs_rmcp,
+            "timer_floor_us": micros(floor),
+            "as_requests_during_timed_calls": requests,
+            "refresh_storm": storms,
+        }),
+    );
+}
+
+/// rmcp's authorization manager holding a valid token in its in-memory credential store, as rmcp
+/// keeps one after a login: the token response, received now, `expires_in` 3600. Building it
+/// makes no network call (the URL is never contacted).
+async fn rmcp_manager(token: &str) -> AuthorizationManager {
+    let response: OAuthTokenResponse = serde_json::from_value(json!({
+        "access_token": token,
+        "token_type": "Bearer",
+        "expires_in": 3600,
+        "refresh_token": "r".repeat(40),
+        "scope": "mcp",
+    }))
+    .unwrap();
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let credentials =
+        StoredCredentials::new("bench-client".to_owned(), Some(response), vec![], Some(now));
+    let store = InMemoryCredentialStore::new();
+    store.save(credentials).await.unwrap();
+    let mut manager = AuthorizationManager::new("http://127.0.0.1:1/mcp")
+        .await
+        .unwrap();
+    manager.set_credential_store(store);
+    assert_eq!(manager.get_access_token().await.unwrap(), token);
+    manager
+}
+
+/// Rewrites the stored token set as expired ten seconds ago (obtained an hour before that).
+fn expire(rt: &tokio::runtime::Runtime, store: &dyn CredentialStore, key: &TokenKey) {
+    rt.block_on(async {
+        let mut tokens = store.get_tokens(key).await.unwrap().unwrap().value;
+        let now = Timestamp::now().unix_seconds();
+        tokens.expires_at = Some(Timestamp::from_unix_seconds(now - 10));
+        tokens.obtained_at = Timestamp::from_unix_seconds(now - 3_610);
+        store.put_tokens(key, &tokens, Expect::Any).await.unwrap();
+    });
 }
