@@ -581,21 +581,37 @@ impl SqliteStore {
             let decoders = (threads - 1).clamp(1, 3);
             let (sender, receiver) = std::sync::mpsc::sync_channel::<Vec<_>>(decoders);
             let receiver = Mutex::new(receiver);
+            // Set by a decoder that met a bad row: the reader stops, and every decoder keeps
+            // draining the channel (without decoding) until it closes, so the reader is never
+            // left blocked on a full channel nobody empties.
+            let failed = std::sync::atomic::AtomicBool::new(false);
             std::thread::scope(|scope| {
                 let handles: Vec<_> = (0..decoders)
                     .map(|_| {
                         scope.spawn(|| {
                             let mut found = Vec::new();
+                            let mut error = None;
                             loop {
                                 let chunk = receiver
                                     .lock()
                                     .unwrap_or_else(PoisonError::into_inner)
                                     .recv();
                                 let Ok(chunk) = chunk else {
-                                    return Ok(found);
+                                    return error.map_or(Ok(found), Err);
                                 };
+                                if error.is_some() {
+                                    continue;
+                                }
                                 for row in chunk {
-                                    found.extend(decode_row(row)?);
+                                    match decode_row(row) {
+                                        Ok(decoded) => found.extend(decoded),
+                                        Err(e) => {
+                                            failed
+                                                .store(true, std::sync::atomic::Ordering::Relaxed);
+                                            error = Some(e);
+                                            break;
+                                        }
+                                    }
                                 }
                             }
                         })
@@ -604,8 +620,10 @@ impl SqliteStore {
                 let mut read = Ok(());
                 let mut chunk = first;
                 while !chunk.is_empty() {
-                    // Every decoder stopped (an error): stop reading.
-                    if sender.send(chunk).is_err() {
+                    // A decoder met a bad row (its error is reported): stop reading.
+                    if failed.load(std::sync::atomic::Ordering::Relaxed)
+                        || sender.send(chunk).is_err()
+                    {
                         break;
                     }
                     chunk = match next_chunk() {
