@@ -22,8 +22,8 @@ pub mod conformance;
 pub use engine::{
     AccessCredential, AuthError, AuthorizationRequest, Authorizer, Challenge, ClientConfig,
     ClientCredentials, ClientCredentialsAuth, DeviceCode, DpopKey, DpopMode, HeadlessAuthorizer,
-    HttpPolicy, LogoutReport,
-    LoopbackAuthorizer, McpAuth, McpAuthBuilder, PasteAuthorizer, PreRegisteredClient,
+    HttpPolicy, LogoutReport, LoopbackAuthorizer, McpAuth, McpAuthBuilder, PasteAuthorizer,
+    PreRegisteredClient,
 };
 #[cfg(feature = "engine")]
 pub use engine::{

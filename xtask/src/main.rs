@@ -51,7 +51,8 @@ commands:
                             1000-task refresh storm; the `mcp-auth token` process vs a
                             minimal reader of the row (wall time, peak RSS); store get/put
                             at 1k and 100k records (JSON in target/bench/access_token.json,
-                            token_process.json, store_scale.json). Then store
+                            token_process.json, store_scale.json); `status` and `migrate`
+                            at 1k and 10k servers vs one SELECT (bulk.json). Then store
                             benchmarks: medians of each store beside the raw
                             client doing the same work, and their ratio; for the AWS
                             Secrets Manager store (against a moto server it starts) the
@@ -402,6 +403,17 @@ fn bench() -> Result<(), String> {
                 "token_process",
             ],
             "the token process benchmark failed to build or run",
+        ),
+        Step::new(
+            "bulk commands benchmark (status, migrate)",
+            &[
+                "bench",
+                "--package",
+                "mcp-auth-store-sqlite",
+                "--bench",
+                "bulk",
+            ],
+            "the bulk benchmark failed to build or run (its JSON is in target/bench/bulk.json)",
         ),
         Step::new(
             "store scale benchmark",

@@ -225,6 +225,19 @@ pub(crate) fn htu(url: &Url) -> String {
     u.to_string()
 }
 
+/// The `cnf.jkt` of an access token that is a JWT (RFC 9449 §6.1), read without verifying it
+/// (the client cannot, and only compares it with its own key); `None` for opaque tokens.
+pub(crate) fn token_jkt(access_token: &str) -> Option<String> {
+    let mut parts = access_token.split('.');
+    let (_, payload, _, None) = (parts.next()?, parts.next()?, parts.next()?, parts.next()) else {
+        return None;
+    };
+    let claims: serde_json::Value =
+        serde_json::from_slice(&URL_SAFE_NO_PAD.decode(payload.trim_end_matches('=')).ok()?)
+            .ok()?;
+    claims.get("cnf")?.get("jkt")?.as_str().map(str::to_owned)
+}
+
 /// Whether a nonce value is usable: RFC 9449 §8.1 `NQCHAR`s, bounded.
 pub(crate) fn valid_nonce(nonce: &str) -> bool {
     !nonce.is_empty()
@@ -336,6 +349,24 @@ mod tests {
             let e = DpopKey::from_stored(&SecretString::from(bad.to_owned())).unwrap_err();
             assert!(!bad.is_empty() && !e.to_string().contains(bad) || bad.is_empty());
         }
+    }
+
+    #[test]
+    fn the_bound_key_of_a_jwt_access_token_is_read() {
+        let jwt = |claims: serde_json::Value| {
+            format!(
+                "eyJhbGciOiJFUzI1NiJ9.{}.sig",
+                URL_SAFE_NO_PAD.encode(claims.to_string())
+            )
+        };
+        assert_eq!(
+            token_jkt(&jwt(json!({"cnf": {"jkt": "abc"}}))).as_deref(),
+            Some("abc")
+        );
+        assert_eq!(token_jkt(&jwt(json!({"sub": "x"}))), None);
+        assert_eq!(token_jkt("opaque-token"), None);
+        assert_eq!(token_jkt("a.b.c.d"), None);
+        assert_eq!(token_jkt("a.!!.c"), None);
     }
 
     #[test]

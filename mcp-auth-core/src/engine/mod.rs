@@ -2063,6 +2063,16 @@ fn parse_token_response_dpop(
             reason: "it answered a request with a DPoP proof with a Bearer token",
         });
     }
+    if let Some(key) = bound
+        && let Some(jkt) = dpop::token_jkt(access)
+        && jkt != key.thumbprint()
+    {
+        // A JWT access token names the key it is bound to (RFC 9449 §6.1): not ours means a
+        // token we could never use, or one meant for someone else.
+        return Err(invalid(
+            "the DPoP-bound access token's cnf.jkt is not the thumbprint of the key that signed the proof",
+        ));
+    }
     let mut tokens = TokenSet::new(SecretString::from(access.to_owned()));
     tokens.token_type = if bound.is_some() { "DPoP" } else { "Bearer" }.to_owned();
     tokens.dpop_key = bound.map(DpopKey::stored);
