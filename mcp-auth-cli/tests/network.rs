@@ -265,3 +265,45 @@ async fn login_uses_one_stable_redirect_port_per_server_unless_told() {
     assert!(out.status.success(), "{}", stderr(&out));
     assert_eq!(redirect_ports(&as1).last(), Some(&free));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_url_that_is_no_mcp_server_gets_a_clear_error_and_no_registration() {
+    // A web site: 404 for every metadata document, 200 for anything posted.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let seen = Arc::new(Mutex::new(Vec::<String>::new()));
+    let record = Arc::clone(&seen);
+    tokio::spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            let record = Arc::clone(&record);
+            tokio::spawn(async move {
+                let mut buf = vec![0u8; 8192];
+                let n = stream.read(&mut buf).await.unwrap_or(0);
+                let head = String::from_utf8_lossy(&buf[..n]).into_owned();
+                let line = head.lines().next().unwrap_or_default().to_owned();
+                let status = if line.starts_with("POST ") { 200 } else { 404 };
+                record.lock().unwrap().push(line);
+                let reply = format!(
+                    "HTTP/1.1 {status} X\r\ncontent-length: 2\r\nconnection: close\r\n\r\nok"
+                );
+                let _ = stream.write_all(reply.as_bytes()).await;
+            });
+        }
+    });
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("http://127.0.0.1:{port}/mcp");
+    let out = mcp_auth(
+        &dir.path().join("a.db"),
+        &["--allow-http", "login", url.as_str(), "--headless"],
+        &[],
+    )
+    .await;
+    assert_eq!(out.status.code(), Some(1));
+    let err = stderr(&out);
+    assert!(
+        err.contains("is not an MCP server that requires authorization"),
+        "{err}"
+    );
+    let lines = seen.lock().unwrap().clone();
+    assert!(!lines.iter().any(|l| l.contains("register")), "{lines:?}");
+}

@@ -167,6 +167,20 @@ pub enum AuthError {
         /// What it did.
         reason: &'static str,
     },
+    /// The URL publishes no protected resource metadata and did not answer an MCP request
+    /// without credentials with `401`: it is not an MCP server that needs authorization (a
+    /// wrong URL, or a server that needs none). Nothing was registered anywhere.
+    #[error(
+        "{resource} is not an MCP server that requires authorization: it publishes no protected \
+         resource metadata and answered an unauthenticated MCP request with HTTP {status} \
+         (check the URL; nothing was registered)"
+    )]
+    NotProtected {
+        /// The URL.
+        resource: String,
+        /// Its answer to the unauthenticated request.
+        status: u16,
+    },
     /// No usable tokens, and this call does not start an interactive authorization.
     #[error("no valid credentials for {resource}; log in first")]
     LoginRequired {

@@ -629,6 +629,31 @@ impl Http {
     }
 
     /// POST a JSON body.
+    /// The status an MCP endpoint answers to an `initialize` request without credentials (the
+    /// body is not read: a server may answer with an open event stream).
+    pub(crate) async fn probe_mcp(&self, url: &Url) -> Result<u16, AuthError> {
+        self.check_url(url)?;
+        let body = serde_json::json!({
+            "jsonrpc": "2.0",
+            "id": 0,
+            "method": "initialize",
+            "params": {
+                "protocolVersion": "2025-03-26",
+                "capabilities": {},
+                "clientInfo": {"name": "mcp-auth", "version": env!("CARGO_PKG_VERSION")},
+            },
+        });
+        let response = self
+            .client(url)?
+            .post(url.clone())
+            .header("Accept", "application/json, text/event-stream")
+            .json(&body)
+            .send()
+            .await
+            .map_err(|e| self.transport_error(url, e))?;
+        Ok(response.status().as_u16())
+    }
+
     pub(crate) async fn post_json(&self, url: &Url, body: &Value) -> Result<Fetched, AuthError> {
         self.send(
             self.client(url)?

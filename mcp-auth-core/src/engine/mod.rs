@@ -816,6 +816,16 @@ impl McpAuth {
             discovery::Found::NotFound(_)
                 if challenge_url.is_none() && self.config.legacy_discovery =>
             {
+                // The origin becomes the authorization server only for a server that does ask
+                // for credentials: a site that is no MCP server (or needs no authorization)
+                // must never receive a client registration.
+                let status = self.http.probe_mcp(resource.url()).await?;
+                if status != 401 {
+                    return Err(AuthError::NotProtected {
+                        resource: resource.to_string(),
+                        status,
+                    });
+                }
                 debug!(resource = %resource, "no protected resource metadata; using the 2025-03-26 fallback");
                 Ok(ResourceMetadata::legacy(resource))
             }
