@@ -94,5 +94,8 @@ async fn a_server_answering_401_still_gets_the_2025_03_26_fallback() {
             .any(|l| l.starts_with("GET /.well-known/oauth-authorization-server")),
         "{lines:?}"
     );
-    assert!(lines.iter().any(|l| l.starts_with("POST /register")), "{lines:?}");
+    assert!(
+        lines.iter().any(|l| l.starts_with("POST /register")),
+        "{lines:?}"
+    );
 }
