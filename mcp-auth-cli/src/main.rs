@@ -378,9 +378,19 @@ async fn run(cli: Cli) -> Result<(), Failure> {
             // Every persistent store's refresh lease reaches other processes (the keyring's
             // through a lock file derived from the keyring itself), so concurrent `token` calls
             // refresh once whatever their environment.
+            let resource = ResourceUri::new(url)?;
+            if store::missing_sqlite_file(cli.store.as_deref()).is_some() {
+                // Nothing stored yet, and nothing is created to say so.
+                return Err(Failure {
+                    code: EXIT_LOGIN_REQUIRED,
+                    message: format!(
+                        "no valid credentials for {resource}; log in first\nhint: run `mcp-auth \
+                         login {url}`"
+                    ),
+                });
+            }
             let store = store::open(cli.store.as_deref(), &namespace).await?;
             let auth = McpAuth::builder(store).http_policy(policy(&cli)).build()?;
-            let resource = ResourceUri::new(url)?;
             match auth.cached_access_credential(&resource).await {
                 Ok(credential) if credential.is_dpop() => {
                     auth.flush().await.map_err(Failure::from)?;
@@ -405,6 +415,19 @@ async fn run(cli: Cli) -> Result<(), Failure> {
             }
         }
         Command::Status { json } => {
+            if let Some(path) = store::missing_sqlite_file(cli.store.as_deref()) {
+                // Nothing stored yet: say so without creating the file or its directory.
+                if *json {
+                    println!("[]");
+                } else {
+                    println!(
+                        "No credentials stored (no database at {}). Run `mcp-auth login \
+                         <mcp-server-url>`.",
+                        path.display()
+                    );
+                }
+                return Ok(());
+            }
             let store = store::open(cli.store.as_deref(), &namespace).await?;
             status(store.as_ref(), *json).await
         }

@@ -30,6 +30,28 @@ pub(crate) async fn open(
     }
 }
 
+/// The database file `url` names when it is a SQLite store whose file does not exist yet: the
+/// read-only commands (`status`, `token`) then answer without creating it, or its directory.
+pub(crate) fn missing_sqlite_file(url: Option<&str>) -> Option<std::path::PathBuf> {
+    let path = url.unwrap_or("sqlite:").strip_prefix("sqlite:")?;
+    let path = if path.is_empty() {
+        sqlite_default_path()?
+    } else {
+        std::path::PathBuf::from(path)
+    };
+    (!path.exists()).then_some(path)
+}
+
+#[cfg(feature = "sqlite")]
+fn sqlite_default_path() -> Option<std::path::PathBuf> {
+    mcp_auth_store_sqlite::SqliteStore::default_path().ok()
+}
+
+#[cfg(not(feature = "sqlite"))]
+fn sqlite_default_path() -> Option<std::path::PathBuf> {
+    None
+}
+
 #[cfg(feature = "sqlite")]
 async fn open_sqlite(
     path: &str,

@@ -307,3 +307,21 @@ async fn a_url_that_is_no_mcp_server_gets_a_clear_error_and_no_registration() {
     let lines = seen.lock().unwrap().clone();
     assert!(!lines.iter().any(|l| l.contains("register")), "{lines:?}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn status_and_token_on_a_missing_database_create_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("not-yet").join("store.db");
+    let status = mcp_auth(&db, &["status"], &[]).await;
+    assert!(status.status.success(), "{}", stderr(&status));
+    assert!(String::from_utf8_lossy(&status.stdout).contains("No credentials stored"));
+    let json = mcp_auth(&db, &["status", "--json"], &[]).await;
+    assert_eq!(String::from_utf8_lossy(&json.stdout).trim(), "[]");
+    let token = mcp_auth(&db, &["token", "https://mcp.example.com/mcp"], &[]).await;
+    assert_eq!(token.status.code(), Some(3), "{}", stderr(&token));
+    assert!(stderr(&token).contains("mcp-auth login"));
+    assert!(
+        !db.exists() && !db.parent().unwrap().exists(),
+        "nothing was created"
+    );
+}
