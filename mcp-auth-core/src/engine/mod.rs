@@ -638,13 +638,21 @@ impl McpAuth {
         }
     }
 
-    /// The credential of a token set (its DPoP key parsed once per process).
+    /// The credential of a token set.
     fn credential_of(&self, tokens: &TokenSet) -> Result<AccessCredential, AuthError> {
-        let key = match &tokens.dpop_key {
-            Some(stored) => Some(self.dpop_keys.get(stored)?),
-            None => None,
-        };
-        Ok(AccessCredential::new(tokens.access_token.clone(), key))
+        Ok(AccessCredential::new(
+            tokens.access_token.clone(),
+            self.dpop_key_of(tokens)?,
+        ))
+    }
+
+    /// The DPoP key a token set is bound to, parsed once per process.
+    fn dpop_key_of(&self, tokens: &TokenSet) -> Result<Option<Arc<DpopKey>>, AuthError> {
+        tokens
+            .dpop_key
+            .as_ref()
+            .map(|stored| self.dpop_keys.get(stored))
+            .transpose()
     }
 
     /// The latest `DPoP-Nonce` the server at `url`'s origin sent (RFC 9449 §9), for the next
@@ -710,11 +718,7 @@ impl McpAuth {
             // A refresh keeps the DPoP key (a DPoP-bound refresh must come back DPoP-bound).
             Some(t) => {
                 let token = self.refresh(&binding.value, &key).await?;
-                let key = match &t.value.dpop_key {
-                    Some(stored) => Some(self.dpop_keys.get(stored)?),
-                    None => None,
-                };
-                Ok(AccessCredential::new(token, key))
+                Ok(AccessCredential::new(token, self.dpop_key_of(&t.value)?))
             }
             None => Err(AuthError::LoginRequired {
                 resource: resource.to_string(),

@@ -602,12 +602,9 @@ impl McpAuth {
         let form_refs: Vec<(&str, &str)> = form.iter().map(|(k, v)| (*k, v.as_str())).collect();
         let basic_refs = basic.as_ref().map(|(a, b)| (a.as_str(), b.as_str()));
         // A DPoP-bound refresh token is sent only with a proof from its key.
-        let dpop = match &current.dpop_key {
-            Some(stored) => match self.dpop_keys.get(stored) {
-                Ok(key) => Some(key),
-                Err(e) => return failed(e.to_string()),
-            },
-            None => None,
+        let dpop = match self.dpop_key_of(current) {
+            Ok(key) => key,
+            Err(e) => return failed(e.to_string()),
         };
         let mut retried = false;
         let fetched = loop {
