@@ -446,16 +446,19 @@ fn client_binary(root: &Path) -> Result<PathBuf, String> {
         }
         path
     } else {
+        // Built with the workspace's feature set, the one the tests step builds examples with,
+        // so this reuses those artifacts instead of building a second copy of the dependencies.
         let args = [
             "build",
-            "-p",
-            "mcp-auth-rmcp",
+            "--workspace",
+            "--all-features",
             "--example",
             "conformance-client",
         ];
         println!("==> conformance: cargo {}", args.join(" "));
         let status = Command::new(cargo())
             .args(args)
+            .envs(crate::build_env())
             .current_dir(root)
             .status()
             .map_err(|e| format!("cannot run cargo: {e}"))?;

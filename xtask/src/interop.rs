@@ -1,11 +1,11 @@
-//! `cargo xtask interop-setup`: what `mcp-auth-cli/tests/interop_oidc_provider.rs` runs on —
+//! `cargo xtask interop-setup`: what `mcp-auth-cli/tests/it/interop_oidc_provider.rs` runs on —
 //! Node 22 (the conformance suite's, [`conformance::ensure_node`]) and `interop/oidc-provider/`
 //! with its pinned npm dependencies (oidc-provider, jose) installed by `npm ci` from the committed
 //! `package-lock.json`.
 //!
 //! The same step installs `interop/mcp-clients/` (the MCP Inspector CLI, mcp-remote and the
 //! reference server `@modelcontextprotocol/server-everything`, pinned) for
-//! `mcp-auth-cli/tests/proxy_interop.rs` and the proxy benchmark of `cargo xtask bench`
+//! `mcp-auth-cli/tests/it/proxy_interop.rs` and the proxy benchmark of `cargo xtask bench`
 //! (`mcp-auth-cli/benches/proxy_vs_mcp_remote.rs`).
 //!
 //! The tests find them through [`NODE_ENV`], [`DIR_ENV`] and [`MCP_CLIENTS_ENV`]; `test-all`

@@ -19,11 +19,11 @@ commands:
                             doc tests, conformance (starts the services the tests need;
                             --keep-going runs every step and reports all failures at the end)
   interop-setup             installs what the interop tests against oidc-provider
-                            (mcp-auth-cli/tests/interop_oidc_provider.rs) run on: Node 22
+                            (mcp-auth-cli/tests/it/interop_oidc_provider.rs) run on: Node 22
                             (as for conformance) and `npm ci` in interop/oidc-provider/
                             (oidc-provider 9.13.3, pinned by its package-lock.json) and in
                             interop/mcp-clients/ (MCP Inspector 2.12.0, server-everything, for
-                            mcp-auth-cli/tests/proxy_interop.rs; mcp-remote 0.15.1, for the
+                            mcp-auth-cli/tests/it/proxy_interop.rs; mcp-remote 0.15.1, for the
                             proxy benchmark of `bench`); prints the MCP_AUTH_TEST_NODE,
                             MCP_AUTH_TEST_OIDC_PROVIDER and MCP_AUTH_TEST_MCP_CLIENTS values
                             that run those tests alone
@@ -102,6 +102,18 @@ fn cargo() -> String {
     env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned())
 }
 
+/// Environment for the cargo builds `test-all` runs: no incremental compilation unless the caller
+/// asks for it. Incremental state is most of a fresh debug `target/` (2.3 GB of 5.5 GB measured on
+/// a fresh clone) and buys nothing in a run that builds everything once; a CI disk ran out of
+/// space on it.
+pub(crate) fn build_env() -> Vec<(String, String)> {
+    if env::var_os("CARGO_INCREMENTAL").is_some() {
+        Vec::new()
+    } else {
+        vec![("CARGO_INCREMENTAL".to_owned(), "0".to_owned())]
+    }
+}
+
 /// One step of `test-all`: a command, the environment it needs, and what to tell the developer
 /// when it fails.
 struct Step {
@@ -129,7 +141,7 @@ impl Step {
         Self {
             name,
             action: Action::Cargo(args.to_vec()),
-            env: Vec::new(),
+            env: build_env(),
             wrapper: Vec::new(),
             on_failure,
         }

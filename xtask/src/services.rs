@@ -32,20 +32,8 @@ pub(crate) fn ensure_installed(command: &str, packages: &[&str]) -> Result<(), S
         return Ok(());
     }
     println!("==> installing {} (for {command})", packages.join(" "));
-    let update = Command::new("apt-get")
-        .args(["update", "-qq"])
-        .status()
-        .map_err(|e| format!("cannot run apt-get: {e}"))?;
-    if !update.success() {
-        return Err("apt-get update failed".to_owned());
-    }
-    let install = Command::new("apt-get")
-        .args(["install", "-y", "-qq", "--no-install-recommends"])
-        .args(packages)
-        .env("DEBIAN_FRONTEND", "noninteractive")
-        .status()
-        .map_err(|e| format!("cannot run apt-get: {e}"))?;
-    if !install.success() || !which(command) {
+    apt_install(packages)?;
+    if !which(command) {
         return Err(format!(
             "installing {} did not provide {command}",
             packages.join(" ")
@@ -54,13 +42,38 @@ pub(crate) fn ensure_installed(command: &str, packages: &[&str]) -> Result<(), S
     Ok(())
 }
 
+/// `apt-get update` and `apt-get install` of `packages`, then `apt-get clean`: the downloaded
+/// archives (chromium's alone are ~100 MB) are not kept on a CI disk that the build needs.
+fn apt_install(packages: &[&str]) -> Result<(), String> {
+    let apt = |args: &[&str]| {
+        Command::new("apt-get")
+            .args(args)
+            .env("DEBIAN_FRONTEND", "noninteractive")
+            .status()
+            .map_err(|e| format!("cannot run apt-get: {e}"))
+    };
+    if !apt(&["update", "-qq"])?.success() {
+        return Err("apt-get update failed".to_owned());
+    }
+    let mut install = vec!["install", "-y", "-qq", "--no-install-recommends"];
+    install.extend_from_slice(packages);
+    let installed = apt(&install)?.success();
+    // Best effort: a failed clean leaves the cache, which costs space, not correctness.
+    let _ = apt(&["clean"]);
+    if installed {
+        Ok(())
+    } else {
+        Err(format!("apt-get install {} failed", packages.join(" ")))
+    }
+}
+
 /// True when `command` is found on the PATH.
 pub(crate) fn which(command: &str) -> bool {
     std::env::var_os("PATH")
         .is_some_and(|path| std::env::split_paths(&path).any(|dir| dir.join(command).is_file()))
 }
 
-/// The headless browser of the browser-path tests (mcp-auth-cli/tests/browser.rs, which read
+/// The headless browser of the browser-path tests (mcp-auth-cli/tests/it/browser.rs, which read
 /// it from `MCP_AUTH_TEST_CHROMIUM`): Debian's `chromium`, installed if missing. Its path.
 pub(crate) fn chromium() -> Result<std::path::PathBuf, String> {
     ensure_installed("chromium", &["chromium"])?;
@@ -133,7 +146,8 @@ pub(crate) fn moto_server_binary() -> Result<std::path::PathBuf, String> {
     if !created.success() {
         // Debian's python3 needs python3-venv (ensurepip) for `-m venv`.
         let _ = std::fs::remove_dir_all(&venv);
-        force_install(&["python3-venv"])?;
+        println!("==> installing python3-venv (for python3 -m venv)");
+        apt_install(&["python3-venv"])?;
         let again = Command::new("python3")
             .args(["-m", "venv"])
             .arg(&venv)
@@ -144,7 +158,12 @@ pub(crate) fn moto_server_binary() -> Result<std::path::PathBuf, String> {
         }
     }
     let installed = Command::new(venv.join("bin/pip"))
-        .args(["install", "--quiet", "--disable-pip-version-check"])
+        .args([
+            "install",
+            "--quiet",
+            "--disable-pip-version-check",
+            "--no-cache-dir",
+        ])
         .args(MOTO_REQUIREMENTS)
         .status()
         .map_err(|e| format!("cannot run pip: {e}"))?;
@@ -154,26 +173,6 @@ pub(crate) fn moto_server_binary() -> Result<std::path::PathBuf, String> {
     std::fs::write(&marker, &wanted)
         .map_err(|e| format!("cannot write {}: {e}", marker.display()))?;
     Ok(bin)
-}
-
-/// `apt-get install` of `packages`, whether or not a command they provide is on the PATH.
-fn force_install(packages: &[&str]) -> Result<(), String> {
-    println!("==> installing {}", packages.join(" "));
-    let ok = Command::new("apt-get")
-        .args(["update", "-qq"])
-        .status()
-        .is_ok_and(|s| s.success())
-        && Command::new("apt-get")
-            .args(["install", "-y", "-qq", "--no-install-recommends"])
-            .args(packages)
-            .env("DEBIAN_FRONTEND", "noninteractive")
-            .status()
-            .is_ok_and(|s| s.success());
-    if ok {
-        Ok(())
-    } else {
-        Err(format!("apt-get install {} failed", packages.join(" ")))
-    }
 }
 
 /// True when moto answers its API on 127.0.0.1:`port`.

@@ -1,0 +1,13 @@
+//! Integration tests of `mcp-auth-testkit`, linked as one binary: one link of the crate and its
+//! dependencies instead of one per file, which cost minutes and gigabytes of disk. Each file is a
+//! module; nextest still runs every test in its own process.
+
+// Test code: a failed unwrap is a failed test.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod common;
+mod device;
+mod flow;
+mod mcp;
+mod metadata;
+mod readme_example;
