@@ -8,6 +8,8 @@
 //! 30 spawns of each (interleaved, after a warm-up), their ratio; peak RSS of each (GNU time's
 //! `%M`, median of 5 runs; skipped with a note when `/usr/bin/time` is missing, Debian package
 //! `time`); and the HTTP requests the authorization server saw during the runs, which must be 0.
+//! `MCP_AUTH_BENCH_HOLD=SECS` prints both command lines and keeps the store and servers up that
+//! long before timing, for profiling by hand.
 //!
 //! The CLI is the release binary: `MCP_AUTH_BIN`, else `target/release/mcp-auth` (`cargo build
 //! --release -p mcp-auth-cli --bin mcp-auth`). Writes `target/bench/token_process.json`. A
@@ -198,6 +200,24 @@ fn main() {
         },
     ];
 
+    if let Some(secs) = std::env::var("MCP_AUTH_BENCH_HOLD")
+        .ok()
+        .and_then(|s| s.parse::<u64>().ok())
+    {
+        // For profiling by hand (perf, strace, callgrind): the live store and servers stay up.
+        for p in &processes {
+            println!(
+                "hold: {} {}",
+                p.program.display(),
+                p.args
+                    .iter()
+                    .map(|a| format!("'{a}'"))
+                    .collect::<Vec<_>>()
+                    .join(" ")
+            );
+        }
+        std::thread::sleep(Duration::from_secs(secs));
+    }
     as1.clear_requests();
     mcp.clear_requests();
     for _ in 0..WARMUP_SPAWNS {
