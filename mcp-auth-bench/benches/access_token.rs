@@ -12,7 +12,11 @@
 //! baselines' slices (load from elsewhere weighs on both sides of a ratio alike); three runs;
 //! ratios ours / baseline (and memory / rmcp). Then a refresh storm per store: 1000 concurrent tasks calling
 //! `access_token()` on an expired token, which must cost exactly one token request at the
-//! authorization server. Writes `target/bench/access_token.json`. A benchmark, not a test: it
+//! authorization server. Then encryption at rest: the same engine over each store plain and
+//! wrapped in `mcp_auth_core::encryption::EncryptedStore` (XChaCha20-Poly1305), interleaved:
+//! cached `access_token()` (goal: ≤ 1.1× the plain store), an uncached `get_tokens()` (one
+//! decryption) and a `put_tokens()` of a DPoP-sized token set (one encryption).
+//! Writes `target/bench/access_token.json`. A benchmark, not a test: it
 //! asserts nothing about time (it does check that the warm calls made no HTTP request, and the
 //! storm's single refresh).
 #![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
@@ -25,10 +29,11 @@ use mcp_auth_bench::{
     RUNS, SAMPLES, SLICES, Slice, Table, WARMUP, in_task, interleaved, median_f64, median_of,
     micros, ratio, samples_of,
 };
+use mcp_auth_core::encryption::{EncryptedStore, EncryptionKey, KeySet};
 use mcp_auth_core::record::RecordKey;
 use mcp_auth_core::{
     CredentialStore, Expect, ExposeSecret, HttpPolicy, IssuerId, McpAuth, MemoryStore, Namespace,
-    ResourceUri, SecretString, Timestamp, TokenKey,
+    ResourceUri, SecretString, Timestamp, TokenKey, TokenSet,
 };
 use mcp_auth_store_redis::RedisStore;
 use mcp_auth_store_sqlite::SqliteStore;
@@ -393,6 +398,13 @@ fn main() {
     }
     storm_table.print();
 
+    let encryption = encryption_rows(
+        &rt,
+        &resource,
+        &sqlite,
+        redis.as_ref().zip(redis_url.as_deref()),
+    );
+
     if let Some(redis) = &redis {
         let pattern = format!("mcp-auth:{{{}}}:*", redis.namespace().storage_key());
         rt.block_on(mcp_auth_bench::delete_redis_keys(
@@ -413,6 +425,7 @@ fn main() {
             "timer_floor_us": micros(floor),
             "as_requests_during_timed_calls": requests,
             "refresh_storm": storms,
+            "encryption": encryption,
         }),
     );
 }
@@ -454,4 +467,266 @@ fn expire(rt: &tokio::runtime::Runtime, store: &dyn CredentialStore, key: &Token
         tokens.obtained_at = Timestamp::from_unix_seconds(now - 3_610);
         store.put_tokens(key, &tokens, Expect::Any).await.unwrap();
     });
+}
+
+/// `put_tokens()` calls timed per slice on a durable store (each is a synced write), and on
+/// the memory store.
+const DURABLE_PUT_SLICE: usize = 50;
+const MEMORY_PUT_SLICE: usize = SLICE;
+
+/// A DPoP-bound token set of realistic sizes: a 1 KB JWT access token, a refresh token, the
+/// P-256 PKCS#8 key (base64url) and an `id_token`.
+fn realistic_tokens() -> TokenSet {
+    let mut t = TokenSet::new(SecretString::from(format!("eyJ{}", "a".repeat(1_000))));
+    t.token_type = "DPoP".to_owned();
+    t.refresh_token = Some(SecretString::from("r".repeat(64)));
+    t.dpop_key = Some(SecretString::from("k".repeat(184)));
+    t.scopes = vec!["mcp:read".to_owned(), "mcp:write".to_owned()];
+    t.expires_at = Some(Timestamp::from_unix_seconds(
+        Timestamp::now().unix_seconds() + 3_600,
+    ));
+    t.extra
+        .insert("id_token".to_owned(), "i".repeat(600).into());
+    t
+}
+
+/// Encryption at rest: for each store kind, an engine over the plain store and one over an
+/// `EncryptedStore` of the same kind (another namespace of the same memory map, SQLite file or
+/// Redis server), each logged in once; their cached `access_token()`, an uncached `get_tokens()`
+/// and a `put_tokens()` measured alternately. Prints a table; returns the JSON rows.
+fn encryption_rows(
+    rt: &tokio::runtime::Runtime,
+    resource: &ResourceUri,
+    sqlite: &SqliteStore,
+    redis: Option<(&RedisStore, &str)>,
+) -> serde_json::Value {
+    let keys = KeySet::new(EncryptionKey::generate().unwrap());
+    let memory = MemoryStore::new();
+    let wrap = |inner: Arc<dyn CredentialStore>, ns: Namespace| -> Arc<dyn CredentialStore> {
+        Arc::new(EncryptedStore::new(inner, ns, keys.clone()))
+    };
+    type Pair = (
+        &'static str,
+        Arc<dyn CredentialStore>,
+        Arc<dyn CredentialStore>,
+        usize,
+    );
+    let mut pairs: Vec<Pair> = Vec::new();
+    {
+        let (p, e) = (
+            Namespace::random("bench-plain"),
+            Namespace::random("bench-enc"),
+        );
+        pairs.push((
+            "memory",
+            Arc::new(memory.with_namespace(p)),
+            wrap(Arc::new(memory.with_namespace(e.clone())), e),
+            MEMORY_PUT_SLICE,
+        ));
+    }
+    {
+        let (p, e) = (
+            Namespace::random("bench-plain"),
+            Namespace::random("bench-enc"),
+        );
+        pairs.push((
+            "sqlite",
+            Arc::new(sqlite.with_namespace(p)),
+            wrap(Arc::new(sqlite.with_namespace(e.clone())), e),
+            DURABLE_PUT_SLICE,
+        ));
+    }
+    let mut redis_namespaces = Vec::new();
+    if let Some((redis, _)) = redis {
+        let (p, e) = (
+            Namespace::random("bench-plain"),
+            Namespace::random("bench-enc"),
+        );
+        redis_namespaces.extend([p.clone(), e.clone()]);
+        pairs.push((
+            "redis",
+            Arc::new(redis.with_namespace(p)),
+            wrap(Arc::new(redis.with_namespace(e.clone())), e),
+            DURABLE_PUT_SLICE,
+        ));
+    }
+    let put_key = TokenKey::new(
+        IssuerId::new("https://as.bench.example").unwrap(),
+        ResourceUri::new("https://mcp.bench.example/put").unwrap(),
+    );
+    let tokens = Arc::new(realistic_tokens());
+
+    struct EncRow {
+        run: usize,
+        store: &'static str,
+        op: &'static str,
+        plain: Duration,
+        encrypted: Duration,
+    }
+    let mut rows = Vec::new();
+    let mut engines = Vec::new();
+    for (name, plain, enc, put_slice) in &pairs {
+        let engine = |store: &Arc<dyn CredentialStore>| {
+            let auth = Arc::new(
+                McpAuth::builder(Arc::clone(store))
+                    .http_policy(HttpPolicy::allowing_loopback())
+                    .build()
+                    .unwrap(),
+            );
+            rt.block_on(auth.access_token(resource)).unwrap();
+            auth
+        };
+        engines.push((
+            *name,
+            engine(plain),
+            engine(enc),
+            Arc::clone(plain),
+            Arc::clone(enc),
+            *put_slice,
+        ));
+    }
+    for run in 1..=RUNS {
+        for (name, auth_plain, auth_enc, plain, enc, put_slice) in &engines {
+            let cached = |auth: &Arc<McpAuth>| {
+                let (auth, r) = (Arc::clone(auth), resource.clone());
+                move || -> Slice {
+                    let (auth, r) = (Arc::clone(&auth), r.clone());
+                    Box::pin(async move {
+                        samples_of!(
+                            SLICE_WARMUP,
+                            SLICE,
+                            auth.cached_access_token(&r).await.unwrap()
+                        )
+                    })
+                }
+            };
+            let (mut a, mut b) = (cached(auth_plain), cached(auth_enc));
+            let m = interleaved(rt, &mut [&mut a, &mut b]);
+            rows.push(EncRow {
+                run,
+                store: name,
+                op: "cached access_token()",
+                plain: m[0],
+                encrypted: m[1],
+            });
+
+            let put = |store: &Arc<dyn CredentialStore>| {
+                let (store, key, tokens, n) = (
+                    Arc::clone(store),
+                    put_key.clone(),
+                    Arc::clone(&tokens),
+                    *put_slice,
+                );
+                move || -> Slice {
+                    let (store, key, tokens) =
+                        (Arc::clone(&store), key.clone(), Arc::clone(&tokens));
+                    Box::pin(async move {
+                        samples_of!(
+                            n / 10,
+                            n,
+                            store.put_tokens(&key, &tokens, Expect::Any).await.unwrap()
+                        )
+                    })
+                }
+            };
+            let (mut a, mut b) = (put(plain), put(enc));
+            let m = interleaved(rt, &mut [&mut a, &mut b]);
+            rows.push(EncRow {
+                run,
+                store: name,
+                op: "put_tokens()",
+                plain: m[0],
+                encrypted: m[1],
+            });
+
+            let get = |store: &Arc<dyn CredentialStore>| {
+                let (store, key) = (Arc::clone(store), put_key.clone());
+                move || -> Slice {
+                    let (store, key) = (Arc::clone(&store), key.clone());
+                    Box::pin(async move {
+                        samples_of!(SLICE_WARMUP, SLICE, store.get_tokens(&key).await.unwrap())
+                    })
+                }
+            };
+            let (mut a, mut b) = (get(plain), get(enc));
+            let m = interleaved(rt, &mut [&mut a, &mut b]);
+            rows.push(EncRow {
+                run,
+                store: name,
+                op: "get_tokens() (uncached)",
+                plain: m[0],
+                encrypted: m[1],
+            });
+        }
+    }
+    // The encrypted engine served the right token, and the plain store never saw a seal.
+    for (name, _, auth_enc, _, enc, _) in &engines {
+        let t = rt
+            .block_on(enc.get_tokens(&put_key))
+            .unwrap()
+            .unwrap()
+            .value;
+        assert_eq!(
+            t.access_token.expose_secret(),
+            tokens.access_token.expose_secret(),
+            "{name}"
+        );
+        let token = rt.block_on(auth_enc.cached_access_token(resource)).unwrap();
+        assert!(!token.expose_secret().starts_with("mcpenc"), "{name}");
+    }
+
+    let mut summary = Table::new(
+        format!("encryption at rest: EncryptedStore / plain store, medians of {RUNS} runs (µs)"),
+        &[
+            "store",
+            "operation",
+            "plain µs",
+            "encrypted µs",
+            "encrypted/plain",
+        ],
+    );
+    let mut ops: Vec<(&'static str, &'static str)> = Vec::new();
+    for r in &rows {
+        if !ops.contains(&(r.store, r.op)) {
+            ops.push((r.store, r.op));
+        }
+    }
+    let mut results = Vec::new();
+    for (store, op) in ops {
+        let of = |f: fn(&EncRow) -> Duration| {
+            let v: Vec<f64> = rows
+                .iter()
+                .filter(|r| r.store == store && r.op == op)
+                .map(|r| micros(f(r)))
+                .collect();
+            median_f64(&v)
+        };
+        let (plain, encrypted) = (of(|r| r.plain), of(|r| r.encrypted));
+        summary.row(&[
+            store.to_owned(),
+            op.to_owned(),
+            format!("{plain:.3}"),
+            format!("{encrypted:.3}"),
+            format!("{:.2}x", ratio(encrypted, plain)),
+        ]);
+        results.push(json!({
+            "store": store,
+            "operation": op,
+            "plain_us": plain,
+            "encrypted_us": encrypted,
+            "ratio": ratio(encrypted, plain),
+            "runs": rows.iter().filter(|r| r.store == store && r.op == op)
+                .map(|r| json!({"run": r.run, "plain_us": micros(r.plain), "encrypted_us": micros(r.encrypted)}))
+                .collect::<Vec<_>>(),
+        }));
+    }
+    summary.print();
+    if let Some((_, url)) = redis {
+        for ns in &redis_namespaces {
+            let pattern = format!("mcp-auth:{{{}}}:*", ns.storage_key());
+            rt.block_on(mcp_auth_bench::delete_redis_keys(url, &pattern))
+                .unwrap();
+        }
+    }
+    json!(results)
 }

@@ -1,6 +1,8 @@
 //! `cargo xtask bench`: does a store slow down as it fills? `get_tokens` and `put_tokens` medians
 //! (a random one of the stored token sets each call) with 1 000 and with 100 000 token sets in
-//! the store: SQLite, and Redis when `MCP_AUTH_TEST_REDIS_URL` is set. The ratio 100k / 1k of get
+//! the store: SQLite, Redis when `MCP_AUTH_TEST_REDIS_URL` is set, and a Redis Cluster when
+//! `MCP_AUTH_TEST_REDIS_CLUSTER_URL` is set (plus how 10 000 namespaces, each written and read
+//! through the cluster, spread over its masters). The ratio 100k / 1k of get
 //! is the figure to watch (goal: at most 1.2×). Beside each store's get, the raw client reading
 //! the same random record (one prepared `SELECT value, version`; one `HMGET ver data`), measured
 //! in alternating slices with it: whether a slowdown is the store's or the database's.
@@ -35,6 +37,9 @@ use serde_json::json;
 const SIZES: [usize; 2] = [1_000, 100_000];
 const PUT_WARMUP: usize = 100;
 const PUT_SAMPLES: usize = 1_000;
+/// Namespaces of the many-tenants spread over a Redis Cluster's masters.
+const SPREAD_NAMESPACES: usize = 10_000;
+
 /// Records per Redis pipeline while filling.
 const PIPELINE: usize = 1_000;
 /// Timed gets per slice, and untimed ones before them.
@@ -67,8 +72,8 @@ struct Filled {
     /// The raw client, and where it finds each record (same order as `keys`).
     raw: Raw,
     raw_keys: Arc<Vec<String>>,
-    /// Redis: the namespace's key prefix, to delete it afterwards.
-    redis_prefix: Option<String>,
+    /// Redis: the server holding the namespace and its key prefix, to delete it afterwards.
+    redis_prefix: Option<(String, String)>,
 }
 
 /// The raw client of a backend.
@@ -141,6 +146,140 @@ fn fill_redis(rt: &tokio::runtime::Runtime, url: &str, n: usize) -> Filled {
         .block_on(RedisStore::connect(url))
         .unwrap()
         .with_namespace(Namespace::random(&format!("bench-scale-{n}")));
+    fill_redis_at(rt, store, url, n, "redis")
+}
+
+/// As [`fill_redis`] on a Redis Cluster (`redis+cluster://` URL): the store goes through the
+/// cluster connection; the fill and the raw client talk to the master owning the namespace's
+/// slot, as a cluster-aware raw client would.
+fn fill_redis_cluster(rt: &tokio::runtime::Runtime, cluster_url: &str, n: usize) -> Filled {
+    let store = rt
+        .block_on(RedisStore::connect(cluster_url))
+        .unwrap()
+        .with_namespace(Namespace::random(&format!("bench-scale-cluster-{n}")));
+    let index = format!("mcp-auth:{{{}}}:index", store.namespace().storage_key());
+    let masters = rt.block_on(cluster_masters(cluster_url));
+    let slot = rt.block_on(keyslots(cluster_url, std::slice::from_ref(&index)))[0];
+    let master = masters
+        .iter()
+        .find(|(range, _)| range.contains(&slot))
+        .map(|(_, addr)| format!("redis://{addr}/"))
+        .expect("no master serves the namespace's slot");
+    fill_redis_at(rt, store, &master, n, "redis-cluster")
+}
+
+/// The first seed node of a `redis+cluster://h1:p1,h2:p2/` URL, as a `redis://` URL.
+fn first_seed(cluster_url: &str) -> String {
+    let hosts = cluster_url.trim_start_matches("redis+cluster://");
+    let first = hosts.split(',').next().unwrap().trim_end_matches('/');
+    format!("redis://{first}/")
+}
+
+/// `CLUSTER SLOTS`: each slot range with its master's `host:port`.
+async fn cluster_masters(cluster_url: &str) -> Vec<(std::ops::RangeInclusive<u16>, String)> {
+    let client = redis::Client::open(first_seed(cluster_url)).unwrap();
+    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+    let slots: Vec<(u16, u16, (String, u16))> = {
+        let raw: Vec<Vec<redis::Value>> = redis::cmd("CLUSTER")
+            .arg("SLOTS")
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+        raw.into_iter()
+            .map(|entry| {
+                let start: u16 = redis::from_redis_value(entry[0].clone()).unwrap();
+                let end: u16 = redis::from_redis_value(entry[1].clone()).unwrap();
+                let node: Vec<redis::Value> = redis::from_redis_value(entry[2].clone()).unwrap();
+                let host: String = redis::from_redis_value(node[0].clone()).unwrap();
+                let port: u16 = redis::from_redis_value(node[1].clone()).unwrap();
+                (start, end, (host, port))
+            })
+            .collect()
+    };
+    slots
+        .into_iter()
+        .map(|(a, b, (host, port))| (a..=b, format!("{host}:{port}")))
+        .collect()
+}
+
+/// `CLUSTER KEYSLOT` of every key, pipelined.
+async fn keyslots(cluster_url: &str, keys: &[String]) -> Vec<u16> {
+    let client = redis::Client::open(first_seed(cluster_url)).unwrap();
+    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+    let mut pipe = redis::pipe();
+    for key in keys {
+        pipe.cmd("CLUSTER").arg("KEYSLOT").arg(key);
+    }
+    pipe.query_async(&mut conn).await.unwrap()
+}
+
+/// Many tenants: one token set in each of `n` namespaces written through the cluster store, and
+/// how many namespaces each master holds. Returns (per master: address, namespaces).
+fn cluster_spread(
+    rt: &tokio::runtime::Runtime,
+    cluster_url: &str,
+    n: usize,
+) -> Vec<(String, usize)> {
+    let run = Namespace::random("bench-spread");
+    let store = rt.block_on(RedisStore::connect(cluster_url)).unwrap();
+    let namespaces: Vec<Namespace> = (0..n)
+        .map(|i| Namespace::new(format!("{}-{i}", run.as_str())).unwrap())
+        .collect();
+    let started = Instant::now();
+    rt.block_on(async {
+        let mut tasks = Vec::new();
+        for part in namespaces.chunks(n.div_ceil(8)) {
+            let (store, part) = (store.clone(), part.to_vec());
+            tasks.push(tokio::spawn(async move {
+                for ns in part {
+                    store
+                        .with_namespace(ns)
+                        .put_tokens(&key(0), &tokens(0), Expect::Any)
+                        .await
+                        .unwrap();
+                }
+            }));
+        }
+        for t in tasks {
+            t.await.unwrap();
+        }
+    });
+    let wrote = started.elapsed();
+    let masters = rt.block_on(cluster_masters(cluster_url));
+    let indexes: Vec<String> = namespaces
+        .iter()
+        .map(|ns| format!("mcp-auth:{{{}}}:index", ns.storage_key()))
+        .collect();
+    let mut per_master: std::collections::BTreeMap<String, usize> =
+        masters.iter().map(|(_, a)| (a.clone(), 0)).collect();
+    for slot in rt.block_on(keyslots(cluster_url, &indexes)) {
+        let (_, addr) = masters.iter().find(|(r, _)| r.contains(&slot)).unwrap();
+        *per_master.get_mut(addr).unwrap() += 1;
+    }
+    // Every namespace reads back through the cluster, then is deleted.
+    rt.block_on(async {
+        for ns in &namespaces {
+            let tenant = store.with_namespace(ns.clone());
+            assert!(tenant.get_tokens(&key(0)).await.unwrap().is_some());
+            let _ = tenant.delete_issuer_tokens(&key(0).issuer).await.unwrap();
+        }
+    });
+    // The writes' receipts (`…:op:…`) expire on their own within a minute or two.
+    println!(
+        "wrote one token set in each of {n} namespaces through the cluster in {:.1} s",
+        wrote.as_secs_f64()
+    );
+    per_master.into_iter().collect()
+}
+
+/// Fills `store`'s namespace on the server at `url` (the server that holds it).
+fn fill_redis_at(
+    rt: &tokio::runtime::Runtime,
+    store: RedisStore,
+    url: &str,
+    n: usize,
+    backend: &'static str,
+) -> Filled {
     let base = format!("mcp-auth:{{{}}}:", store.namespace().storage_key());
     let conn = rt.block_on(async {
         let client = redis::Client::open(url).unwrap();
@@ -168,7 +307,7 @@ fn fill_redis(rt: &tokio::runtime::Runtime, url: &str, n: usize) -> Filled {
         conn
     });
     Filled {
-        backend: "redis",
+        backend,
         n,
         store: Arc::new(store),
         keys: Arc::new((0..n).map(key).collect()),
@@ -178,7 +317,7 @@ fn fill_redis(rt: &tokio::runtime::Runtime, url: &str, n: usize) -> Filled {
                 .map(|i| format!("{base}r:{}", RecordKey::Tokens(key(i)).storage_key()))
                 .collect(),
         ),
-        redis_prefix: Some(base),
+        redis_prefix: Some((url.to_owned(), base)),
     }
 }
 
@@ -294,6 +433,40 @@ fn main() {
             );
         }
     }
+    // A Redis Cluster (3 masters, 1 replica each; `cargo xtask bench` starts one).
+    let cluster_url = std::env::var("MCP_AUTH_TEST_REDIS_CLUSTER_URL")
+        .ok()
+        .filter(|u| !u.trim().is_empty());
+    let mut spread = Vec::new();
+    match &cluster_url {
+        Some(url) => {
+            for n in SIZES {
+                let t = Instant::now();
+                filled.push(fill_redis_cluster(&rt, url, n));
+                println!(
+                    "filled the redis cluster with {n} token sets in {:.1} s",
+                    t.elapsed().as_secs_f64()
+                );
+            }
+            spread = cluster_spread(&rt, url, SPREAD_NAMESPACES);
+            let mut table = Table::new(
+                format!("{SPREAD_NAMESPACES} namespaces over the cluster's masters"),
+                &["master", "namespaces", "share"],
+            );
+            for (addr, count) in &spread {
+                table.row(&[
+                    addr.clone(),
+                    count.to_string(),
+                    format!("{:.1} %", 100.0 * *count as f64 / SPREAD_NAMESPACES as f64),
+                ]);
+            }
+            table.print();
+        }
+        None => println!(
+            "note: MCP_AUTH_TEST_REDIS_CLUSTER_URL is not set: the Redis Cluster rows are skipped \
+             (`cargo xtask bench` starts a cluster and sets it)"
+        ),
+    }
 
     // gets[i][run], raw_gets[i][run], puts[i][run] in µs.
     let mut gets = vec![Vec::new(); filled.len()];
@@ -394,14 +567,12 @@ fn main() {
     }
     ratios.print();
 
-    if let Some(url) = &redis_url {
-        for prefix in filled.iter().filter_map(|f| f.redis_prefix.as_ref()) {
-            rt.block_on(mcp_auth_bench::delete_redis_keys(
-                url,
-                &format!("{prefix}*"),
-            ))
-            .unwrap();
-        }
+    for (url, prefix) in filled.iter().filter_map(|f| f.redis_prefix.as_ref()) {
+        rt.block_on(mcp_auth_bench::delete_redis_keys(
+            url,
+            &format!("{prefix}*"),
+        ))
+        .unwrap();
     }
     mcp_auth_bench::report_json(
         "store_scale",
@@ -412,6 +583,11 @@ fn main() {
             "put_samples": PUT_SAMPLES,
             "runs": RUNS,
             "redis": redis_url.is_some(),
+            "redis_cluster": cluster_url.is_some(),
+            "cluster_spread": spread
+                .iter()
+                .map(|(master, namespaces)| json!({"master": master, "namespaces": namespaces}))
+                .collect::<Vec<_>>(),
             "results": results,
             "ratio_largest_to_smallest": scale,
         }),

@@ -254,7 +254,7 @@ pub(crate) async fn run() -> Result<(), String> {
     }
 
     step(7, "`mcp-auth status` for the DCR client");
-    crate::status(dcr_store.as_ref(), false)
+    crate::status(dcr_store.as_ref(), None, None, false)
         .await
         .map_err(|f| f.message)?;
     println!("\nDone: credentials stayed with the authorization server that issued them.");

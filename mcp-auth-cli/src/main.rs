@@ -3,6 +3,7 @@
 #![allow(clippy::print_stdout, clippy::print_stderr)]
 
 mod demo;
+mod encryption;
 mod proxy;
 mod store;
 
@@ -12,13 +13,17 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
 use mcp_auth_core::{
-    AuthError, Authorizer, ClientConfig, CredentialStore, Expect, ExposeSecret, HeadlessAuthorizer,
-    HttpPolicy, IssuerId, LoopbackAuthorizer, McpAuth, Namespace, PasteAuthorizer,
-    PreRegisteredClient, ResourceUri, SecretString, TokenKey,
+    AuthError, Authorizer, ClientConfig, CredentialStore, EncryptedStore, Expect, ExposeSecret,
+    HeadlessAuthorizer, HttpPolicy, IssuerId, LoopbackAuthorizer, McpAuth, Namespace,
+    PasteAuthorizer, PreRegisteredClient, ResourceUri, SecretString, TokenKey, TokenStore,
 };
 
 /// Exit code of `token` when a login is needed.
 const EXIT_LOGIN_REQUIRED: u8 = 3;
+
+/// Exit code of a usage error: clap's, and ours (a store that does not fit the keys given, a key
+/// that cannot be loaded).
+pub(crate) const EXIT_USAGE: u8 = 2;
 
 /// Log in to MCP servers once; get fresh tokens from any script or MCP client.
 #[derive(Parser, Debug)]
@@ -81,6 +86,8 @@ struct Cli {
         default_missing_value = "true"
     )]
     insecure_allow_loopback: bool,
+    #[command(flatten)]
+    encryption: encryption::EncryptionArgs,
     #[command(subcommand)]
     command: Command,
 }
@@ -108,7 +115,13 @@ enum Command {
     },
     /// Delete tokens (revoking them at the authorization server when it allows).
     Logout(LogoutArgs),
+    /// Re-encrypt every record under the current key: records under an old key (given with
+    /// --old-key-file or MCP_AUTH_OLD_KEY) and records not yet encrypted. Restartable; keep the
+    /// old keys until a run completes.
+    Rekey,
     /// Copy every registration, token and binding from one store to another, and verify the copy.
+    /// With encryption on, the destination is written encrypted under the current key and the
+    /// source may be encrypted (under the keys given) or not.
     Migrate {
         /// Source store URL.
         #[arg(long)]
@@ -219,9 +232,26 @@ struct LogoutArgs {
 }
 
 /// A failure with the exit code it maps to.
-struct Failure {
-    code: u8,
-    message: String,
+pub(crate) struct Failure {
+    pub(crate) code: u8,
+    pub(crate) message: String,
+}
+
+impl Failure {
+    /// `e`'s failure: a usage error with the guard's own message when a record did not fit the
+    /// keys given (see `encryption::SealError`), else a general one.
+    fn of_error(e: &(dyn std::error::Error + 'static)) -> Self {
+        match encryption::seal_error_in(e) {
+            Some(sealed) => Self {
+                code: EXIT_USAGE,
+                message: sealed.to_string(),
+            },
+            None => Self {
+                code: 1,
+                message: e.to_string(),
+            },
+        }
+    }
 }
 
 impl From<String> for Failure {
@@ -232,19 +262,13 @@ impl From<String> for Failure {
 
 impl From<AuthError> for Failure {
     fn from(e: AuthError) -> Self {
-        Self {
-            code: 1,
-            message: e.to_string(),
-        }
+        Self::of_error(&e)
     }
 }
 
 impl From<mcp_auth_core::StoreError> for Failure {
     fn from(e: mcp_auth_core::StoreError) -> Self {
-        Self {
-            code: 1,
-            message: e.to_string(),
-        }
+        Self::of_error(&e)
     }
 }
 
@@ -361,15 +385,38 @@ fn policy(cli: &Cli) -> HttpPolicy {
 
 async fn run(cli: Cli) -> Result<(), Failure> {
     let namespace = Namespace::new(cli.namespace.clone())?;
+    if matches!(cli.command, Command::Demo) {
+        return demo::run().await.map_err(Failure::from);
+    }
+    // Loaded once, before any store is opened (a key generated in the OS keyring is announced
+    // once, and `migrate` uses the same keys on both sides).
+    let keys = cli.encryption.load().await?;
+    let keys = keys.as_ref();
     match &cli.command {
-        Command::Demo => demo::run().await.map_err(Failure::from),
-        Command::Migrate { from, to } => migrate(from, to, &namespace).await,
+        Command::Demo => Ok(()),
+        Command::Migrate { from, to } => migrate(from, to, &namespace, keys).await,
+        Command::Rekey => {
+            let Some(keys) = keys else {
+                return Err(Failure {
+                    code: EXIT_USAGE,
+                    message: "rekey needs the current key: set MCP_AUTH_KEY or --key-file, or \
+                              pass --encrypt to use the key in the OS keyring (and give the old \
+                              keys with --old-key-file or MCP_AUTH_OLD_KEY)"
+                        .to_owned(),
+                });
+            };
+            let raw = store::open(cli.store.as_deref(), &namespace).await?;
+            encryption::rekey(raw, &namespace, keys).await
+        }
         Command::Login(args) => {
-            let store = store::open(cli.store.as_deref(), &namespace).await?;
+            let store = store::open_with(cli.store.as_deref(), &namespace, keys).await?;
             login(&cli, args, store).await
         }
         Command::Proxy(args) => {
-            let store = store::open(cli.store.as_deref(), &namespace).await?;
+            let store = store::open_with(cli.store.as_deref(), &namespace, keys).await?;
+            if let Ok(resource) = ResourceUri::new(&args.url) {
+                encryption::preflight(store.as_ref(), &resource).await?;
+            }
             proxy::run(args, store, NetworkOptions::of(&cli))
                 .await
                 .map_err(Failure::from)
@@ -389,7 +436,7 @@ async fn run(cli: Cli) -> Result<(), Failure> {
                     ),
                 });
             }
-            let store = store::open(cli.store.as_deref(), &namespace).await?;
+            let store = store::open_with(cli.store.as_deref(), &namespace, keys).await?;
             let auth = McpAuth::builder(store).http_policy(policy(&cli)).build()?;
             match auth.cached_access_credential(&resource).await {
                 Ok(credential) if credential.is_dpop() => {
@@ -428,11 +475,22 @@ async fn run(cli: Cli) -> Result<(), Failure> {
                 }
                 return Ok(());
             }
-            let store = store::open(cli.store.as_deref(), &namespace).await?;
-            status(store.as_ref(), *json).await
+            // The records as stored (envelopes included, never shown): `status` reports how they
+            // are sealed whatever the keys given, and opens them only to tell whether a refresh
+            // token is there.
+            let raw = store::open(cli.store.as_deref(), &namespace).await?;
+            let opened = keys.map(|k| {
+                EncryptedStore::new(Arc::clone(&raw), namespace.clone(), k.clone())
+                    .accept_plaintext(true)
+            });
+            status(raw.as_ref(), opened.as_ref(), keys, *json).await
         }
         Command::Logout(args) => {
-            let store = store::open(cli.store.as_deref(), &namespace).await?;
+            let store = store::open_with(cli.store.as_deref(), &namespace, keys).await?;
+            // A sealed store without its key: stop before anything is deleted unrevoked.
+            if let Some(resource) = args.url.as_deref().and_then(|u| ResourceUri::new(u).ok()) {
+                encryption::preflight(store.as_ref(), &resource).await?;
+            }
             logout(&cli, args, store).await
         }
     }
@@ -663,14 +721,58 @@ fn status_cell(out: &mut String, text: &str, width: usize) {
 /// grouping and sorting move no record).
 #[derive(Default)]
 struct StatusIssuer<'a> {
-    registration: Option<&'a mcp_auth_core::ClientRegistration>,
-    servers: Vec<(&'a ResourceUri, &'a mcp_auth_core::TokenSet)>,
+    registration: Option<(&'a mcp_auth_core::ClientRegistration, encryption::Seal)>,
+    servers: Vec<StatusServer<'a>>,
+}
+
+/// One server of `status`: its token set as stored, how it is sealed, and whether it holds a
+/// refresh token (`None`: sealed and not opened — no key given, or not the right one).
+struct StatusServer<'a> {
+    resource: &'a ResourceUri,
+    tokens: &'a mcp_auth_core::TokenSet,
+    seal: encryption::Seal,
+    refresh: Option<bool>,
+}
+
+/// Whether each sealed token set holds a refresh token, read through `opened` (which decrypts):
+/// one scan, or when one record does not open, one read per sealed record, so that the others
+/// are still shown.
+async fn sealed_refresh_tokens(
+    opened: &EncryptedStore<Arc<dyn CredentialStore>>,
+    sealed: &[&TokenKey],
+) -> std::collections::HashMap<TokenKey, bool> {
+    if sealed.is_empty() {
+        return std::collections::HashMap::new();
+    }
+    if let Ok(all) = opened.scan_tokens().await {
+        return all
+            .into_iter()
+            .map(|(key, t)| (key, t.value.refresh_token.is_some()))
+            .collect();
+    }
+    let mut found = std::collections::HashMap::with_capacity(sealed.len());
+    for key in sealed {
+        if let Ok(Some(t)) = opened.get_tokens(key).await {
+            found.insert((*key).clone(), t.value.refresh_token.is_some());
+        }
+    }
+    found
 }
 
 /// `status`: one scan of the registrations and one of the token sets (plus, for `--json`, the list
 /// of bound resources), grouped in a hash map, so the work grows linearly with the number of
 /// records. Never prints a secret.
-async fn status(store: &dyn CredentialStore, json: bool) -> Result<(), Failure> {
+///
+/// `store` is the store as stored: envelopes are classified by key id (counted, never shown);
+/// `opened`, when keys are given, decrypts token sets only to tell whether they hold a refresh
+/// token. Never fails on a record that does not fit the keys given.
+async fn status(
+    store: &dyn CredentialStore,
+    opened: Option<&EncryptedStore<Arc<dyn CredentialStore>>>,
+    keys: Option<&mcp_auth_core::KeySet>,
+    json: bool,
+) -> Result<(), Failure> {
+    use encryption::Seal;
     use std::collections::{HashMap, HashSet};
     use std::fmt::Write as _;
     let registrations = store.scan_registrations().await?;
@@ -682,20 +784,50 @@ async fn status(store: &dyn CredentialStore, json: bool) -> Result<(), Failure> 
         HashSet::new()
     };
     let tokens = store.scan_tokens().await?;
+    let mut seals = encryption::SealCounts::default();
+    let token_seals: Vec<Seal> = tokens
+        .iter()
+        .map(|(_, t)| Seal::of_tokens(&t.value))
+        .collect();
+    let sealed: Vec<&TokenKey> = tokens
+        .iter()
+        .zip(&token_seals)
+        .filter(|(_, seal)| **seal != Seal::Plain)
+        .map(|((key, _), _)| key)
+        .collect();
+    let opened_refresh = match opened {
+        Some(opened) => sealed_refresh_tokens(opened, &sealed).await,
+        None => HashMap::new(),
+    };
     let mut by_issuer: HashMap<&IssuerId, StatusIssuer<'_>> =
         HashMap::with_capacity(registrations.len().max(tokens.len()));
     for r in &registrations {
-        by_issuer.entry(&r.value.issuer).or_default().registration = Some(&r.value);
+        let seal = Seal::of_registration(&r.value);
+        seals.add(&seal);
+        by_issuer.entry(&r.value.issuer).or_default().registration = Some((&r.value, seal));
     }
-    for (key, t) in &tokens {
+    for ((key, t), seal) in tokens.iter().zip(token_seals) {
+        seals.add(&seal);
+        let refresh = if seal == Seal::Plain {
+            Some(t.value.refresh_token.is_some())
+        } else {
+            opened_refresh.get(key).copied()
+        };
         let servers = &mut by_issuer.entry(&key.issuer).or_default().servers;
-        servers.push((&key.resource, &t.value));
+        servers.push(StatusServer {
+            resource: &key.resource,
+            tokens: &t.value,
+            seal,
+            refresh,
+        });
     }
     let mut rows: Vec<(&IssuerId, StatusIssuer<'_>)> = by_issuer.into_iter().collect();
     rows.sort_unstable_by(|a, b| a.0.cmp(b.0));
     for (_, row) in &mut rows {
-        row.servers.sort_unstable_by(|a, b| a.0.cmp(b.0));
+        row.servers
+            .sort_unstable_by(|a, b| a.resource.cmp(b.resource));
     }
+    let encryption_line = seals.summary(keys);
     if json {
         let rows: Vec<serde_json::Value> = rows
             .iter()
@@ -703,20 +835,24 @@ async fn status(store: &dyn CredentialStore, json: bool) -> Result<(), Failure> 
                 let servers: Vec<serde_json::Value> = row
                     .servers
                     .iter()
-                    .map(|(resource, tokens)| {
+                    .map(|server| {
                         serde_json::json!({
-                            "resource": resource.as_str(),
-                            "bound": bound.contains(*resource),
-                            "token_expires": expiry(tokens),
-                            "refresh_available": tokens.refresh_token.is_some(),
+                            "resource": server.resource.as_str(),
+                            "bound": bound.contains(server.resource),
+                            "token_expires": expiry(server.tokens),
+                            "refresh_available": server.refresh,
+                            "key_id": server.seal.key_id(),
+                            "encrypted": server.seal != Seal::Plain,
                         })
                     })
                     .collect();
-                let registration = row.registration;
+                let registration = row.registration.as_ref();
                 serde_json::json!({
                     "issuer": issuer.as_str(),
-                    "registration": registration.map(|r| r.kind.as_str()),
-                    "client_id": registration.map(|r| r.client_id.clone()),
+                    "registration": registration.map(|(r, _)| r.kind.as_str()),
+                    "client_id": registration.map(|(r, _)| r.client_id.clone()),
+                    "registration_key_id": registration.and_then(|(_, seal)| seal.key_id()),
+                    "registration_encrypted": registration.map(|(_, seal)| *seal != Seal::Plain),
                     "servers": servers,
                 })
             })
@@ -727,19 +863,23 @@ async fn status(store: &dyn CredentialStore, json: bool) -> Result<(), Failure> 
         );
         return Ok(());
     }
-    if rows.is_empty() {
-        println!("No credentials stored. Run `mcp-auth login <mcp-server-url>`.");
-        return Ok(());
-    }
     // One write to stdout (a line-buffered stdout would make one system call per row).
     let mut out = String::new();
+    if let Some(line) = encryption_line {
+        let _ = writeln!(out, "{line}");
+    }
+    if rows.is_empty() {
+        out.push_str("No credentials stored. Run `mcp-auth login <mcp-server-url>`.\n");
+        print!("{out}");
+        return Ok(());
+    }
     let _ = writeln!(
         out,
         "{:<40} {:<18} {:<48} {:<40} {:<14} REFRESH",
         "ISSUER", "REGISTRATION", "CLIENT_ID", "MCP SERVER", "TOKEN"
     );
     for (issuer, row) in &rows {
-        let registration = row.registration;
+        let registration = row.registration.as_ref().map(|(r, _)| r);
         // The issuer's three columns, formatted once for all its servers.
         let prefix = format!(
             "{:<40} {:<18} {:<48} ",
@@ -750,14 +890,15 @@ async fn status(store: &dyn CredentialStore, json: bool) -> Result<(), Failure> 
         if row.servers.is_empty() {
             let _ = writeln!(out, "{prefix}{:<40} {:<14} -", "-", "-");
         }
-        for (resource, tokens) in &row.servers {
+        for server in &row.servers {
             out.push_str(&prefix);
-            status_cell(&mut out, &printable_cow(resource.as_str()), 40);
-            status_cell(&mut out, &expiry(tokens), 14);
-            out.push_str(if tokens.refresh_token.is_some() {
-                "yes\n"
-            } else {
-                "no\n"
+            status_cell(&mut out, &printable_cow(server.resource.as_str()), 40);
+            status_cell(&mut out, &expiry(server.tokens), 14);
+            out.push_str(match server.refresh {
+                Some(true) => "yes\n",
+                Some(false) => "no\n",
+                // Sealed, and not opened here.
+                None => "?\n",
             });
         }
     }
@@ -867,11 +1008,34 @@ const MIGRATE_BATCH: usize = 1000;
 /// state in which no refresh was running (a refresh records `InFlight` before it sends anything).
 /// Then passes compare the source's current versions (one scan) with the versions copied and
 /// copy every changed token set again under the lease, until a pass finds nothing changed.
-async fn migrate(from: &str, to: &str, namespace: &Namespace) -> Result<(), Failure> {
+///
+/// With `keys`, the destination is written sealed under the current key (and must hold no
+/// record that is not), and the source is read with the same keys, plaintext records accepted: a
+/// plain store moves into an encrypted one, and records under an old key are re-sealed. The
+/// checks compare decrypted records (every write seals with a fresh nonce), after reading the
+/// destination back through the decryption, so a record that did not land sealed fails them.
+async fn migrate(
+    from: &str,
+    to: &str,
+    namespace: &Namespace,
+    keys: Option<&mcp_auth_core::KeySet>,
+) -> Result<(), Failure> {
     use mcp_auth_core::{RefreshState, Version, record};
     use std::collections::HashMap;
-    let source = store::open(Some(from), namespace).await?;
-    let target = store::open(Some(to), namespace).await?;
+    let source = encryption::wrap(
+        store::open(Some(from), namespace).await?,
+        namespace,
+        keys,
+        true,
+    );
+    let target = encryption::wrap(
+        store::open(Some(to), namespace).await?,
+        namespace,
+        keys,
+        false,
+    );
+    // Named in messages from here on: without a password a URL may carry.
+    let (from, to) = (store::redacted(from), store::redacted(to));
     let registrations: Vec<mcp_auth_core::ClientRegistration> = source
         .scan_registrations()
         .await?

@@ -39,7 +39,7 @@ const MAX_RESUME_ATTEMPTS: u32 = 3;
 #[derive(Args)]
 pub(crate) struct ProxyArgs {
     /// The remote MCP server URL (streamable HTTP; with `--transport sse`, the SSE endpoint).
-    url: String,
+    pub(crate) url: String,
     /// An extra header on every request to the server, `Name: value` (repeatable; `${VAR}` is
     /// replaced by the environment variable VAR).
     #[arg(long = "header", value_name = "NAME: VALUE")]

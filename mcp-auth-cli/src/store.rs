@@ -2,7 +2,7 @@
 
 use std::sync::Arc;
 
-use mcp_auth_core::{CredentialStore, MemoryStore, Namespace};
+use mcp_auth_core::{CredentialStore, KeySet, MemoryStore, Namespace};
 
 /// Opens the store named by `url` (default: SQLite at the platform data directory) in
 /// `namespace`.
@@ -21,13 +21,49 @@ pub(crate) async fn open(
     }
     let scheme = url.split(':').next().unwrap_or_default();
     match scheme {
-        "redis" | "rediss" => open_redis(url, namespace).await,
+        // Cluster seeds as `redis+cluster://h1:p1,h2:p2/`; TLS files as URL query parameters
+        // `?tls_ca=PATH&tls_cert=PATH&tls_key=PATH` (see mcp-auth-store-redis).
+        "redis" | "rediss" | "redis+cluster" | "rediss+cluster" => open_redis(url, namespace).await,
         "keyring" => open_keyring(url.trim_start_matches("keyring:"), namespace).await,
         "aws-sm" => open_aws(url.trim_start_matches("aws-sm:"), namespace).await,
         _ => Err(format!(
-            "unknown store {url:?}: use sqlite:PATH (or sqlite: for the default file), memory:, redis://…, keyring: or aws-sm:[PREFIX]"
+            "unknown store {:?}: use sqlite:PATH (or sqlite: for the default file), memory:, \
+             redis://… (rediss://, redis+cluster://H:P,H:P), keyring: or aws-sm:[PREFIX]",
+            redacted(url)
         )),
     }
+}
+
+/// Opens the store named by `url` in `namespace` as the commands use it: encrypted under `keys`
+/// when given (writes sealed, reads opened, records that are not sealed refused), and, either
+/// way, never handing out a record that does not fit the keys given (an envelope where no key
+/// was given, a key id not given): see `crate::encryption`.
+pub(crate) async fn open_with(
+    url: Option<&str>,
+    namespace: &Namespace,
+    keys: Option<&KeySet>,
+) -> Result<Arc<dyn CredentialStore>, String> {
+    let raw = open(url, namespace).await?;
+    Ok(crate::encryption::wrap(raw, namespace, keys, false))
+}
+
+/// `url` as it may be shown: a password in its user information (`redis://user:PASSWORD@host`)
+/// replaced by `***`. Store URLs reach messages (`migrate` names both stores); passwords never do.
+pub(crate) fn redacted(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_owned();
+    };
+    let authority_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    let (authority, tail) = rest.split_at(authority_end);
+    let Some((userinfo, hosts)) = authority.rsplit_once('@') else {
+        return url.to_owned();
+    };
+    let user = match userinfo.split_once(':') {
+        Some((user, _password)) => format!("{user}:***"),
+        // `redis://SECRET@host`: a lone user-information part may be a password.
+        None => "***".to_owned(),
+    };
+    format!("{scheme}://{user}@{hosts}{tail}")
 }
 
 /// The database file `url` names when it is a SQLite store whose file does not exist yet: the
@@ -153,4 +189,34 @@ async fn open_aws(_: &str, _: &Namespace) -> Result<Arc<dyn CredentialStore>, St
         "this build has no AWS Secrets Manager store (build mcp-auth with `--features aws`)"
             .to_owned(),
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::redacted;
+
+    #[test]
+    fn passwords_in_store_urls_are_never_shown() {
+        for (url, shown) in [
+            (
+                "redis://app:s3cret@127.0.0.1:6379/",
+                "redis://app:***@127.0.0.1:6379/",
+            ),
+            (
+                "rediss://:s3cret@cache.example:6380",
+                "rediss://:***@cache.example:6380",
+            ),
+            ("redis://s3cret@h", "redis://***@h"),
+            (
+                "redis+cluster://app:p%40ss@h1:7000,h2:7001/?tls_ca=/ca.pem",
+                "redis+cluster://app:***@h1:7000,h2:7001/?tls_ca=/ca.pem",
+            ),
+            ("redis://127.0.0.1:6379/", "redis://127.0.0.1:6379/"),
+            ("sqlite:/home/me/store.db", "sqlite:/home/me/store.db"),
+            ("aws-sm:team/", "aws-sm:team/"),
+        ] {
+            assert_eq!(redacted(url), shown, "{url}");
+            assert!(!redacted(url).contains("s3cret"));
+        }
+    }
 }

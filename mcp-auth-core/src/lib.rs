@@ -4,6 +4,8 @@
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
 pub mod binding;
+#[cfg(feature = "encryption")]
+pub mod encryption;
 #[cfg(feature = "engine")]
 pub mod engine;
 mod error;
@@ -18,6 +20,8 @@ mod time;
 #[cfg(feature = "conformance")]
 pub mod conformance;
 
+#[cfg(feature = "encryption")]
+pub use encryption::{EncryptedStore, EncryptionKey, EnvKey, FileKey, KeyProvider, KeySet};
 #[cfg(feature = "engine")]
 pub use engine::{
     AccessCredential, AuthError, AuthorizationRequest, Authorizer, Challenge, ClientConfig,

@@ -23,19 +23,22 @@ use serde::{Deserialize, Serialize};
 
 pub use keyring_core;
 
+#[cfg(feature = "encryption")]
+mod encryption_key;
+mod index;
 mod lease;
 #[cfg(unix)]
 mod lock;
 mod search;
 
+#[cfg(feature = "encryption")]
+pub use encryption_key::KeyringKey;
+
+use index::{INDEX_USER, Plan, Step};
 use lease::LeaseTable;
 use search::Search;
 
 const BACKEND: &str = "keyring";
-
-/// The `user` of the per-namespace index item. Record users always contain a `/`, so this
-/// name never collides with a record.
-const INDEX_USER: &str = "index";
 
 /// Largest payload of a kernel `user` key, in bytes.
 pub const KEYUTILS_MAX_PAYLOAD: usize = 32_767;
@@ -129,8 +132,9 @@ pub struct KeyringOptions {
 ///
 /// Each record is one keyring item with service `mcp-auth:<namespace key>` and user
 /// `<record key>` (both injective encodings), holding a small JSON envelope
-/// `{"ver": "<random hex>", "data": "<base64 record>"}`. A per-namespace `index` item lists the
-/// record keys, for `list_*` and per-issuer deletion.
+/// `{"ver": "<random hex>", "data": "<base64 record>"}`. A per-namespace index (items `index`,
+/// `index.1`, ..., each under the keyring's item limit) lists the record keys, for `list_*` and
+/// per-issuer deletion.
 ///
 /// The keyring has no conditional write, so every mutation of a namespace (a record and the
 /// index, compare-and-swap, pending authorizations) runs under the namespace's lock: an
@@ -351,6 +355,56 @@ fn map_keyring(what: &str, e: keyring_core::Error) -> StoreError {
     }
 }
 
+/// Whether a kernel keyring failure is `EDQUOT`: the user's key quota is used up. The
+/// keyutils store keeps `linux_keyutils::KeyError` as the source, whose text is its name.
+fn is_quota_exceeded(source: &(dyn std::error::Error + Send + Sync + 'static)) -> bool {
+    source.to_string() == "QuotaExceeded"
+}
+
+/// The refusal of a kernel keyring write over the user's key quota (nothing was written: the
+/// kernel checks the quota before it changes a key), saying which setting raises it.
+fn quota_exceeded(what: &str, size: usize) -> StoreError {
+    #[cfg(unix)]
+    let uid = std::fs::metadata("/proc/self")
+        .map_or(u32::MAX, |m| std::os::unix::fs::MetadataExt::uid(&m));
+    #[cfg(not(unix))]
+    let uid = u32::MAX;
+    let (bytes, keys) = if uid == 0 {
+        ("root_maxbytes", "root_maxkeys")
+    } else {
+        ("maxbytes", "maxkeys")
+    };
+    // `<uid>: <usage> <nkeys>/<nikeys> <qnkeys>/<maxkeys> <qnbytes>/<maxbytes>`
+    let usage = std::fs::read_to_string("/proc/key-users")
+        .ok()
+        .and_then(|text| {
+            text.lines()
+                .find(|l| l.trim_start().starts_with(&format!("{uid}:")))
+                .map(str::to_owned)
+        });
+    let fields: Vec<&str> = usage
+        .as_deref()
+        .map_or(Vec::new(), |l| l.split_whitespace().collect());
+    let pair = |i: usize| {
+        fields
+            .get(i)
+            .and_then(|f| f.split_once('/'))
+            .and_then(|(a, b)| Some((a.parse::<usize>().ok()?, b.parse::<usize>().ok()?)))
+    };
+    let (used_keys, max_keys) = pair(3).unwrap_or_default();
+    let (used_bytes, max_bytes) = pair(4).unwrap_or_default();
+    StoreError::TooLarge {
+        key: format!(
+            "{what} (the kernel keyring quota of uid {uid} is used up: {used_keys} of \
+             {max_keys} keys, {used_bytes} of {max_bytes} bytes; raise \
+             /proc/sys/kernel/keys/{bytes} or /proc/sys/kernel/keys/{keys}, or use the Secret \
+             Service)"
+        ),
+        size,
+        limit: max_bytes.saturating_sub(used_bytes),
+    }
+}
+
 /// Runs `f` on tokio's blocking pool inside a runtime, inline outside one.
 async fn blocking<T, F>(f: F) -> Result<T, StoreError>
 where
@@ -524,12 +578,33 @@ struct NamespaceLock<'a> {
     _mutex: MutexGuard<'a, ()>,
 }
 
-/// The namespace's index item, as read.
+/// The namespace's index (every shard item), as read.
 enum IndexItem {
     Missing,
-    /// Not a JSON array of strings.
+    /// A shard is not a JSON list of strings, or a counted shard is missing.
     Damaged,
-    Members(BTreeSet<String>),
+    /// The shards' record keys, shard 0 first.
+    Shards(Vec<BTreeSet<String>>),
+}
+
+/// The index under the lock, as a change starts from it.
+struct LockedIndex {
+    /// The stored shards, shard 0 first (none when there is no index).
+    shards: Vec<BTreeSet<String>>,
+    /// The record keys of an index rebuilt by a search, to be written in full.
+    rebuilt: Option<BTreeSet<String>>,
+    /// Entries whose item is gone, to drop.
+    stale: BTreeSet<String>,
+}
+
+impl LockedIndex {
+    fn members(&self) -> BTreeSet<String> {
+        let all = match &self.rebuilt {
+            Some(members) => members.clone(),
+            None => self.shards.iter().flatten().cloned().collect(),
+        };
+        all.difference(&self.stale).cloned().collect()
+    }
 }
 
 /// Synchronous keyring access; every method runs on a blocking thread (or outside a runtime).
@@ -623,15 +698,26 @@ impl Inner {
 
     fn write_item(&self, what: &str, user: &str, bytes: &[u8]) -> Result<(), StoreError> {
         self.check_size(what, bytes.len())?;
-        self.entry(what, user)?
-            .set_secret(bytes)
-            .map_err(|e| map_keyring(what, e))
+        match self.entry(what, user)?.set_secret(bytes) {
+            Ok(()) => Ok(()),
+            Err(keyring_core::Error::PlatformFailure(source))
+                if self.id.kind == "keyutils" && is_quota_exceeded(source.as_ref()) =>
+            {
+                Err(quota_exceeded(what, bytes.len()))
+            }
+            Err(e) => Err(map_keyring(what, e)),
+        }
     }
 
     fn check_size(&self, what: &str, size: usize) -> Result<(), StoreError> {
         match self.max_payload {
             Some(limit) if size > limit => Err(StoreError::TooLarge {
-                key: what.to_owned(),
+                // The limit is the kernel's largest `user` key payload, fixed (no
+                // /proc/sys/kernel/keys setting raises it).
+                key: format!(
+                    "{what} (the kernel keyring holds at most {limit} bytes in one key, a fixed \
+                     limit; store large tokens in the Secret Service)"
+                ),
                 size,
                 limit,
             }),
@@ -689,12 +775,21 @@ impl Inner {
     }
 
     fn load_index(&self) -> Result<IndexItem, StoreError> {
-        Ok(match self.read_item(INDEX_USER, INDEX_USER)? {
-            None => IndexItem::Missing,
-            Some(raw) => {
-                serde_json::from_slice(&raw).map_or(IndexItem::Damaged, IndexItem::Members)
+        let Some(raw) = self.read_item(INDEX_USER, INDEX_USER)? else {
+            return Ok(IndexItem::Missing);
+        };
+        let Some((first, count)) = index::parse_first(&raw) else {
+            return Ok(IndexItem::Damaged);
+        };
+        let mut shards = vec![first];
+        for i in 1..count {
+            let raw = self.read_item(INDEX_USER, &index::shard_user(i))?;
+            match raw.as_deref().and_then(index::parse_other) {
+                Some(members) => shards.push(members),
+                None => return Ok(IndexItem::Damaged),
             }
-        })
+        }
+        Ok(IndexItem::Shards(shards))
     }
 
     /// The record users stored in this namespace, found by searching the keyring itself (see
@@ -727,30 +822,35 @@ impl Inner {
         }
     }
 
-    /// The index as it should be, under the lock, and whether that differs from the stored
-    /// item: a damaged index is rebuilt by searching the keyring, and so is a missing one when
-    /// `search_if_missing` (a missing index can only lose entries when something is added);
-    /// entries a listing found without their item are dropped if their item is still missing
-    /// (no writer can now be between adding an entry and writing its item).
+    /// The index under the lock: a damaged index is rebuilt by searching the keyring, and so is
+    /// a missing one when `search_if_missing` (a missing index can only lose entries when
+    /// something is added); entries a listing found without their item are dropped if their
+    /// item is still missing (no writer can now be between adding an entry and writing its
+    /// item).
     fn locked_index(
         &self,
         _held: &NamespaceLock<'_>,
         search_if_missing: bool,
-    ) -> Result<(BTreeSet<String>, bool), StoreError> {
-        let (mut members, mut dirty) = match self.load_index()? {
-            IndexItem::Members(members) => (members, false),
-            IndexItem::Missing if !search_if_missing => (BTreeSet::new(), false),
+    ) -> Result<LockedIndex, StoreError> {
+        let mut locked = LockedIndex {
+            shards: Vec::new(),
+            rebuilt: None,
+            stale: BTreeSet::new(),
+        };
+        match self.load_index()? {
+            IndexItem::Shards(shards) => locked.shards = shards,
+            IndexItem::Missing if !search_if_missing => {}
             // Missing: a namespace without records, or an index lost (deleted by hand, a
             // keyring cleaner). Only a search tells them apart.
-            IndexItem::Missing => match self.search_records()? {
-                Some(found) => {
-                    let dirty = !found.is_empty();
-                    (found, dirty)
+            IndexItem::Missing => {
+                if let Some(found) = self.search_records()?
+                    && !found.is_empty()
+                {
+                    locked.rebuilt = Some(found);
                 }
-                None => (BTreeSet::new(), false),
-            },
+            }
             IndexItem::Damaged => match self.search_records()? {
-                Some(found) => (found, true),
+                Some(found) => locked.rebuilt = Some(found),
                 None => {
                     return Err(corrupt(
                         INDEX_USER,
@@ -759,71 +859,113 @@ impl Inner {
                     ));
                 }
             },
-        };
+        }
         let stale = std::mem::take(&mut *lock_mutex(&self.shared.stale));
+        let members = locked.members();
         for member in stale {
             if members.contains(&member) && self.read_item("an index entry", &member)?.is_none() {
-                members.remove(&member);
-                dirty = true;
+                locked.stale.insert(member);
             }
         }
-        Ok((members, dirty))
+        Ok(locked)
     }
 
-    /// Saves the index; an empty one is removed, and so is the lock file (nothing is left to
-    /// guard). Removing the lock file makes this the last step under the lock: every caller
-    /// writes the index last (see `FileLock::remove_file`).
-    fn write_index(
+    /// Saves `locked` with `add` added and `remove` removed: only the shards that change are
+    /// written (a rebuilt index in full), every size checked before the first write. When the
+    /// index becomes empty its items are removed, and so is the lock file (nothing is left to
+    /// guard); that makes this the last step under the lock: every caller writes the index last
+    /// (see `FileLock::remove_file`).
+    fn save_index(
         &self,
         held: &NamespaceLock<'_>,
-        index: &BTreeSet<String>,
+        locked: LockedIndex,
+        add: Option<&str>,
+        remove: &BTreeSet<String>,
     ) -> Result<(), StoreError> {
-        if index.is_empty() {
-            self.remove_item(INDEX_USER, INDEX_USER)?;
+        let remove: BTreeSet<String> = remove.union(&locked.stale).cloned().collect();
+        let planned = match &locked.rebuilt {
+            Some(_) => {
+                let mut members = locked.members();
+                members.retain(|m| !remove.contains(m));
+                members.extend(add.map(str::to_owned));
+                let existing = self.shard_items_from(1)?;
+                index::plan_rewrite(&members, existing, self.max_payload)
+            }
+            None => index::plan_change(&locked.shards, add, &remove, self.max_payload),
+        };
+        let plan = planned.map_err(|e| StoreError::TooLarge {
+            key: format!(
+                "{} (a shard of the namespace index; one keyring item holds at most {} bytes)",
+                add.unwrap_or(INDEX_USER),
+                e.limit
+            ),
+            size: e.size,
+            limit: e.limit,
+        })?;
+        self.apply_index_plan(held, &plan)
+    }
+
+    fn apply_index_plan(&self, held: &NamespaceLock<'_>, plan: &Plan) -> Result<(), StoreError> {
+        for step in &plan.steps {
+            match step {
+                Step::Write(i, value) => {
+                    self.write_item(INDEX_USER, &index::shard_user(*i), value)?;
+                }
+                Step::Delete(i) => {
+                    self.remove_item(INDEX_USER, &index::shard_user(*i))?;
+                }
+            }
+        }
+        if plan.emptied {
+            // Leftover shard items of an interrupted change.
+            let mut i = self.shard_items_from(1)?.max(1);
+            while i > 1 {
+                i -= 1;
+                self.remove_item(INDEX_USER, &index::shard_user(i))?;
+            }
             #[cfg(unix)]
             held.file.remove_file();
-            #[cfg(not(unix))]
-            let _ = held;
-            Ok(())
-        } else {
-            let value =
-                serde_json::to_vec(index).map_err(|e| StoreError::backend(BACKEND, Box::new(e)))?;
-            self.write_item(INDEX_USER, INDEX_USER, &value)
         }
+        #[cfg(not(unix))]
+        let _ = held;
+        Ok(())
+    }
+
+    /// One past the last shard item present in the run of items starting at shard `from`
+    /// (`from` itself when it is absent).
+    fn shard_items_from(&self, from: usize) -> Result<usize, StoreError> {
+        let mut i = from;
+        while self.read_item(INDEX_USER, &index::shard_user(i))?.is_some() {
+            i += 1;
+        }
+        Ok(i)
     }
 
     /// Adds `key` to the index if missing. Called before the record is written, so the index
     /// always covers every record (a failed write or a crash can leave an extra entry, which
     /// listing skips).
     fn index_add(&self, held: &NamespaceLock<'_>, key: &RecordKey) -> Result<(), StoreError> {
-        let (mut index, dirty) = self.locked_index(held, true)?;
-        if index.insert(key.storage_key()) || dirty {
-            self.write_index(held, &index)?;
-        }
-        Ok(())
+        let locked = self.locked_index(held, true)?;
+        self.save_index(held, locked, Some(&key.storage_key()), &BTreeSet::new())
     }
 
     /// Removes `key` from the index. A missing index stays missing (listing or the next added
     /// record rebuilds it).
     fn index_remove(&self, held: &NamespaceLock<'_>, key: &RecordKey) -> Result<(), StoreError> {
-        let (mut index, dirty) = self.locked_index(held, false)?;
-        if index.remove(&key.storage_key()) || dirty {
-            self.write_index(held, &index)?;
-        }
-        Ok(())
+        let locked = self.locked_index(held, false)?;
+        self.save_index(held, locked, None, &BTreeSet::from([key.storage_key()]))
     }
 
     /// The index for listing: read without the lock when it is intact; rebuilt (and saved)
-    /// under the lock when it is missing or damaged.
+    /// under the lock when it is missing or damaged (or changed while being read).
     fn listing_index(&self) -> Result<BTreeSet<String>, StoreError> {
-        if let IndexItem::Members(members) = self.load_index()? {
-            return Ok(members);
+        if let IndexItem::Shards(shards) = self.load_index()? {
+            return Ok(shards.into_iter().flatten().collect());
         }
         let held = self.lock()?;
-        let (members, dirty) = self.locked_index(&held, true)?;
-        if dirty {
-            self.write_index(&held, &members)?;
-        }
+        let locked = self.locked_index(&held, true)?;
+        let members = locked.members();
+        self.save_index(&held, locked, None, &BTreeSet::new())?;
         Ok(members)
     }
 
@@ -897,23 +1039,19 @@ impl Inner {
     fn delete_prefix(&self, prefix: &str) -> Result<usize, StoreError> {
         let held = self.lock()?;
         // A missing index is searched: a lost index must not hide tokens of the issuer.
-        let (mut index, mut dirty) = self.locked_index(&held, true)?;
-        let matching: Vec<String> = index
-            .iter()
+        let locked = self.locked_index(&held, true)?;
+        let matching: BTreeSet<String> = locked
+            .members()
+            .into_iter()
             .filter(|m| m.starts_with(prefix))
-            .cloned()
             .collect();
         let mut deleted = 0;
-        for member in matching {
-            if self.remove_item("tokens", &member)? {
+        for member in &matching {
+            if self.remove_item("tokens", member)? {
                 deleted += 1;
             }
-            index.remove(&member);
-            dirty = true;
         }
-        if dirty {
-            self.write_index(&held, &index)?;
-        }
+        self.save_index(&held, locked, None, &matching)?;
         Ok(deleted)
     }
 
@@ -977,6 +1115,39 @@ pub mod testing {
     pub async fn index_item(store: &KeyringStore) -> Result<Option<Vec<u8>>, StoreError> {
         store
             .run(|inner| inner.read_item(INDEX_USER, INDEX_USER))
+            .await
+    }
+
+    /// The raw values of the index's shard items `index`, `index.1`, ... up to the first one
+    /// absent (shard 0 counts how many are in use; items past that are leftovers).
+    pub async fn index_items(store: &KeyringStore) -> Result<Vec<Vec<u8>>, StoreError> {
+        store
+            .run(|inner| {
+                let mut items = Vec::new();
+                while let Some(item) =
+                    inner.read_item(INDEX_USER, &crate::index::shard_user(items.len()))?
+                {
+                    items.push(item);
+                }
+                Ok(items)
+            })
+            .await
+    }
+
+    /// Replaces index shard item `i` (0 is `index`) with `value`, or deletes it (`None`).
+    pub async fn set_index_shard(
+        store: &KeyringStore,
+        i: usize,
+        value: Option<Vec<u8>>,
+    ) -> Result<(), StoreError> {
+        store
+            .run(move |inner| {
+                let user = crate::index::shard_user(i);
+                match value {
+                    Some(value) => inner.write_item(INDEX_USER, &user, &value),
+                    None => inner.remove_item(INDEX_USER, &user).map(|_| ()),
+                }
+            })
             .await
     }
 

@@ -2,21 +2,26 @@
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
 
+mod connection;
 mod retry;
 
 use std::fmt;
 use std::future::Future;
-use std::time::{Duration, SystemTime};
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant, SystemTime};
 
 use async_trait::async_trait;
 use mcp_auth_core::raw::{self, RawRecords};
 use mcp_auth_core::record::{self, RecordKey, RecordKind};
 use mcp_auth_core::{
     Expect, IssuerId, Namespace, PendingAuthorization, PendingAuthorizationStore, RefreshLease,
-    StoreCapabilities, StoreError, StoreInfo, TokenKey, TokenSet, TokenStore, Version, Versioned,
+    SecretString, StoreCapabilities, StoreError, StoreInfo, TokenKey, TokenSet, TokenStore,
+    Version, Versioned,
 };
-use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::{RedisError, RedisResult};
+
+use crate::connection::Conn;
 
 const BACKEND: &str = "redis";
 
@@ -155,6 +160,45 @@ pub enum RedisStoreError {
     /// The key prefix contains characters that are not allowed.
     #[error("invalid key prefix {0:?}: use letters, digits, '-', '_' and '.'")]
     InvalidPrefix(String),
+    /// The store URL (or the options) cannot be used; the message never quotes the URL, which
+    /// may hold a password.
+    #[error("invalid Redis URL: {0}")]
+    InvalidUrl(String),
+    /// The URL asked for TLS without certificate checks (`#insecure`), which this store refuses.
+    #[error(
+        "the #insecure URL fragment (accept any server certificate) is refused: give the CA that signed the server's certificate with ?tls_ca=PATH or RedisOptions::tls"
+    )]
+    InsecureTlsRefused,
+    /// A TLS file named by the URL or the options could not be read.
+    #[error("cannot read the TLS {what} file {path}: {source}")]
+    TlsFile {
+        /// Which file (`CA certificate`, `client certificate`, `client key`).
+        what: &'static str,
+        /// Its path.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The TLS handshake failed: the server's certificate is not signed by a trusted CA, does
+    /// not name the host, or has expired (or the server refused the client certificate).
+    #[error(
+        "TLS handshake with Redis failed ({source}); check that the server's certificate is signed by the CA given with tls_ca (or a system root) and names the host you connect to"
+    )]
+    TlsRefused {
+        /// The handshake failure.
+        #[source]
+        source: redis::RedisError,
+    },
+    /// Redis refused the credentials, or the ACL user lacks a permission the store needs.
+    #[error(
+        "Redis refused access ({source}); check the username and password, and that the ACL user has the rules listed in the mcp-auth-store-redis README (+@read +@write +evalsha +script|load ... on ~<prefix>:* keys)"
+    )]
+    AccessDenied {
+        /// What Redis said (`WRONGPASS`, or `NOPERM` naming the command or key).
+        #[source]
+        source: redis::RedisError,
+    },
     /// Redis stayed unreachable, or kept refusing commands (loading its dataset, failing over),
     /// for the whole retry budget. Nothing was changed by the failed operation.
     #[error(
@@ -190,6 +234,44 @@ pub const DEFAULT_RETRY_BUDGET: Duration = Duration::from_secs(5);
 /// The default [`RedisOptions::response_timeout`].
 pub const DEFAULT_RESPONSE_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// How long a write waits for a replica's acknowledgement under [`ReplicaAcks::Auto`].
+/// Replication on a healthy deployment takes well under a millisecond; a replica that has not
+/// acknowledged within this is down or far behind.
+pub const DEFAULT_REPLICA_ACK_TIMEOUT: Duration = Duration::from_millis(250);
+
+/// After a write whose replicas did not acknowledge it (a master without a live replica, as
+/// right after a failover), writes skip the wait for this long instead of each paying the
+/// timeout.
+const REPLICA_WAIT_PAUSE: Duration = Duration::from_secs(10);
+
+/// Whether a write is acknowledged only once a replica has it (Redis `WAIT` after the write).
+///
+/// Redis replicates asynchronously: a master that dies right after acknowledging a write takes
+/// the write with it when its replica is promoted. For a credential store that is a lost grant:
+/// a rotated refresh token that vanishes makes the next refresh resend the old one, which the
+/// authorization server treats as token theft. Waiting for a replica closes that window in
+/// practice (a failover promotes the most up-to-date replica); it is not a consensus protocol.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum ReplicaAcks {
+    /// Wait for one replica, up to [`DEFAULT_REPLICA_ACK_TIMEOUT`], when the deployment has
+    /// replicas to wait for: every master of a cluster that serves slots has one, or a single
+    /// server has a connected replica (checked once, when the store connects). Otherwise no
+    /// wait.
+    #[default]
+    Auto,
+    /// Never wait: writes are acknowledged by the master alone.
+    Off,
+    /// Wait for `replicas` replicas, up to `timeout`, after every write.
+    Wait {
+        /// How many replicas must have the write.
+        replicas: u32,
+        /// The longest a write waits for them; past it the write stands (the master has it) and
+        /// the store reports it as done.
+        timeout: Duration,
+    },
+}
+
 /// Options for [`RedisStore::connect_with`].
 #[derive(Clone, Debug)]
 pub struct RedisOptions {
@@ -207,6 +289,14 @@ pub struct RedisOptions {
     /// [`DEFAULT_RETRY_BUDGET`], 5 s. Other failures are never retried. `Duration::ZERO` makes
     /// one attempt.
     pub retry_budget: Duration,
+    /// ACL user name; overrides the URL's (`redis://user:password@host`).
+    pub username: Option<String>,
+    /// Password of the ACL user (or of the `default` user); overrides the URL's. Never printed.
+    pub password: Option<SecretString>,
+    /// TLS files for a `rediss://` URL; each overrides the URL's query parameter.
+    pub tls: RedisTls,
+    /// Whether writes wait for a replica (default [`ReplicaAcks::Auto`]).
+    pub replica_acks: ReplicaAcks,
 }
 
 impl Default for RedisOptions {
@@ -216,7 +306,44 @@ impl Default for RedisOptions {
             key_prefix: "mcp-auth".to_owned(),
             response_timeout: DEFAULT_RESPONSE_TIMEOUT,
             retry_budget: DEFAULT_RETRY_BUDGET,
+            username: None,
+            password: None,
+            tls: RedisTls::default(),
+            replica_acks: ReplicaAcks::default(),
         }
+    }
+}
+
+/// TLS files for a `rediss://` store (also `?tls_ca=PATH&tls_cert=PATH&tls_key=PATH` in the URL).
+/// Without a CA file the system's roots are trusted. There is no way to turn certificate checks
+/// off.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct RedisTls {
+    /// PEM file of the CA (or CAs) that signed the server's certificate.
+    pub ca_file: Option<PathBuf>,
+    /// PEM file of a client certificate chain, for servers that require one (mutual TLS).
+    pub client_cert_file: Option<PathBuf>,
+    /// PEM file of the client certificate's private key.
+    pub client_key_file: Option<PathBuf>,
+}
+
+impl RedisTls {
+    /// Trust the CA in `path` (PEM).
+    pub fn with_ca_file(mut self, path: impl Into<PathBuf>) -> Self {
+        self.ca_file = Some(path.into());
+        self
+    }
+
+    /// Present the client certificate `cert` (PEM chain) with its private key `key` (PEM).
+    pub fn with_client_certificate(
+        mut self,
+        cert: impl Into<PathBuf>,
+        key: impl Into<PathBuf>,
+    ) -> Self {
+        self.client_cert_file = Some(cert.into());
+        self.client_key_file = Some(key.into());
+        self
     }
 }
 
@@ -238,7 +365,7 @@ enum Landed<'a> {
 
 impl Landed<'_> {
     /// `Some(result)` if the write was applied, `None` if it was not.
-    async fn read(self, mut conn: ConnectionManager) -> RedisResult<Option<i64>> {
+    async fn read(self, mut conn: Conn) -> RedisResult<Option<i64>> {
         match self {
             Landed::Receipt(receipt_key) => {
                 redis::cmd("GET")
@@ -268,13 +395,18 @@ impl Landed<'_> {
 /// and, when every retry failed, a read-back tells whether the write landed.
 #[derive(Clone)]
 pub struct RedisStore {
-    conn: ConnectionManager,
+    conn: Conn,
     namespace: Namespace,
     /// `<prefix>:{<namespace key>}:`
     base: String,
     retry_budget: Duration,
     /// Receipt TTL in milliseconds.
     receipt_ttl_ms: u64,
+    /// `WAIT` after every write: (replicas, timeout in ms).
+    replica_wait: Option<(u32, u64)>,
+    /// Until when writes skip the wait, after one that replicas did not acknowledge. Shared by
+    /// the stores of one connection ([`RedisStore::with_namespace`]).
+    replica_wait_paused: Arc<Mutex<Option<Instant>>>,
 }
 
 impl fmt::Debug for RedisStore {
@@ -288,23 +420,45 @@ impl fmt::Debug for RedisStore {
 }
 
 /// Maps a failure that is not retried (or not any more) to the store error a caller can act on.
-fn map_err(e: RedisError) -> StoreError {
-    if retry::is_transient(&e) {
+pub(crate) fn map_err(e: RedisError) -> StoreError {
+    if retry::is_tls_failure(&e) {
+        StoreError::backend(BACKEND, RedisStoreError::TlsRefused { source: e })
+    } else if retry::is_transient(&e) {
         StoreError::unavailable(BACKEND, e)
     } else if matches!(
         e.kind(),
         redis::ErrorKind::AuthenticationFailed
             | redis::ErrorKind::Server(redis::ServerErrorKind::NoPerm)
-            | redis::ErrorKind::Io
-    ) {
-        // A failed AUTH, a missing ACL permission, or an I/O error that is not retried (in
-        // practice: a Unix socket this process may not open).
+    ) || e.code() == Some("WRONGPASS")
+    {
+        StoreError::PermissionDenied {
+            backend: BACKEND,
+            source: Box::new(RedisStoreError::AccessDenied { source: e }),
+        }
+    } else if e.kind() == redis::ErrorKind::Io {
+        // An I/O error that is not retried (in practice: a Unix socket this process may not
+        // open).
         StoreError::PermissionDenied {
             backend: BACKEND,
             source: Box::new(e),
         }
     } else {
         StoreError::backend(BACKEND, e)
+    }
+}
+
+/// The store error for a failure that ended the retries of a `budget`.
+fn gave_up_error(budget: Duration, error: RedisError) -> StoreError {
+    if retry::is_transient(&error) {
+        StoreError::unavailable(
+            BACKEND,
+            RedisStoreError::RetriesExhausted {
+                budget,
+                source: error,
+            },
+        )
+    } else {
+        map_err(error)
     }
 }
 
@@ -328,19 +482,61 @@ fn expect_args(expect: &Expect) -> (&'static str, String) {
     }
 }
 
+/// The Redis Cluster slot of a hash tag: CRC16 (XMODEM) modulo 16384.
+fn hash_slot(tag: &str) -> u16 {
+    let mut crc: u16 = 0;
+    for byte in tag.bytes() {
+        crc ^= u16::from(byte) << 8;
+        for _ in 0..8 {
+            crc = if crc & 0x8000 != 0 {
+                (crc << 1) ^ 0x1021
+            } else {
+                crc << 1
+            };
+        }
+    }
+    crc % 16384
+}
+
+/// True when every master in `CLUSTER NODES` output that serves slots (and is not failed) has
+/// a replica that is not failed.
+fn cluster_masters_have_replicas(nodes: &str) -> bool {
+    let mut masters = Vec::new();
+    let mut replicated = std::collections::HashSet::new();
+    for line in nodes.lines() {
+        let fields: Vec<&str> = line.split_whitespace().collect();
+        let (Some(id), Some(flags), Some(master)) = (fields.first(), fields.get(2), fields.get(3))
+        else {
+            continue;
+        };
+        if flags.contains("fail") || flags.contains("noaddr") {
+            continue;
+        }
+        if flags.contains("master") && fields.len() > 8 {
+            masters.push(*id);
+        } else if flags.contains("slave") || flags.contains("replica") {
+            replicated.insert(*master);
+        }
+    }
+    !masters.is_empty() && masters.iter().all(|m| replicated.contains(m))
+}
+
 fn duration_ms(d: Duration) -> u64 {
     u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
 }
 
 impl RedisStore {
-    /// Connects to `url` (`redis://host:port/db`, `rediss://` for TLS when the `redis` crate's
-    /// TLS support is enabled), default namespace and options.
+    /// Connects to `url` with the default namespace and options: `redis://host:port/db`,
+    /// `rediss://` for TLS (`?tls_ca=PATH&tls_cert=PATH&tls_key=PATH`), `redis+cluster://h1:p1,
+    /// h2:p2/` (or `rediss+cluster://`) for a Redis Cluster; see the crate documentation.
     pub async fn connect(url: &str) -> Result<Self, StoreError> {
         Self::connect_with(url, RedisOptions::default()).await
     }
 
-    /// Connects with options. A server that is down or still loading its dataset is waited for
-    /// within [`RedisOptions::retry_budget`]; past it, [`StoreError::Unavailable`].
+    /// Connects with options. A server (or cluster) that is down or still loading its dataset is
+    /// waited for within [`RedisOptions::retry_budget`]; past it, [`StoreError::Unavailable`].
+    /// Wrong credentials are [`StoreError::PermissionDenied`] and a refused TLS certificate a
+    /// [`StoreError::Backend`] error, both at once.
     pub async fn connect_with(url: &str, options: RedisOptions) -> Result<Self, StoreError> {
         if options.key_prefix.is_empty()
             || !options
@@ -353,16 +549,10 @@ impl RedisStore {
                 RedisStoreError::InvalidPrefix(options.key_prefix),
             ));
         }
-        let client = redis::Client::open(url).map_err(map_err)?;
-        // The manager makes one connection attempt per reconnect (bounded by the connection
-        // timeout); this store's retry loop (`retry::within`) owns the backoff and the budget.
-        let config = ConnectionManagerConfig::new()
-            .set_response_timeout(Some(options.response_timeout))
-            .set_connection_timeout(Some(options.response_timeout))
-            .set_number_of_retries(0)
-            .set_min_delay(retry::FIRST_DELAY)
-            .set_max_delay(retry::MAX_DELAY);
-        let conn = ConnectionManager::new_lazy_with_config(client, config).map_err(map_err)?;
+        let conn = connection::opener(url, &options)?
+            .open(&options)
+            .await
+            .map_err(|gave_up| gave_up_error(options.retry_budget, gave_up.error))?;
         let base = format!(
             "{}:{{{}}}:",
             options.key_prefix,
@@ -372,18 +562,109 @@ impl RedisStore {
             .retry_budget
             .saturating_add(options.response_timeout.saturating_mul(3))
             .saturating_add(RECEIPT_MARGIN);
-        let store = Self {
+        let mut store = Self {
             conn,
             namespace: options.namespace,
             base,
             retry_budget: options.retry_budget,
             receipt_ttl_ms: duration_ms(receipt_ttl).max(1),
+            replica_wait: None,
+            replica_wait_paused: Arc::default(),
         };
         // The first command opens the connection (the manager is lazy), retried like any other.
         store
             .idempotent(|mut c| async move { redis::cmd("PING").query_async::<()>(&mut c).await })
             .await?;
+        store.replica_wait = match options.replica_acks {
+            ReplicaAcks::Off => None,
+            ReplicaAcks::Wait { replicas, timeout } => {
+                (replicas > 0).then(|| (replicas, duration_ms(timeout).max(1)))
+            }
+            ReplicaAcks::Auto => store
+                .every_master_has_a_replica()
+                .await
+                .then(|| (1, duration_ms(DEFAULT_REPLICA_ACK_TIMEOUT))),
+        };
         Ok(store)
+    }
+
+    /// True when every master serving data has a replica to wait for ([`ReplicaAcks::Auto`]):
+    /// from `CLUSTER NODES` on a cluster, `INFO replication` on a single server. Best effort: an
+    /// ACL user without those commands (or any other failure here) gets no wait.
+    async fn every_master_has_a_replica(&self) -> bool {
+        let mut conn = self.conn.clone();
+        match self.conn {
+            Conn::Cluster(_) => redis::cmd("CLUSTER")
+                .arg("NODES")
+                .query_async::<String>(&mut conn)
+                .await
+                .is_ok_and(|nodes| cluster_masters_have_replicas(&nodes)),
+            Conn::Single(_) => redis::cmd("INFO")
+                .arg("replication")
+                .query_async::<String>(&mut conn)
+                .await
+                .is_ok_and(|info| {
+                    info.lines().any(|line| {
+                        line.trim()
+                            .strip_prefix("connected_slaves:")
+                            .and_then(|n| n.parse::<u32>().ok())
+                            .is_some_and(|n| n > 0)
+                    })
+                }),
+        }
+    }
+
+    /// After a write: waits (once, no retry) until the configured replicas have it, asking the
+    /// master of the namespace's slot. The write stands whatever the answer: the master has it,
+    /// and reporting it as failed would make the caller treat a done write as undone. A wait
+    /// that the replicas do not satisfy (none alive, as after a failover) pauses waiting for
+    /// [`REPLICA_WAIT_PAUSE`].
+    async fn await_replicas(&self) {
+        use redis::FromRedisValue;
+        use redis::cluster_routing::{Route, RoutingInfo, SingleNodeRoutingInfo, SlotAddr};
+        let Some((replicas, timeout_ms)) = self.replica_wait else {
+            return;
+        };
+        let paused = |until: Option<Instant>| until.is_some_and(|t| Instant::now() < t);
+        if paused(
+            *self
+                .replica_wait_paused
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner),
+        ) {
+            return;
+        }
+        let mut wait = redis::cmd("WAIT");
+        wait.arg(replicas).arg(timeout_ms);
+        let acked: RedisResult<i64> = match &self.conn {
+            Conn::Cluster(cluster) => {
+                let route = Route::new(hash_slot(self.hash_tag()), SlotAddr::Master);
+                cluster
+                    .clone()
+                    .route_command(
+                        wait,
+                        RoutingInfo::SingleNode(SingleNodeRoutingInfo::SpecificNode(route)),
+                    )
+                    .await
+                    .and_then(|value| i64::from_redis_value(value).map_err(RedisError::from))
+            }
+            Conn::Single(_) => wait.query_async(&mut self.conn.clone()).await,
+        };
+        if !matches!(acked, Ok(n) if n >= i64::from(replicas)) {
+            *self
+                .replica_wait_paused
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner) =
+                Some(Instant::now() + REPLICA_WAIT_PAUSE);
+        }
+    }
+
+    /// The hash tag of every key of this namespace (what decides its cluster slot).
+    fn hash_tag(&self) -> &str {
+        self.base
+            .split_once('{')
+            .and_then(|(_, rest)| rest.split_once('}'))
+            .map_or("", |(tag, _)| tag)
     }
 
     /// The same server, seen through another (isolated) namespace.
@@ -395,6 +676,8 @@ impl RedisStore {
             namespace,
             retry_budget: self.retry_budget,
             receipt_ttl_ms: self.receipt_ttl_ms,
+            replica_wait: self.replica_wait,
+            replica_wait_paused: Arc::clone(&self.replica_wait_paused),
         }
     }
 
@@ -441,24 +724,14 @@ impl RedisStore {
 
     /// The store error for a failure that ended the retries.
     fn gave_up(&self, error: RedisError) -> StoreError {
-        if retry::is_transient(&error) {
-            StoreError::unavailable(
-                BACKEND,
-                RedisStoreError::RetriesExhausted {
-                    budget: self.retry_budget,
-                    source: error,
-                },
-            )
-        } else {
-            map_err(error)
-        }
+        gave_up_error(self.retry_budget, error)
     }
 
     /// Runs an operation that may be repeated (a read, or a write that is a no-op the second
     /// time), retrying connection-type failures within the retry budget.
     async fn idempotent<T, F, Fut>(&self, op: F) -> Result<T, StoreError>
     where
-        F: Fn(ConnectionManager) -> Fut,
+        F: Fn(Conn) -> Fut,
         Fut: Future<Output = RedisResult<T>>,
     {
         retry::within(&self.conn, self.retry_budget, op)
@@ -478,11 +751,14 @@ impl RedisStore {
         landed: Landed<'_>,
     ) -> Result<i64, StoreError>
     where
-        F: Fn(ConnectionManager) -> Fut,
+        F: Fn(Conn) -> Fut,
         Fut: Future<Output = RedisResult<i64>>,
     {
         let gave_up = match retry::within(&self.conn, self.retry_budget, op).await {
-            Ok(result) => return Ok(result),
+            Ok(result) => {
+                self.await_replicas().await;
+                return Ok(result);
+            }
             Err(gave_up) => gave_up,
         };
         if !gave_up.maybe_applied {
@@ -493,7 +769,10 @@ impl RedisStore {
         })
         .await;
         match read_back {
-            Ok(Some(result)) => Ok(result),
+            Ok(Some(result)) => {
+                self.await_replicas().await;
+                Ok(result)
+            }
             Ok(None) => Err(self.gave_up(gave_up.error)),
             Err(_) if retry::is_transient(&gave_up.error) => Err(StoreError::unavailable(
                 BACKEND,
@@ -861,6 +1140,7 @@ impl TokenStore for RedisStore {
                 async move { invocation.invoke_async::<i64>(&mut c).await }
             })
             .await?;
+        self.await_replicas().await;
         Ok((n > 0).then(|| lease.renewed(ttl)))
     }
 
@@ -942,5 +1222,122 @@ impl PendingAuthorizationStore for RedisStore {
             .await?;
         // Another replica may have redeemed it first: then it is theirs.
         Ok((deleted > 0 && !pending.expires_at.is_past()).then_some(pending))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[tokio::test]
+    async fn hash_slots_match_redis() {
+        // Values from `CLUSTER KEYSLOT`.
+        assert_eq!(super::hash_slot("123456789"), 12739);
+        assert_eq!(super::hash_slot("foo"), 12182);
+        assert_eq!(super::hash_slot(""), 0);
+        assert_eq!(
+            offline_store("tenant-a").hash_tag(),
+            Namespace::new("tenant-a").unwrap().storage_key()
+        );
+    }
+
+    #[test]
+    fn replicas_are_waited_for_only_when_every_serving_master_has_one() {
+        let node = |id: &str, flags: &str, master: &str, slots: &str| {
+            format!("{id} 127.0.0.1:7000@17000 {flags} {master} 0 0 1 connected {slots}")
+        };
+        let three_with_replicas = [
+            node("a", "master", "-", "0-5460"),
+            node("b", "myself,master", "-", "5461-10922"),
+            node("c", "master", "-", "10923-16383"),
+            node("d", "slave", "a", ""),
+            node("e", "slave", "b", ""),
+            node("f", "slave", "c", ""),
+        ]
+        .join("\n");
+        assert!(super::cluster_masters_have_replicas(&three_with_replicas));
+        let one_without = three_with_replicas.replace(&node("f", "slave", "c", ""), "");
+        assert!(!super::cluster_masters_have_replicas(&one_without));
+        let failed_replica = three_with_replicas.replace(
+            &node("f", "slave", "c", ""),
+            &node("f", "slave,fail", "c", ""),
+        );
+        assert!(!super::cluster_masters_have_replicas(&failed_replica));
+        assert!(!super::cluster_masters_have_replicas(""));
+    }
+
+    use redis::cluster_routing::Slot;
+
+    use super::*;
+
+    /// A store that never connects (the manager is lazy), for its key layout.
+    fn offline_store(namespace: &str) -> RedisStore {
+        let client = redis::Client::open("redis://127.0.0.1:1/").unwrap();
+        let conn = redis::aio::ConnectionManager::new_lazy_with_config(
+            client,
+            redis::aio::ConnectionManagerConfig::new(),
+        )
+        .unwrap();
+        RedisStore {
+            conn: Conn::Single(conn),
+            namespace: Namespace::new(namespace).unwrap(),
+            base: format!(
+                "mcp-auth:{{{}}}:",
+                Namespace::new(namespace).unwrap().storage_key()
+            ),
+            retry_budget: DEFAULT_RETRY_BUDGET,
+            receipt_ttl_ms: 1,
+            replica_wait: None,
+            replica_wait_paused: Arc::default(),
+        }
+    }
+
+    /// On a cluster a script (and a pipeline) may only touch keys of one hash slot, and listing
+    /// reads one index: every key a namespace's operations touch hashes to the namespace's slot,
+    /// whatever the record, the issuer or the namespace name.
+    #[tokio::test]
+    async fn every_script_and_pipeline_keeps_its_keys_in_one_slot() {
+        let mut slots = std::collections::HashSet::new();
+        for namespace in [
+            "default",
+            "user:alice",
+            "t{x}",
+            "}{",
+            "tenant/ü/{42}",
+            "a".repeat(200).as_str(),
+        ] {
+            let store = offline_store(namespace);
+            let token = TokenKey::new(
+                IssuerId::new("https://as{1}.example/x}").unwrap(),
+                mcp_auth_core::ResourceUri::new("https://mcp.example/{y}").unwrap(),
+            );
+            let records = [
+                RecordKey::Tokens(token.clone()),
+                RecordKey::Binding(token.resource.clone()),
+                RecordKey::Registration(token.issuer.clone()),
+            ];
+            let mut keys = vec![
+                store.index_key(),
+                store.lease_key(&token),
+                store.pending_key("st{a}te"),
+            ];
+            keys.push(store.new_receipt().1);
+            for record in &records {
+                keys.push(store.record_key(record));
+                // DELETE_PREFIX builds record keys from its ARGV: `<base>r:` + index member.
+                keys.push(format!("{}r:{}", store.base, record.storage_key()));
+            }
+            let slot = Slot::for_key(&keys[0]);
+            for key in &keys {
+                assert_eq!(
+                    Slot::for_key(key),
+                    slot,
+                    "{namespace:?}: {key} is in another slot"
+                );
+            }
+            slots.insert(format!("{slot:?}"));
+        }
+        assert!(
+            slots.len() > 1,
+            "every namespace landed in one slot: the hash tag is wrong"
+        );
     }
 }

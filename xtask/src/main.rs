@@ -50,7 +50,8 @@ commands:
                             in-memory get_access_token(), one SELECT and one HGET, plus a
                             1000-task refresh storm; the `mcp-auth token` process vs a
                             minimal reader of the row (wall time, peak RSS); store get/put
-                            at 1k and 100k records (JSON in target/bench/access_token.json,
+                            at 1k and 100k records, Redis Cluster included, and how 10k
+                            namespaces spread over its masters (JSON in target/bench/access_token.json,
                             token_process.json, store_scale.json); `status` and `migrate`
                             at 1k and 10k servers vs one SELECT (bulk.json). Then store
                             benchmarks: medians of each store beside the raw
@@ -64,6 +65,11 @@ commands:
                             peak RSS, with ratios (also written to
                             target/bench/proxy_vs_mcp_remote.json). Prints only; nothing is
                             asserted about time
+  redis-services            starts what the Redis store's tests run against (a plain
+                            redis-server with an ACL user, a 3-master Redis Cluster with a
+                            replica each, a TLS-only redis-server with a CA made at start),
+                            prints the MCP_AUTH_TEST_REDIS_* variables that point tests at
+                            them, and keeps them up until Enter (or end of input)
   help                      this text
 ";
 
@@ -74,6 +80,7 @@ fn main() -> ExitCode {
         Some("conformance") => conformance::command(&args[1..]),
         Some("interop-setup") => interop::command(&args[1..]),
         Some("bench") => bench(),
+        Some("redis-services") => redis_services(),
         Some("help" | "--help" | "-h") | None => {
             print!("{USAGE}");
             Ok(())
@@ -276,6 +283,9 @@ fn test_all(args: &[String]) -> Result<(), String> {
     // Real services for the backend tests; stopped when `_redis` and `_moto` drop, on every exit
     // path.
     let (_redis, redis_url) = services::start_redis()?;
+    // Cluster, TLS and ACL deployments of Redis (MCP_AUTH_TEST_REDIS_CLUSTER_URL, ..._TLS_*,
+    // ..._ACL_URL); stopped when dropped.
+    let redis_deployments = services::start_redis_deployments(redis_port(&redis_url)?)?;
     let keyrings = services::keyring_session()?;
     let (_moto, aws_endpoint) = services::start_moto()?;
     let aws_env = services::aws_test_env(&aws_endpoint);
@@ -336,6 +346,7 @@ fn test_all(args: &[String]) -> Result<(), String> {
              `cargo xtask interop-setup` prints the interop ones)",
         )
         .env("MCP_AUTH_TEST_REDIS_URL", &redis_url)
+        .envs(&redis_deployments.env)
         .env("MCP_AUTH_TEST_CHROMIUM", &chromium)
         .env(interop_env[0].0, &interop_env[0].1)
         .env(interop_env[1].0, &interop_env[1].1)
@@ -396,12 +407,37 @@ fn test_all(args: &[String]) -> Result<(), String> {
     }
 }
 
+/// The port of the `redis://127.0.0.1:PORT/` URL that [`services::start_redis`] returns.
+fn redis_port(url: &str) -> Result<u16, String> {
+    url.trim_end_matches('/')
+        .rsplit(':')
+        .next()
+        .and_then(|p| p.parse().ok())
+        .ok_or_else(|| format!("no port in {url}"))
+}
+
+/// `cargo xtask redis-services`: every Redis deployment the tests use, until Enter.
+fn redis_services() -> Result<(), String> {
+    let (_redis, redis_url) = services::start_redis()?;
+    let deployments = services::start_redis_deployments(redis_port(&redis_url)?)?;
+    println!("\nexport MCP_AUTH_TEST_REDIS_URL='{redis_url}'");
+    for (var, value) in &deployments.env {
+        println!("export {var}='{value}'");
+    }
+    println!("\n(press Enter to stop them)");
+    let mut line = String::new();
+    let _ = std::io::stdin().read_line(&mut line);
+    Ok(())
+}
+
 /// Runs every store benchmark and the proxy benchmark (release builds) and lets each print its
 /// table.
 fn bench() -> Result<(), String> {
     // The Redis rows of the hot-path and scale benchmarks, and the release CLI that the
     // token-process benchmark spawns.
     let (_redis, redis_url) = services::start_redis()?;
+    // The Redis Cluster rows of the scale benchmark (3 masters, 1 replica each).
+    let (_cluster, cluster_url) = services::start_redis_cluster(3, 1)?;
     let benches = [
         Step::new(
             "release mcp-auth binary",
@@ -471,7 +507,8 @@ fn bench() -> Result<(), String> {
             ],
             "the store scale benchmark failed to build or run",
         )
-        .env("MCP_AUTH_TEST_REDIS_URL", &redis_url),
+        .env("MCP_AUTH_TEST_REDIS_URL", &redis_url)
+        .env("MCP_AUTH_TEST_REDIS_CLUSTER_URL", &cluster_url),
     ];
     for step in &benches {
         step.run()?;

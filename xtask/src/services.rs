@@ -116,6 +116,284 @@ pub(crate) fn start_redis() -> Result<(Service, String), String> {
     Ok((service, format!("redis://127.0.0.1:{port}/")))
 }
 
+/// The Redis deployments the Redis store is proven against besides the plain server: a Redis
+/// Cluster (3 masters, 1 replica each), a TLS-only server with certificates made here, and an ACL
+/// user with the narrow rule set of the store's README (on the plain server). Everything stops
+/// when this drops.
+pub(crate) struct RedisDeployments {
+    _services: Vec<Service>,
+    /// The environment that points the tests at them.
+    pub(crate) env: Vec<(&'static str, String)>,
+}
+
+/// The ACL rules the store's README documents as the minimum (its tests use them on the plain
+/// server, for the `mcp-auth` key prefix).
+pub(crate) const REDIS_TEST_ACL: &[&str] = &[
+    "on",
+    "resetkeys",
+    "~mcp-auth:*",
+    "resetchannels",
+    "-@all",
+    "+@read",
+    "+@write",
+    "+evalsha",
+    "+script|load",
+    "+ping",
+];
+
+/// Starts [`RedisDeployments`] beside the plain server on `plain_port` (where the ACL user is
+/// created). Takes a few seconds, most of it the cluster agreeing on its slots.
+pub(crate) fn start_redis_deployments(plain_port: u16) -> Result<RedisDeployments, String> {
+    ensure_installed("redis-cli", &["redis-tools"])?;
+    ensure_installed("openssl", &["openssl"])?;
+    let mut services = Vec::new();
+    let mut env = Vec::new();
+
+    // ACL user on the plain server.
+    let password = format!("acl-test-{}", std::process::id());
+    let mut setuser = vec!["ACL", "SETUSER", "mcp-auth-test", "reset"];
+    let secret = format!(">{password}");
+    setuser.push(&secret);
+    setuser.extend_from_slice(REDIS_TEST_ACL);
+    redis_cli(plain_port, &setuser)?;
+    env.push((
+        "MCP_AUTH_TEST_REDIS_ACL_URL",
+        format!("redis://mcp-auth-test:{password}@127.0.0.1:{plain_port}/"),
+    ));
+
+    // TLS-only server.
+    let dir = std::env::temp_dir().join(format!("mcp-auth-redis-tls-{}", std::process::id()));
+    make_test_certificates(&dir)?;
+    let tls_port = free_port()?;
+    let mut command = Command::new("redis-server");
+    command
+        .args(["--port", "0", "--tls-port", &tls_port.to_string()])
+        .args(["--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+        .arg("--dir")
+        .arg(&dir)
+        .arg("--tls-cert-file")
+        .arg(dir.join("server.pem"))
+        .arg("--tls-key-file")
+        .arg(dir.join("server.key"))
+        .arg("--tls-ca-cert-file")
+        .arg(dir.join("ca.pem"))
+        .args(["--tls-auth-clients", "optional"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    services.push(Service::start(
+        "redis-server (TLS)",
+        command,
+        Duration::from_secs(20),
+        || port_open(tls_port),
+    )?);
+    println!("==> redis-server (TLS only) on 127.0.0.1:{tls_port}");
+    env.push((
+        "MCP_AUTH_TEST_REDIS_TLS_URL",
+        format!("rediss://127.0.0.1:{tls_port}/"),
+    ));
+    for (var, file) in [
+        ("MCP_AUTH_TEST_REDIS_TLS_CA", "ca.pem"),
+        ("MCP_AUTH_TEST_REDIS_TLS_CLIENT_CERT", "client.pem"),
+        ("MCP_AUTH_TEST_REDIS_TLS_CLIENT_KEY", "client.key"),
+        ("MCP_AUTH_TEST_REDIS_TLS_OTHER_CA", "other-ca.pem"),
+        (
+            "MCP_AUTH_TEST_REDIS_TLS_OTHER_CLIENT_CERT",
+            "other-client.pem",
+        ),
+        (
+            "MCP_AUTH_TEST_REDIS_TLS_OTHER_CLIENT_KEY",
+            "other-client.key",
+        ),
+    ] {
+        env.push((var, dir.join(file).display().to_string()));
+    }
+
+    // Cluster: 3 masters, 1 replica each.
+    let (cluster, url) = start_redis_cluster(3, 1)?;
+    services.extend(cluster);
+    env.push(("MCP_AUTH_TEST_REDIS_CLUSTER_URL", url));
+    Ok(RedisDeployments {
+        _services: services,
+        env,
+    })
+}
+
+/// Runs `redis-cli -p port ARGS…` and returns its output.
+pub(crate) fn redis_cli(port: u16, args: &[&str]) -> Result<String, String> {
+    let out = Command::new("redis-cli")
+        .args(["-h", "127.0.0.1", "-p", &port.to_string()])
+        .args(args)
+        .output()
+        .map_err(|e| format!("cannot run redis-cli: {e}"))?;
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    if !out.status.success() || text.starts_with("ERR") || text.starts_with("(error)") {
+        return Err(format!(
+            "redis-cli {} failed: {text}{}",
+            args.first().copied().unwrap_or_default(),
+            String::from_utf8_lossy(&out.stderr)
+        ));
+    }
+    Ok(text)
+}
+
+/// A Redis Cluster of `masters` masters with `replicas` replicas each, on free loopback ports
+/// (`redis-cli --cluster create`), ready (`cluster_state:ok` on every node). Returns its servers
+/// and a `redis+cluster://` URL naming every node as a seed.
+pub(crate) fn start_redis_cluster(
+    masters: usize,
+    replicas: usize,
+) -> Result<(Vec<Service>, String), String> {
+    let mut services = Vec::new();
+    let mut ports = Vec::new();
+    for _ in 0..masters * (1 + replicas) {
+        let port = free_port()?;
+        let dir = std::env::temp_dir().join(format!("mcp-auth-redis-cluster-{port}"));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir)
+            .map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+        let mut command = Command::new("redis-server");
+        command
+            .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+            .args([
+                "--cluster-enabled",
+                "yes",
+                "--cluster-config-file",
+                "nodes.conf",
+            ])
+            .args(["--cluster-node-timeout", "2000"])
+            .args(["--save", "", "--appendonly", "no"])
+            .arg("--dir")
+            .arg(&dir)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null());
+        services.push(Service::start(
+            "redis-server (cluster node)",
+            command,
+            Duration::from_secs(20),
+            || port_open(port),
+        )?);
+        ports.push(port);
+    }
+    let nodes: Vec<String> = ports.iter().map(|p| format!("127.0.0.1:{p}")).collect();
+    let created = Command::new("redis-cli")
+        .arg("--cluster")
+        .arg("create")
+        .args(&nodes)
+        .args(["--cluster-replicas", &replicas.to_string(), "--cluster-yes"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .map_err(|e| format!("cannot run redis-cli: {e}"))?;
+    if !created.success() {
+        return Err(format!("redis-cli --cluster create failed ({created})"));
+    }
+    let deadline = Instant::now() + Duration::from_secs(30);
+    for port in &ports {
+        loop {
+            let info = redis_cli(*port, &["CLUSTER", "INFO"]).unwrap_or_default();
+            if info.contains("cluster_state:ok") {
+                break;
+            }
+            if Instant::now() >= deadline {
+                return Err(format!(
+                    "the Redis Cluster on {} did not reach cluster_state:ok",
+                    nodes.join(",")
+                ));
+            }
+            thread::sleep(Duration::from_millis(50));
+        }
+    }
+    println!(
+        "==> Redis Cluster ({masters} masters, {replicas} replica each) on {}",
+        nodes.join(",")
+    );
+    Ok((services, format!("redis+cluster://{}/", nodes.join(","))))
+}
+
+/// Makes, in `dir`, a CA (`ca.pem`), a server certificate for 127.0.0.1 signed by it
+/// (`server.pem`, `server.key`), a client certificate signed by it (`client.pem`,
+/// `client.key`), and a second CA with its own client certificate (`other-ca.pem`,
+/// `other-client.pem`, `other-client.key`) for the tests that must be refused.
+fn make_test_certificates(dir: &std::path::Path) -> Result<(), String> {
+    std::fs::create_dir_all(dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+    let openssl = |args: &[&str]| -> Result<(), String> {
+        let out = Command::new("openssl")
+            .args(args)
+            .current_dir(dir)
+            .output()
+            .map_err(|e| format!("cannot run openssl: {e}"))?;
+        if out.status.success() {
+            Ok(())
+        } else {
+            Err(format!(
+                "openssl {} failed: {}",
+                args.join(" "),
+                String::from_utf8_lossy(&out.stderr)
+            ))
+        }
+    };
+    for ca in ["ca", "other-ca"] {
+        openssl(&[
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-256",
+            "-nodes",
+            "-days",
+            "2",
+            "-subj",
+            &format!("/CN=mcp-auth test {ca}"),
+            "-keyout",
+            &format!("{ca}.key"),
+            "-out",
+            &format!("{ca}.pem"),
+        ])?;
+    }
+    for (name, ca, ext) in [
+        ("server", "ca", "subjectAltName=IP:127.0.0.1,DNS:localhost"),
+        ("client", "ca", "extendedKeyUsage=clientAuth"),
+        ("other-client", "other-ca", "extendedKeyUsage=clientAuth"),
+    ] {
+        openssl(&[
+            "req",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-256",
+            "-nodes",
+            "-subj",
+            &format!("/CN=mcp-auth test {name}"),
+            "-keyout",
+            &format!("{name}.key"),
+            "-out",
+            &format!("{name}.csr"),
+        ])?;
+        let ext_file = format!("{name}.ext");
+        std::fs::write(dir.join(&ext_file), format!("{ext}\n"))
+            .map_err(|e| format!("cannot write {ext_file}: {e}"))?;
+        openssl(&[
+            "x509",
+            "-req",
+            "-in",
+            &format!("{name}.csr"),
+            "-CA",
+            &format!("{ca}.pem"),
+            "-CAkey",
+            &format!("{ca}.key"),
+            "-CAcreateserial",
+            "-days",
+            "2",
+            "-extfile",
+            &ext_file,
+            "-out",
+            &format!("{name}.pem"),
+        ])?;
+    }
+    Ok(())
+}
+
 /// What the AWS Secrets Manager store is tested against: moto's server mode, pinned.
 pub(crate) const MOTO_REQUIREMENTS: &[&str] = &["moto[server]==5.2.5", "flask", "flask-cors"];
 

@@ -10,6 +10,7 @@ mod browser;
 mod cli;
 mod device;
 mod dpop;
+mod encryption;
 mod interop_oidc_provider;
 mod network;
 mod proxy;

@@ -10,6 +10,7 @@ mod common;
 mod broken_stores;
 mod conformance_memory;
 mod debug_redaction;
+mod encryption;
 mod engine_assertion_grants;
 mod engine_device;
 mod engine_dpop;

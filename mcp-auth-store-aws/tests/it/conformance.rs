@@ -31,3 +31,19 @@ impl StoreFactory for AwsFactory {
 }
 
 mcp_auth_core::store_conformance_tests!(AwsFactory);
+
+/// The same suite through encryption at rest (`EncryptedStore`), mid-rotation: key 2 current,
+/// key 1 still accepted for reading.
+mod encrypted {
+    use mcp_auth_core::encryption::{EncryptedFactory, EncryptionKey, KeySet};
+
+    use super::AwsFactory;
+
+    fn keys() -> KeySet {
+        KeySet::new(EncryptionKey::from_bytes(&[0x22; 32]))
+            .with_old(EncryptionKey::from_bytes(&[0x11; 32]))
+            .unwrap()
+    }
+
+    mcp_auth_core::store_conformance_tests!(EncryptedFactory::new(AwsFactory, keys()));
+}

@@ -6,5 +6,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 mod conformance;
+mod encryption_key;
 mod index;
+mod limits;
 mod multiprocess;

@@ -6,6 +6,9 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 mod bulk;
+mod cluster_faults;
 mod conformance;
+mod deployments;
+mod encrypted;
 mod faults;
 mod refresh_storm;

@@ -9,6 +9,7 @@ mod bulk;
 mod conformance;
 mod damaged_and_read_only;
 mod dpop_restart;
+mod encrypted;
 mod grant_safety;
 mod multiprocess;
 mod no_secret_left_behind;
