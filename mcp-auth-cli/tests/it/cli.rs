@@ -372,18 +372,49 @@ async fn bad_input_gets_clear_errors() {
     );
 }
 
-/// sqlite → redis → sqlite: every record comes back byte for byte.
+/// sqlite → redis → sqlite: every record comes back byte for byte, through every Redis
+/// deployment test-all starts: a single server, a Redis Cluster (`redis+cluster://`), a TLS-only
+/// server (`rediss://…?tls_ca=`) and a narrow ACL user (whose password never shows in output).
 #[cfg(feature = "redis")]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn migrate_sqlite_to_redis_and_back_is_byte_identical() {
     let redis = std::env::var("MCP_AUTH_TEST_REDIS_URL").expect(
         "MCP_AUTH_TEST_REDIS_URL is not set: run `cargo xtask test-all`, which starts redis-server",
     );
+    let mut deployments = vec![("single server", redis)];
+    if let Ok(url) = std::env::var("MCP_AUTH_TEST_REDIS_CLUSTER_URL") {
+        deployments.push(("cluster", url));
+    }
+    if let (Ok(url), Ok(ca)) = (
+        std::env::var("MCP_AUTH_TEST_REDIS_TLS_URL"),
+        std::env::var("MCP_AUTH_TEST_REDIS_TLS_CA"),
+    ) {
+        deployments.push(("TLS", format!("{url}?tls_ca={ca}")));
+    }
+    if let Ok(url) = std::env::var("MCP_AUTH_TEST_REDIS_ACL_URL") {
+        deployments.push(("ACL user", url));
+    }
+    for (label, redis) in deployments {
+        round_trip_through_redis(label, redis).await;
+    }
+}
+
+#[cfg(feature = "redis")]
+async fn round_trip_through_redis(label: &str, redis: String) {
     let (as1, mcp) = servers().await;
     let dir = tempfile::tempdir().unwrap();
     let (a, c) = (dir.path().join("a.db"), dir.path().join("c.db"));
     // A fresh namespace keeps this run apart from anything else in the Redis server.
-    let ns = format!("cli-migrate-{}", std::process::id());
+    let ns = format!(
+        "cli-migrate-{}-{}",
+        std::process::id(),
+        label.replace(' ', "-")
+    );
+    let password = redis
+        .split_once("://")
+        .and_then(|(_, rest)| rest.split_once('@'))
+        .and_then(|(userinfo, _)| userinfo.split_once(':'))
+        .map(|(_, password)| password.to_owned());
     let with_ns = |store: String, args: &[&str]| {
         let mut all = vec![
             "--namespace".to_owned(),
@@ -415,22 +446,31 @@ async fn migrate_sqlite_to_redis_and_back_is_byte_identical() {
             &["migrate", "--from", &from, "--to", &to],
         ))
         .await;
-        assert!(out.status.success(), "{}", text(&out.stderr));
-        assert_no_secret(&as1, &(text(&out.stdout) + &text(&out.stderr)));
+        let output = text(&out.stdout) + &text(&out.stderr);
+        assert!(out.status.success(), "{label}: {output}");
+        assert_no_secret(&as1, &output);
+        if let Some(password) = &password {
+            assert!(
+                !output.contains(password.as_str()),
+                "{label}: the store URL's password was printed: {output}"
+            );
+        }
     }
     let original = records(&a);
     assert!(original.len() >= 3);
     assert_eq!(
         records(&c),
         original,
-        "the sqlite → redis → sqlite round trip changed a record"
+        "{label}: the sqlite → redis → sqlite round trip changed a record"
     );
-    let out = run(with_ns(redis.clone(), &["token", &mcp.url()])).await;
-    assert!(
-        out.status.success(),
-        "token from the Redis copy: {}",
-        text(&out.stderr)
-    );
+    for args in [vec!["token", mcp.url().as_str()], vec!["status"]] {
+        let out = run(with_ns(redis.clone(), &args)).await;
+        assert!(
+            out.status.success(),
+            "{label}: {args:?} on the Redis copy: {}",
+            text(&out.stderr)
+        );
+    }
     assert!(
         run(with_ns(redis, &["logout", "--all"]))
             .await
