@@ -108,6 +108,12 @@ fn main() {
         let auth = Arc::new(
             McpAuth::builder(Arc::clone(&store))
                 .http_policy(HttpPolicy::allowing_loopback())
+                .authorizer(Arc::new(
+                    mcp_auth_core::HeadlessAuthorizer::with_policy(
+                        mcp_auth_core::HttpPolicy::allowing_loopback(),
+                    )
+                    .unwrap(),
+                ))
                 .build()
                 .unwrap(),
         );
@@ -570,6 +576,12 @@ fn encryption_rows(
             let auth = Arc::new(
                 McpAuth::builder(Arc::clone(store))
                     .http_policy(HttpPolicy::allowing_loopback())
+                    .authorizer(Arc::new(
+                        mcp_auth_core::HeadlessAuthorizer::with_policy(
+                            mcp_auth_core::HttpPolicy::allowing_loopback(),
+                        )
+                        .unwrap(),
+                    ))
                     .build()
                     .unwrap(),
             );

@@ -82,9 +82,14 @@ async fn serve_cimd(redirect: &'static str) -> Result<String, String> {
 }
 
 fn engine(store: Arc<dyn CredentialStore>, config: ClientConfig) -> Result<McpAuth, String> {
+    // The testkit's authorization servers approve at once: no browser, the engine follows the
+    // redirect itself.
+    let headless = mcp_auth_core::HeadlessAuthorizer::with_policy(HttpPolicy::allowing_loopback())
+        .map_err(|e| e.to_string())?;
     McpAuth::builder(store)
         .client(config)
         .http_policy(HttpPolicy::allowing_loopback())
+        .authorizer(Arc::new(headless))
         .build()
         .map_err(|e| e.to_string())
 }

@@ -175,11 +175,14 @@ async fn keyring_key() -> Result<EncryptionKey, Failure> {
 
 #[cfg(not(all(feature = "keyring", target_os = "linux")))]
 async fn keyring_key() -> Result<EncryptionKey, Failure> {
+    let why = if cfg!(feature = "keyring") {
+        "the OS keyring is not available on this platform yet (Linux only)"
+    } else {
+        "this build has no OS keyring to keep the key in"
+    };
     Err(Failure {
         code: EXIT_USAGE,
-        message: "encryption key: this build has no OS keyring to keep the key in; set \
-                  MCP_AUTH_KEY or --key-file"
-            .to_owned(),
+        message: format!("encryption key: {why}; set MCP_AUTH_KEY or --key-file"),
     })
 }
 

@@ -2,8 +2,11 @@
 #![forbid(unsafe_code)]
 #![allow(clippy::print_stdout, clippy::print_stderr)]
 
+mod completions;
+#[cfg(feature = "demo")]
 mod demo;
 mod encryption;
+mod logging;
 mod proxy;
 mod store;
 
@@ -25,10 +28,24 @@ const EXIT_LOGIN_REQUIRED: u8 = 3;
 /// that cannot be loaded).
 pub(crate) const EXIT_USAGE: u8 = 2;
 
+/// Every exit code, shown after `--help` (keep in step with [`EXIT_USAGE`],
+/// [`EXIT_LOGIN_REQUIRED`] and the README).
+const EXIT_CODES_HELP: &str = "\
+Exit codes:
+  0  success
+  1  failure: network, authorization server, store, a logout or rekey that left problems
+  2  usage error: invalid arguments (clap), or keys that do not fit the store (an encrypted
+     store without its key, a record under a key id not given, a key that cannot be loaded)
+  3  `token`: a login is needed; run `mcp-auth login URL`";
+
 /// Log in to MCP servers once; get fresh tokens from any script or MCP client.
 #[derive(Parser, Debug)]
-#[command(name = "mcp-auth", version, about)]
+#[command(name = "mcp-auth", version, about, after_help = EXIT_CODES_HELP)]
 struct Cli {
+    /// Log to stderr: -v info, -vv debug, -vvv trace (of the mcp-auth crates). RUST_LOG, when
+    /// set, replaces this filter. Nothing is logged on stdout.
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    verbose: u8,
     /// Credential store: sqlite:PATH (default: sqlite: at the platform data directory), memory:,
     /// redis://…, keyring:, aws-sm:…
     #[arg(long, global = true, env = "MCP_AUTH_STORE")]
@@ -131,7 +148,16 @@ enum Command {
         to: String,
     },
     /// Run local authorization servers and an MCP server and narrate SEP-2352 in action.
+    #[cfg(feature = "demo")]
     Demo,
+    /// Print a shell completion script on stdout (see the README for where to install it).
+    Completions {
+        /// The shell.
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+    /// Print the man page (roff) on stdout: `mcp-auth man > mcp-auth.1`.
+    Man,
 }
 
 /// Output format of `token`.
@@ -145,7 +171,7 @@ enum TokenFormat {
     Json,
 }
 
-#[derive(Args, Debug)]
+#[derive(Args)]
 struct LoginArgs {
     /// The MCP server URL.
     url: String,
@@ -194,6 +220,28 @@ struct LoginArgs {
     /// Follow the authorization redirect without a browser (auto-approving servers only).
     #[arg(long, hide = true)]
     headless: bool,
+}
+
+impl std::fmt::Debug for LoginArgs {
+    /// The client secret is never shown, only whether one was given.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LoginArgs")
+            .field("url", &self.url)
+            .field("client_id", &self.client_id)
+            .field(
+                "client_secret",
+                &self.client_secret.as_ref().map(|_| "<redacted>"),
+            )
+            .field("client_secret_file", &self.client_secret_file)
+            .field("issuer", &self.issuer)
+            .field("client_metadata_url", &self.client_metadata_url)
+            .field("scope", &self.scope)
+            .field("no_browser", &self.no_browser)
+            .field("device", &self.device)
+            .field("callback_port", &self.callback_port)
+            .field("headless", &self.headless)
+            .finish()
+    }
 }
 
 /// The loopback port of the redirect URI: `explicit`, else the stable port of `url` when it is
@@ -291,6 +339,13 @@ fn main() -> ExitCode {
         Ok(cli) => cli,
         Err(e) => e.exit(),
     };
+    // Generated from the definition alone: no store, no key, no runtime.
+    match &cli.command {
+        Command::Completions { shell } => return exit_code(completions::completions(*shell)),
+        Command::Man => return exit_code(completions::man()),
+        _ => {}
+    }
+    logging::init(cli.verbose);
     if let Some(("login", login)) = matches.subcommand()
         && login.value_source("client_secret") == Some(clap::parser::ValueSource::CommandLine)
     {
@@ -318,7 +373,12 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(run(cli)) {
+    exit_code(runtime.block_on(run(cli)))
+}
+
+/// The exit code of a command's result, its failure said on stderr.
+fn exit_code(result: Result<(), Failure>) -> ExitCode {
+    match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(failure) => {
             eprintln!("mcp-auth: {}", printable(&failure.message));
@@ -385,6 +445,7 @@ fn policy(cli: &Cli) -> HttpPolicy {
 
 async fn run(cli: Cli) -> Result<(), Failure> {
     let namespace = Namespace::new(cli.namespace.clone())?;
+    #[cfg(feature = "demo")]
     if matches!(cli.command, Command::Demo) {
         return demo::run().await.map_err(Failure::from);
     }
@@ -393,7 +454,10 @@ async fn run(cli: Cli) -> Result<(), Failure> {
     let keys = cli.encryption.load().await?;
     let keys = keys.as_ref();
     match &cli.command {
+        // Handled above (`demo`) and in `main` (generated output).
+        #[cfg(feature = "demo")]
         Command::Demo => Ok(()),
+        Command::Completions { .. } | Command::Man => Ok(()),
         Command::Migrate { from, to } => migrate(from, to, &namespace, keys).await,
         Command::Rekey => {
             let Some(keys) = keys else {
@@ -449,6 +513,7 @@ async fn run(cli: Cli) -> Result<(), Failure> {
                     )))
                 }
                 Ok(credential) => {
+                    tracing::info!(resource = %resource, "access token ready");
                     let token = credential.into_token();
                     println!("{}", token_output(&auth, &resource, &token, *format).await?);
                     // A refresh that rotated the token must reach the store before we exit.
@@ -566,21 +631,24 @@ async fn login(
             Duration::from_secs(300),
         ))
     };
+    // Step 2 starts when the engine asks for the authorization: discovery and registration
+    // (step 1, inside the engine's call) are done by then.
+    let authorizer: Arc<dyn Authorizer> = Arc::new(StepAuthorizer { inner: authorizer });
     let auth = McpAuth::builder(store)
         .client(config)
         .http_policy(policy(cli))
         .authorizer(authorizer)
         .build()?;
-    eprintln!("[1/3] Discovering the authorization server of {resource} …");
     let scopes = args.scope.as_ref().map(|s| {
         s.split([' ', ','])
             .filter(|p| !p.is_empty())
             .map(str::to_owned)
             .collect::<Vec<_>>()
     });
-    eprintln!("[2/3] Registering and authorizing …");
+    eprintln!("[1/3] Discovering the authorization server of {resource} and registering with it …");
     if args.device {
         auth.authorize_device(&resource, scopes, |code| {
+            eprintln!("{STEP_AUTHORIZE}");
             eprintln!(
                 "To authorize, open {} and enter the code: {}",
                 code.verification_uri, code.user_code
@@ -603,6 +671,7 @@ async fn login(
         .await?
         .map(|b| b.value.issuer.to_string())
         .unwrap_or_default();
+    tracing::info!(resource = %resource, issuer = %binding, "logged in");
     eprintln!(
         "[3/3] Logged in to {resource} (authorization server {}).",
         printable(&binding)
@@ -621,6 +690,31 @@ async fn login(
         );
     }
     Ok(())
+}
+
+/// The step line of `login` printed when the authorization starts.
+const STEP_AUTHORIZE: &str = "[2/3] Authorizing …";
+
+/// An [`Authorizer`] that says `login`'s step 2 has begun, then lets `inner` do the work: the
+/// engine calls it only once discovery and registration have succeeded.
+#[derive(Debug)]
+struct StepAuthorizer {
+    inner: Arc<dyn Authorizer>,
+}
+
+#[async_trait::async_trait]
+impl Authorizer for StepAuthorizer {
+    async fn authorize(
+        &self,
+        request: mcp_auth_core::AuthorizationRequest,
+    ) -> Result<reqwest::Url, AuthError> {
+        eprintln!("{STEP_AUTHORIZE}");
+        self.inner.authorize(request).await
+    }
+
+    fn can_serve(&self, redirect_uri: &reqwest::Url) -> bool {
+        self.inner.can_serve(redirect_uri)
+    }
 }
 
 /// What `token --format …` prints.
@@ -840,6 +934,10 @@ async fn status(
                             "resource": server.resource.as_str(),
                             "bound": bound.contains(server.resource),
                             "token_expires": expiry(server.tokens),
+                            "expires_at": server
+                                .tokens
+                                .expires_at
+                                .map(|t| rfc3339(t.unix_seconds())),
                             "refresh_available": server.refresh,
                             "key_id": server.seal.key_id(),
                             "encrypted": server.seal != Seal::Plain,
@@ -1244,4 +1342,36 @@ async fn copy_tokens(
         eprintln!("warning: could not release the refresh lease of {key} in the source: {e}");
     }
     copied
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn debug_of_the_command_line_hides_the_client_secret() {
+        let cli = <Cli as Parser>::try_parse_from([
+            "mcp-auth",
+            "login",
+            "https://mcp.example.com/mcp",
+            "--client-id",
+            "pre",
+            "--issuer",
+            "https://as.example.com",
+            "--client-secret",
+            "very-secret-value",
+        ]);
+        let shown = format!("{cli:?}");
+        assert!(
+            shown.contains("client_secret") && !shown.contains("very-secret-value"),
+            "{shown}"
+        );
+    }
+
+    #[test]
+    fn rfc3339_of_known_instants() {
+        assert_eq!(rfc3339(0), "1970-01-01T00:00:00Z");
+        assert_eq!(rfc3339(951_782_400), "2000-02-29T00:00:00Z");
+        assert_eq!(rfc3339(1_700_000_000), "2023-11-14T22:13:20Z");
+    }
 }

@@ -53,9 +53,6 @@ pub(crate) struct ProxyArgs {
     /// Print the authorization URL instead of opening a browser.
     #[arg(long)]
     no_browser: bool,
-    /// Log to stderr (-v: debug, -vv: trace).
-    #[arg(short, long, action = clap::ArgAction::Count)]
-    verbose: u8,
     /// Follow the authorization redirect without a browser (auto-approving servers only).
     #[arg(long, hide = true)]
     headless: bool,
@@ -78,7 +75,6 @@ impl std::fmt::Debug for ProxyArgs {
             .field("callback_port", &self.callback_port)
             .field("auth_timeout", &self.auth_timeout)
             .field("no_browser", &self.no_browser)
-            .field("verbose", &self.verbose)
             .field("headless", &self.headless)
             .field("transport", &self.transport)
             .finish()
@@ -146,17 +142,6 @@ pub(crate) async fn run(
     store: Arc<dyn CredentialStore>,
     network: crate::NetworkOptions,
 ) -> Result<(), String> {
-    if args.verbose > 0 {
-        let level = if args.verbose > 1 {
-            tracing::Level::TRACE
-        } else {
-            tracing::Level::DEBUG
-        };
-        let _ = tracing_subscriber::fmt()
-            .with_writer(std::io::stderr)
-            .with_max_level(level)
-            .try_init();
-    }
     let url = reqwest::Url::parse(&args.url).map_err(|e| format!("invalid URL: {e}"))?;
     let policy = network.policy();
     // The same rules as every request of the engine: https, or plain http to this machine
@@ -896,7 +881,6 @@ mod tests {
             callback_port: None,
             auth_timeout: 300,
             no_browser: false,
-            verbose: 0,
             headless: false,
             transport: sse::Transport::StreamableHttp,
         };

@@ -11,6 +11,7 @@ pub(crate) async fn open(
     namespace: &Namespace,
 ) -> Result<Arc<dyn CredentialStore>, String> {
     let url = url.unwrap_or("sqlite:");
+    tracing::debug!(store = %redacted(url), namespace = namespace.as_str(), "opening the store");
     if let Some(path) = url.strip_prefix("sqlite:") {
         return open_sqlite(path, namespace).await;
     }
@@ -132,7 +133,7 @@ async fn open_redis(_: &str, _: &Namespace) -> Result<Arc<dyn CredentialStore>, 
     Err("this build has no Redis store (enable the `redis` feature)".to_owned())
 }
 
-#[cfg(feature = "keyring")]
+#[cfg(all(feature = "keyring", target_os = "linux"))]
 async fn open_keyring(
     which: &str,
     namespace: &Namespace,
@@ -159,6 +160,17 @@ async fn open_keyring(
 #[cfg(not(feature = "keyring"))]
 async fn open_keyring(_: &str, _: &Namespace) -> Result<Arc<dyn CredentialStore>, String> {
     Err("this build has no OS keyring store (enable the `keyring` feature)".to_owned())
+}
+
+/// The keyring stores are Secret Service and keyutils: Linux only until macOS and Windows
+/// stores exist (the `keyring` feature then depends on nothing).
+#[cfg(all(feature = "keyring", not(target_os = "linux")))]
+async fn open_keyring(_: &str, _: &Namespace) -> Result<Arc<dyn CredentialStore>, String> {
+    Err(
+        "the OS keyring store (keyring:) is not available on this platform yet (Linux only); \
+         use sqlite: or another store"
+            .to_owned(),
+    )
 }
 
 /// `aws-sm:` (secrets under `mcp-auth/`) or `aws-sm:PREFIX`; region, credentials and endpoint

@@ -9,8 +9,8 @@
 use std::sync::Arc;
 
 use mcp_auth_core::{
-    ClientConfig, ClientCredentials, ClientCredentialsAuth, DpopMode, HttpPolicy, IssuerId,
-    McpAuth, MemoryStore, PreRegisteredClient, ResourceUri, SecretString,
+    ClientConfig, ClientCredentials, ClientCredentialsAuth, DpopMode, HeadlessAuthorizer,
+    HttpPolicy, IssuerId, McpAuth, MemoryStore, PreRegisteredClient, ResourceUri, SecretString,
 };
 use rmcp::ServiceExt;
 use rmcp::model::{
@@ -145,6 +145,10 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             .client(client_config(&scenario, &ctx)?)
             // The conformance servers run on http://localhost.
             .http_policy(HttpPolicy::allowing_loopback())
+            // and approve at once: the authorization URL is followed without a browser.
+            .authorizer(Arc::new(HeadlessAuthorizer::with_policy(
+                HttpPolicy::allowing_loopback(),
+            )?))
             .build()?,
     );
     let transport = mcp_auth_rmcp::transport(auth, ResourceUri::new(&url)?);

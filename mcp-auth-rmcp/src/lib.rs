@@ -10,15 +10,140 @@ use futures::stream::BoxStream;
 use http::{HeaderName, HeaderValue};
 use mcp_auth_core::{AccessCredential, AuthError, Challenge, ExposeSecret, McpAuth, ResourceUri};
 use rmcp::model::ClientJsonRpcMessage;
+use rmcp::service::ClientInitializeError;
 use rmcp::transport::StreamableHttpClientTransport;
 use rmcp::transport::streamable_http_client::{
     SseError, StreamableHttpClient, StreamableHttpClientTransportConfig, StreamableHttpError,
     StreamableHttpPostResponse, StreamableHttpResponseLimits,
 };
+use rmcp::transport::worker::WorkerQuitReason;
 use sse_stream::Sse;
 use tracing::warn;
 
-type TransportError = StreamableHttpError<reqwest::Error>;
+/// The rmcp crate this adapter is built on, so that your rmcp types (`ServiceExt`, `model`,
+/// errors) are the very ones [`AuthorizedHttpClient`] implements its trait for.
+pub use rmcp;
+
+/// The error of an [`AuthorizedHttpClient`] request, as rmcp's transport carries it.
+pub type TransportError = StreamableHttpError<ClientError>;
+
+/// Why a request of an [`AuthorizedHttpClient`] failed on the client side; rmcp carries it as
+/// `StreamableHttpError::Client`. Find the [`AuthError`] in any rmcp error with
+/// [`auth_error`].
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ClientError {
+    /// mcp-auth could not authorize the request after the server's `401` or
+    /// `403 insufficient_scope`: the reason, to match on (`AuthorizationServerChanged`,
+    /// `LoginRequired`, `Authorizer`, …). Nothing was retried.
+    #[error("authorization failed: {0}")]
+    Auth(#[source] AuthError),
+    /// The HTTP request itself failed (connection, TLS, timeout).
+    #[error(transparent)]
+    Http(#[from] reqwest::Error),
+}
+
+impl ClientError {
+    /// The reason mcp-auth could not authorize, if that is what failed.
+    pub fn auth_error(&self) -> Option<&AuthError> {
+        match self {
+            Self::Auth(e) => Some(e),
+            Self::Http(_) => None,
+        }
+    }
+}
+
+/// The [`AuthError`] inside an error rmcp returned for a transport built on
+/// [`AuthorizedHttpClient`] — `ClientInitializeError` from `serve`, `ServiceError` from a
+/// request, `WorkerQuitReason`, or the transport error itself — or `None` when authorization
+/// was not why it failed. rmcp's errors do not all expose their cause through
+/// [`std::error::Error::source`], so use this rather than walking the chain yourself.
+///
+/// ```no_run
+/// # use std::sync::Arc;
+/// # use mcp_auth_core::{AuthError, McpAuth, ResourceUri};
+/// # use mcp_auth_rmcp::rmcp::ServiceExt;
+/// # use mcp_auth_rmcp::rmcp::model::{ClientCapabilities, ClientConfig, Implementation};
+/// # async fn demo(auth: Arc<McpAuth>, server: ResourceUri) {
+/// let info = ClientConfig::new(ClientCapabilities::default(), Implementation::new("my-host", "1.0"));
+/// match info.serve(mcp_auth_rmcp::transport(auth, server)).await {
+///     Ok(client) => { /* use it */ }
+///     Err(e) => match mcp_auth_rmcp::auth_error(&e) {
+///         Some(AuthError::AuthorizationServerChanged { from, to }) => {
+///             eprintln!("the server moved from {from} to {to}: configure a client for {to}")
+///         }
+///         Some(other) => eprintln!("cannot authorize: {other}"),
+///         None => eprintln!("cannot connect: {e}"),
+///     },
+/// }
+/// # }
+/// ```
+pub fn auth_error<'a>(error: &'a (dyn std::error::Error + 'static)) -> Option<&'a AuthError> {
+    let mut current = Some(error);
+    while let Some(error) = current {
+        if let Some(auth) = error.downcast_ref::<AuthError>() {
+            return Some(auth);
+        }
+        if let Some(client) = error.downcast_ref::<ClientError>() {
+            return client.auth_error();
+        }
+        if let Some(transport) = error.downcast_ref::<TransportError>() {
+            // `StreamableHttpError::Client` does not expose its content as a source.
+            return match transport {
+                StreamableHttpError::Client(client) => client.auth_error(),
+                _ => None,
+            };
+        }
+        // These two hold the transport error in a field that is not their `source()`.
+        current = if let Some(init) = error.downcast_ref::<ClientInitializeError>() {
+            match init {
+                ClientInitializeError::TransportError { error, .. } => Some(error),
+                ClientInitializeError::LegacyFallbackFailed { fallback, .. } => {
+                    Some(fallback.as_ref())
+                }
+                _ => error.source(),
+            }
+        } else if let Some(WorkerQuitReason::Fatal { error, .. }) =
+            error.downcast_ref::<WorkerQuitReason<TransportError>>()
+        {
+            Some(error)
+        } else {
+            error.source()
+        };
+    }
+    None
+}
+
+/// rmcp's reqwest client error, as this client's.
+fn from_reqwest(error: StreamableHttpError<reqwest::Error>) -> TransportError {
+    use StreamableHttpError as E;
+    match error {
+        E::Client(e) => E::Client(ClientError::Http(e)),
+        E::Sse(e) => E::Sse(e),
+        E::Io(e) => E::Io(e),
+        E::HttpStatus(e) => E::HttpStatus(e),
+        E::UnexpectedEndOfStream => E::UnexpectedEndOfStream,
+        E::UnexpectedServerResponse(m) => E::UnexpectedServerResponse(m),
+        E::ResponseBodyTooLarge { max_size } => E::ResponseBodyTooLarge { max_size },
+        E::UnexpectedContentType(c) => E::UnexpectedContentType(c),
+        E::ServerDoesNotSupportSse => E::ServerDoesNotSupportSse,
+        E::ServerDoesNotSupportDeleteSession => E::ServerDoesNotSupportDeleteSession,
+        E::TokioJoinError(e) => E::TokioJoinError(e),
+        E::Deserialize(e) => E::Deserialize(e),
+        E::TransportChannelClosed => E::TransportChannelClosed,
+        E::MissingSessionIdInResponse => E::MissingSessionIdInResponse,
+        E::AuthRequired(e) => E::AuthRequired(e),
+        E::InsufficientScope(e) => E::InsufficientScope(e),
+        E::ReservedHeaderConflict(h) => E::ReservedHeaderConflict(h),
+        E::SessionExpired => E::SessionExpired,
+        E::SessionRecoveryTimeout => E::SessionRecoveryTimeout,
+        E::ReinitializationFailed(e) => E::ReinitializationFailed(e),
+        E::ControlRequestTimeout => E::ControlRequestTimeout,
+        // Variants of rmcp features this client does not use (its own OAuth module) or of a
+        // later rmcp: kept as their message.
+        other => E::UnexpectedServerResponse(other.to_string().into()),
+    }
+}
 
 /// An rmcp [`StreamableHttpClient`] whose every request carries the token mcp-auth keeps for the
 /// MCP server, and which recovers from `401` (re-discovery, refresh or re-authorization,
@@ -106,7 +231,7 @@ impl AuthorizedHttpClient {
         let url = reqwest::Url::parse(uri).map_err(|_| refused("the server URL is invalid"))?;
         let proof = credential
             .dpop_proof(method, &url, self.auth.dpop_nonce(&url).as_deref())
-            .map_err(|e| refused(&e.to_string()))?
+            .map_err(|e| StreamableHttpError::Client(ClientError::Auth(e)))?
             .ok_or_else(|| refused("no DPoP key"))?;
         let mut authorization = HeaderValue::from_str(credential.authorization().expose_secret())
             .map_err(|_| refused("the token is not a valid header value"))?;
@@ -185,7 +310,8 @@ impl AuthorizedHttpClient {
                     headers,
                     limits,
                 )
-                .await;
+                .await
+                .map_err(from_reqwest);
             if let (Err(StreamableHttpError::AuthRequired(challenge)), Some(credential)) =
                 (&result, credential)
                 && credential.is_dpop()
@@ -210,9 +336,9 @@ impl AuthorizedHttpClient {
         }
     }
 
-    /// Lets the engine answer a challenge; `None` when it could not (the caller then returns
-    /// the original error).
-    async fn recover(&self, error: &TransportError) -> Option<AccessCredential> {
+    /// Lets the engine answer a challenge: the credential to retry with, or why there is none;
+    /// `None` when `error` is no challenge.
+    async fn recover(&self, error: &TransportError) -> Option<Result<AccessCredential, AuthError>> {
         let result: Result<_, AuthError> = match error {
             StreamableHttpError::AuthRequired(challenge) => {
                 self.auth
@@ -226,19 +352,10 @@ impl AuthorizedHttpClient {
             }
             _ => return None,
         };
-        match result {
-            Ok(token) => match self.auth.credential(&self.resource, token).await {
-                Ok(credential) => Some(credential),
-                Err(e) => {
-                    warn!(error = %e, resource = %self.resource, "authorization failed");
-                    None
-                }
-            },
-            Err(e) => {
-                warn!(error = %e, resource = %self.resource, "authorization failed");
-                None
-            }
-        }
+        Some(match result {
+            Ok(token) => self.auth.credential(&self.resource, token).await,
+            Err(e) => Err(e),
+        })
     }
 
     /// An rmcp transport for the server.
@@ -261,7 +378,7 @@ pub fn transport(
 }
 
 impl StreamableHttpClient for AuthorizedHttpClient {
-    type Error = reqwest::Error;
+    type Error = ClientError;
 
     async fn post_message(
         &self,
@@ -305,7 +422,8 @@ impl StreamableHttpClient for AuthorizedHttpClient {
             .await;
         match first {
             Err(error) => match self.recover(&error).await {
-                Some(credential) => {
+                Some(Err(auth)) => Err(StreamableHttpError::Client(ClientError::Auth(auth))),
+                Some(Ok(credential)) => {
                     self.post_with(
                         Some(&credential),
                         &uri,
@@ -334,6 +452,7 @@ impl StreamableHttpClient for AuthorizedHttpClient {
         self.http
             .delete_session(uri, session_id, token, headers)
             .await
+            .map_err(from_reqwest)
     }
 
     async fn get_stream(
@@ -349,6 +468,7 @@ impl StreamableHttpClient for AuthorizedHttpClient {
         self.http
             .get_stream(uri, session_id, last_event_id, token, headers)
             .await
+            .map_err(from_reqwest)
     }
 
     async fn get_stream_with_max_sse_event_size(
@@ -372,5 +492,6 @@ impl StreamableHttpClient for AuthorizedHttpClient {
                 max_sse_event_size,
             )
             .await
+            .map_err(from_reqwest)
     }
 }

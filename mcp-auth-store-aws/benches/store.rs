@@ -315,6 +315,12 @@ async fn run() {
     let engine = |s: &AwsSecretsStore| {
         McpAuth::builder(Arc::new(s.clone()))
             .http_policy(HttpPolicy::allowing_loopback())
+            .authorizer(Arc::new(
+                mcp_auth_core::HeadlessAuthorizer::with_policy(
+                    mcp_auth_core::HttpPolicy::allowing_loopback(),
+                )
+                .unwrap(),
+            ))
             .build()
             .unwrap()
     };
@@ -342,6 +348,12 @@ async fn run() {
     let refresh_auth = McpAuth::builder(Arc::new(off.clone()))
         .http_policy(HttpPolicy::allowing_loopback())
         .client(ClientConfig::default())
+        .authorizer(Arc::new(
+            mcp_auth_core::HeadlessAuthorizer::with_policy(
+                mcp_auth_core::HttpPolicy::allowing_loopback(),
+            )
+            .unwrap(),
+        ))
         .build()
         .unwrap();
     let mut times = Vec::new();

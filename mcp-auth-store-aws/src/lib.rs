@@ -168,7 +168,7 @@ pub(crate) fn new_token() -> String {
             ^ (u128::from(std::process::id()) << 40);
         bytes = seed.to_le_bytes();
     }
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
+    data_encoding::HEXLOWER.encode(&bytes)
 }
 
 /// A tombstone value: a versioned delete is done once `AWSCURRENT` is on it; its deleter deletes

@@ -9,8 +9,7 @@ use std::sync::{Arc, LazyLock, Mutex, MutexGuard, PoisonError, Weak};
 use std::time::{Duration, SystemTime};
 
 use async_trait::async_trait;
-use base64::Engine as _;
-use base64::engine::general_purpose::STANDARD as BASE64;
+use data_encoding::BASE64;
 use keyring_core::Entry;
 use keyring_core::api::CredentialPersistence;
 use mcp_auth_core::raw::{self, RawRecords};
@@ -320,7 +319,7 @@ fn new_version() -> String {
             .unwrap_or_default();
         bytes.copy_from_slice(&nanos.to_le_bytes());
     }
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
+    data_encoding::HEXLOWER.encode(&bytes)
 }
 
 fn corrupt(what: &str, reason: impl Into<String>) -> StoreError {

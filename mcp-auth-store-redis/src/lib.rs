@@ -471,7 +471,7 @@ fn new_version() -> String {
             .unwrap_or_default();
         bytes.copy_from_slice(&nanos.to_le_bytes()[..12]);
     }
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
+    data_encoding::HEXLOWER.encode(&bytes)
 }
 
 fn expect_args(expect: &Expect) -> (&'static str, String) {

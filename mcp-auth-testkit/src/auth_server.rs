@@ -11,7 +11,6 @@ use axum::body::{Body, Bytes};
 use axum::extract::State;
 use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
-use base64::Engine as _;
 use serde_json::{Map, Value, json};
 
 use crate::dpop::{self, DpopRejection, ReplayCache};
@@ -737,7 +736,7 @@ fn parse_basic(headers: &HeaderMap) -> Basic {
     if !scheme.eq_ignore_ascii_case("basic") {
         return Basic::Malformed;
     }
-    let Ok(decoded) = base64::engine::general_purpose::STANDARD.decode(rest.trim()) else {
+    let Ok(decoded) = data_encoding::BASE64.decode(rest.trim().as_bytes()) else {
         return Basic::Malformed;
     };
     let Ok(decoded) = String::from_utf8(decoded) else {

@@ -6,8 +6,7 @@ use std::fmt;
 use std::sync::Mutex;
 
 use axum::http::HeaderMap;
-use base64::Engine as _;
-use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use data_encoding::BASE64URL_NOPAD;
 use jsonwebtoken::jwk::{Jwk, ThumbprintHash};
 use jsonwebtoken::{Algorithm, DecodingKey, Validation};
 use serde_json::{Map, Value};
@@ -160,12 +159,12 @@ fn normalize_htu(url: &str) -> Option<String> {
 
 /// `ath`: base64url(SHA-256(access token)).
 pub(crate) fn ath(access_token: &str) -> String {
-    URL_SAFE_NO_PAD.encode(Sha256::digest(access_token.as_bytes()))
+    BASE64URL_NOPAD.encode(&Sha256::digest(access_token.as_bytes()))
 }
 
 fn json_segment(segment: &str) -> Result<Map<String, Value>, DpopRejection> {
-    let bytes = URL_SAFE_NO_PAD
-        .decode(segment)
+    let bytes = BASE64URL_NOPAD
+        .decode(segment.as_bytes())
         .map_err(|_| DpopRejection::Malformed)?;
     match serde_json::from_slice::<Value>(&bytes) {
         Ok(Value::Object(m)) => Ok(m),
@@ -318,11 +317,11 @@ impl TestDpopKey {
         if point.len() != 65 || point[0] != 4 {
             return Err("not an uncompressed P-256 point".into());
         }
-        let x = URL_SAFE_NO_PAD.encode(&point[1..33]);
-        let y = URL_SAFE_NO_PAD.encode(&point[33..65]);
+        let x = BASE64URL_NOPAD.encode(&point[1..33]);
+        let y = BASE64URL_NOPAD.encode(&point[33..65]);
         // RFC 7638: the required members in lexicographic order, no whitespace.
         let canonical = format!(r#"{{"crv":"P-256","kty":"EC","x":"{x}","y":"{y}"}}"#);
-        let jkt = URL_SAFE_NO_PAD.encode(Sha256::digest(canonical.as_bytes()));
+        let jkt = BASE64URL_NOPAD.encode(&Sha256::digest(canonical.as_bytes()));
         let jwk = serde_json::json!({"kty": "EC", "crv": "P-256", "x": x, "y": y});
         Ok(Self {
             pair: std::sync::Arc::new(pair),
@@ -391,14 +390,14 @@ impl TestDpopKey {
     pub fn sign(&self, header: &Value, claims: &Value) -> String {
         let input = format!(
             "{}.{}",
-            URL_SAFE_NO_PAD.encode(header.to_string().as_bytes()),
-            URL_SAFE_NO_PAD.encode(claims.to_string().as_bytes())
+            BASE64URL_NOPAD.encode(header.to_string().as_bytes()),
+            BASE64URL_NOPAD.encode(claims.to_string().as_bytes())
         );
         let signature = self
             .pair
             .sign(&aws_lc_rs::rand::SystemRandom::new(), input.as_bytes())
             .expect("ES256 signature");
-        format!("{input}.{}", URL_SAFE_NO_PAD.encode(signature.as_ref()))
+        format!("{input}.{}", BASE64URL_NOPAD.encode(signature.as_ref()))
     }
 }
 

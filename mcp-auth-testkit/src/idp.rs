@@ -16,7 +16,6 @@ use axum::body::Bytes;
 use axum::extract::State;
 use axum::http::{HeaderMap, Method, StatusCode, Uri};
 use axum::response::Response;
-use base64::Engine as _;
 use serde_json::{Map, Value, json};
 
 use crate::util::{
@@ -98,8 +97,8 @@ impl TestJwtKey {
             return Err("alg is not ES256".into());
         }
         let (input, signature) = token.rsplit_once('.').ok_or("not a compact JWS")?;
-        let signature = base64::engine::general_purpose::URL_SAFE_NO_PAD
-            .decode(signature)
+        let signature = data_encoding::BASE64URL_NOPAD
+            .decode(signature.as_bytes())
             .map_err(|_| "signature is not base64url")?;
         UnparsedPublicKey::new(&ECDSA_P256_SHA256_FIXED, self.pair.public_key().as_ref())
             .verify(input.as_bytes(), &signature)
@@ -115,8 +114,8 @@ pub(crate) fn decode_unverified(token: &str) -> Result<JwtParts, String> {
         return Err("not a compact JWS".into());
     }
     let part = |s: &str| -> Result<Map<String, Value>, String> {
-        let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
-            .decode(s)
+        let bytes = data_encoding::BASE64URL_NOPAD
+            .decode(s.as_bytes())
             .map_err(|_| "a JWS part is not base64url".to_string())?;
         serde_json::from_slice(&bytes).map_err(|_| "a JWS part is not a JSON object".to_string())
     };

@@ -7,7 +7,6 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use base64::Engine as _;
 use sha2::{Digest, Sha256};
 
 /// Locks a mutex, ignoring poisoning (a panicking test thread must not wedge the mock).
@@ -17,7 +16,7 @@ pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 
 /// `BASE64URL-ENCODE` without padding (RFC 7636 Appendix A).
 pub(crate) fn b64url(bytes: &[u8]) -> String {
-    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
+    data_encoding::BASE64URL_NOPAD.encode(bytes)
 }
 
 /// `BASE64URL(SHA256(input))`, the S256 PKCE transformation.

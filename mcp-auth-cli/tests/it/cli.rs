@@ -5,7 +5,7 @@ use std::process::Output;
 
 use mcp_auth_testkit::{AuthServer, AuthServerConfig, Endpoint, McpServer, McpServerConfig};
 
-async fn mcp_auth(store: &Path, args: &[&str]) -> Output {
+pub(crate) async fn mcp_auth(store: &Path, args: &[&str]) -> Output {
     tokio::process::Command::new(env!("CARGO_BIN_EXE_mcp-auth"))
         .arg("--store")
         .arg(format!("sqlite:{}", store.display()))
@@ -17,11 +17,11 @@ async fn mcp_auth(store: &Path, args: &[&str]) -> Output {
         .unwrap()
 }
 
-fn text(bytes: &[u8]) -> String {
+pub(crate) fn text(bytes: &[u8]) -> String {
     String::from_utf8_lossy(bytes).into_owned()
 }
 
-async fn servers() -> (AuthServer, McpServer) {
+pub(crate) async fn servers() -> (AuthServer, McpServer) {
     let as1 = AuthServer::start(AuthServerConfig::default())
         .await
         .unwrap();
@@ -67,7 +67,7 @@ fn secrets(as1: &AuthServer) -> Vec<String> {
     all
 }
 
-fn assert_no_secret(as1: &AuthServer, out: &str) {
+pub(crate) fn assert_no_secret(as1: &AuthServer, out: &str) {
     for s in secrets(as1) {
         assert!(!out.contains(&s), "a secret leaked into output:\n{out}");
     }

@@ -27,6 +27,10 @@ async fn token_refuses_a_dpop_bound_token_with_a_clear_message() {
     let auth = McpAuth::builder(Arc::new(store))
         .client(ClientConfig::default().with_dpop(DpopMode::IfSupported))
         .http_policy(HttpPolicy::allowing_loopback())
+        .authorizer(Arc::new(
+            mcp_auth_core::HeadlessAuthorizer::with_policy(HttpPolicy::allowing_loopback())
+                .unwrap(),
+        ))
         .build()
         .unwrap();
     let credential = auth

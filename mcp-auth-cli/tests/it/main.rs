@@ -8,6 +8,7 @@
 mod aws;
 mod browser;
 mod cli;
+mod cli_surface;
 mod device;
 mod dpop;
 mod encryption;

@@ -43,7 +43,6 @@ use std::pin::Pin;
 use std::sync::{Arc, Mutex, PoisonError};
 
 use async_trait::async_trait;
-use base64::Engine as _;
 use secrecy::{ExposeSecret, SecretString};
 use serde_json::{Map, Value};
 use sha2::Digest as _;
@@ -469,8 +468,8 @@ fn decode_jwt(token: &str) -> Option<(Map<String, Value>, Map<String, Value>)> {
         return None;
     }
     let decode = |part: &str| -> Option<Map<String, Value>> {
-        let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
-            .decode(part)
+        let bytes = data_encoding::BASE64URL_NOPAD
+            .decode(part.as_bytes())
             .ok()?;
         serde_json::from_slice(&bytes).ok()
     };
@@ -880,9 +879,7 @@ mod tests {
     use super::*;
 
     fn jwt(header: Value, claims: Value) -> String {
-        let enc = |v: &Value| {
-            base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(v.to_string().as_bytes())
-        };
+        let enc = |v: &Value| data_encoding::BASE64URL_NOPAD.encode(v.to_string().as_bytes());
         format!("{}.{}.c2ln", enc(&header), enc(&claims))
     }
 

@@ -22,7 +22,10 @@ use tokio::task::JoinHandle;
 use url::Url;
 
 use super::error::AuthError;
-use super::http::{Http, HttpPolicy, redact};
+use super::http::redact;
+#[cfg(feature = "headless")]
+use super::http::{Http, HttpPolicy};
+use crate::error::BoxError;
 
 /// One authorization request to complete.
 #[derive(Clone)]
@@ -84,18 +87,23 @@ fn loopback_port_free(redirect_uri: &Url) -> bool {
     std::net::TcpListener::bind((bind, port)).is_ok()
 }
 
-/// Fetches the authorization URL without a browser and returns the redirect it answers with, as
-/// authorization servers that approve at once do (test servers, the MCP conformance suite).
+/// **For tests** (feature `headless`): fetches the authorization URL without a browser and
+/// returns the redirect it answers with, as authorization servers that approve at once do (test
+/// servers such as `mcp-auth-testkit`, the MCP conformance suite). Any real authorization server
+/// answers with a consent or login page instead, and this authorizer then fails: people log in
+/// through [`LoopbackAuthorizer`] (the engine's default) or [`PasteAuthorizer`].
 /// Follows redirects inside the authorization server's origin up to 5 requests; stops at the
 /// first one pointing at the redirect URI, which must carry exactly one `state`: the request's.
 ///
 /// Every request goes through the engine's HTTP client and [`HttpPolicy`]: scheme check, SSRF
 /// filtering of IP literals and of every DNS answer, timeout and size limit.
+#[cfg(feature = "headless")]
 #[derive(Clone)]
 pub struct HeadlessAuthorizer {
     http: Http,
 }
 
+#[cfg(feature = "headless")]
 impl HeadlessAuthorizer {
     /// A headless authorizer under the default [`HttpPolicy`]: `https` to public addresses
     /// only, 10 s timeout.
@@ -112,6 +120,7 @@ impl HeadlessAuthorizer {
     }
 }
 
+#[cfg(feature = "headless")]
 impl fmt::Debug for HeadlessAuthorizer {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("HeadlessAuthorizer")
@@ -120,6 +129,7 @@ impl fmt::Debug for HeadlessAuthorizer {
     }
 }
 
+#[cfg(feature = "headless")]
 #[async_trait]
 impl Authorizer for HeadlessAuthorizer {
     async fn authorize(&self, request: AuthorizationRequest) -> Result<Url, AuthError> {
@@ -243,10 +253,16 @@ const MAX_CONNECTIONS: usize = 128;
 /// listener shuts down.
 const PAGE_GRACE: Duration = Duration::from_secs(2);
 
-/// The browser flow for people (RFC 8252): listens on the loopback redirect URI, hands the
-/// authorization URL to `open` (which shows it or opens a browser — never through a shell), and
-/// returns the callback of this login: a `GET` of the redirect path whose only `state` is the
-/// request's.
+/// Hands the authorization URL to whoever completes the login: opens a browser, shows the URL,
+/// or (in a test) plays the browser's part. An error ends the login at once with
+/// [`AuthError::Authorizer`] carrying its message (which must not contain the URL: it holds
+/// the login's `state`).
+pub type Opener = dyn Fn(&Url) -> Result<(), BoxError> + Send + Sync;
+
+/// The browser flow for people (RFC 8252), and the engine's default authorizer: listens on the
+/// loopback redirect URI, hands the authorization URL to an opener (the system browser unless
+/// another is given — never through a shell), and returns the callback of this login: a `GET`
+/// of the redirect path whose only `state` is the request's.
 ///
 /// Anything else — another path (404), another method (405), another or a repeated `state`, a
 /// repeated `iss`, `code` or `error` (400) — gets a static page saying it is not for this
@@ -255,19 +271,75 @@ const PAGE_GRACE: Duration = Duration::from_secs(2);
 /// slow or garbage connections cannot hold the real callback back. Pages reflect nothing from
 /// the request and are sent `Cache-Control: no-store`, `Referrer-Policy: no-referrer`. The
 /// listener and every connection are closed when `authorize` returns.
+///
+/// ```
+/// use std::time::Duration;
+/// use mcp_auth_core::LoopbackAuthorizer;
+///
+/// // The system browser, 5 minutes to finish (what `McpAuth::builder` uses by default).
+/// let browser = LoopbackAuthorizer::system_browser();
+/// // Show the URL instead, and allow 2 minutes.
+/// let shown = LoopbackAuthorizer::with_opener(|url| {
+///     eprintln!("Open this address to log in: {url}");
+///     Ok(())
+/// })
+/// .timeout(Duration::from_secs(120));
+/// # let _ = (browser, shown);
+/// ```
 pub struct LoopbackAuthorizer {
-    open: Box<dyn Fn(&Url) + Send + Sync>,
+    open: Box<Opener>,
     timeout: Duration,
 }
 
 impl LoopbackAuthorizer {
-    /// `open` receives the authorization URL (print it, or open a browser with a crate such as
-    /// `webbrowser`). The user has `timeout` to finish.
-    pub fn new(open: impl Fn(&Url) + Send + Sync + 'static, timeout: Duration) -> Self {
+    /// How long the user has to finish the login unless [`LoopbackAuthorizer::timeout`] says
+    /// otherwise: 5 minutes.
+    pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(300);
+
+    /// Opens the authorization URL in the system's default browser (the `webbrowser` crate:
+    /// `xdg-open` and its peers, `open` on macOS, the shell API on Windows — never a shell
+    /// command line). Where no browser can be started the login fails at once, saying so.
+    pub fn system_browser() -> Self {
+        Self::with_opener(|url| {
+            webbrowser::open(url.as_str())
+                .map_err(|e| -> BoxError { format!("cannot start a web browser ({e})").into() })
+        })
+    }
+
+    /// `open` receives the authorization URL and completes the login's first half: opens a
+    /// browser, shows the URL, or (in a test) fetches it and follows the redirect to the
+    /// loopback callback, as a browser would. An error ends the login at once. The user has
+    /// [`LoopbackAuthorizer::DEFAULT_TIMEOUT`] to finish.
+    pub fn with_opener(
+        open: impl Fn(&Url) -> Result<(), BoxError> + Send + Sync + 'static,
+    ) -> Self {
         Self {
             open: Box::new(open),
-            timeout,
+            timeout: Self::DEFAULT_TIMEOUT,
         }
+    }
+
+    /// `open` receives the authorization URL (print it, or open a browser with a crate such as
+    /// `webbrowser`) and cannot fail. The user has `timeout` to finish.
+    pub fn new(open: impl Fn(&Url) + Send + Sync + 'static, timeout: Duration) -> Self {
+        Self::with_opener(move |url| {
+            open(url);
+            Ok(())
+        })
+        .timeout(timeout)
+    }
+
+    /// How long the user has to finish the login.
+    pub fn timeout(mut self, timeout: Duration) -> Self {
+        self.timeout = timeout;
+        self
+    }
+}
+
+impl Default for LoopbackAuthorizer {
+    /// [`LoopbackAuthorizer::system_browser`].
+    fn default() -> Self {
+        Self::system_browser()
     }
 }
 
@@ -311,7 +383,13 @@ impl Authorizer for LoopbackAuthorizer {
             redirect: redirect.clone(),
             state: request.state.clone(),
         });
-        (self.open)(&request.url);
+        (self.open)(&request.url).map_err(|e| {
+            AuthError::Authorizer(format!(
+                "the authorization URL could not be opened: {e}; give the engine an authorizer \
+                 that can show it (McpAuthBuilder::authorizer with LoopbackAuthorizer::with_opener \
+                 or a PasteAuthorizer)"
+            ))
+        })?;
         // Dropped when this returns (or is cancelled): the listener closes, connections abort.
         let mut server = CallbackServer::new(listener, expected);
         match tokio::time::timeout(self.timeout, server.wait()).await {

@@ -14,8 +14,7 @@ use std::collections::HashMap;
 use std::fmt;
 use std::sync::{Arc, Mutex, PoisonError};
 
-use base64::Engine as _;
-use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use data_encoding::BASE64URL_NOPAD;
 use jsonwebtoken::jwk::{Jwk, ThumbprintHash};
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use secrecy::{ExposeSecret, SecretString};
@@ -77,7 +76,7 @@ impl DpopKey {
 
     /// The key a token set stored ([`DpopKey::stored`]). The error never shows the key.
     pub(crate) fn from_stored(stored: &SecretString) -> Result<Self, AuthError> {
-        let der = URL_SAFE_NO_PAD
+        let der = BASE64URL_NOPAD
             .decode(stored.expose_secret().as_bytes())
             .map_err(|_| AuthError::Config("the stored DPoP key is not base64url".to_owned()))?;
         Self::from_der(&der)
@@ -96,7 +95,7 @@ impl DpopKey {
             .thumbprint(ThumbprintHash::SHA256)
             .map_err(|_| unusable())?;
         Ok(Self {
-            stored: SecretString::from(URL_SAFE_NO_PAD.encode(der)),
+            stored: SecretString::from(BASE64URL_NOPAD.encode(der)),
             encoding,
             jwk,
             jkt,
@@ -137,7 +136,7 @@ impl DpopKey {
         });
         if let Some(token) = access_token {
             claims["ath"] = json!(
-                URL_SAFE_NO_PAD.encode(sha2::Sha256::digest(token.expose_secret().as_bytes()))
+                BASE64URL_NOPAD.encode(&sha2::Sha256::digest(token.expose_secret().as_bytes()))
             );
         }
         if let Some(nonce) = nonce {
@@ -232,9 +231,12 @@ pub(crate) fn token_jkt(access_token: &str) -> Option<String> {
     let (_, payload, _, None) = (parts.next()?, parts.next()?, parts.next()?, parts.next()) else {
         return None;
     };
-    let claims: serde_json::Value =
-        serde_json::from_slice(&URL_SAFE_NO_PAD.decode(payload.trim_end_matches('=')).ok()?)
-            .ok()?;
+    let claims: serde_json::Value = serde_json::from_slice(
+        &BASE64URL_NOPAD
+            .decode(payload.trim_end_matches('=').as_bytes())
+            .ok()?,
+    )
+    .ok()?;
     claims.get("cnf")?.get("jkt")?.as_str().map(str::to_owned)
 }
 
@@ -331,7 +333,7 @@ mod tests {
         assert_eq!(c["nonce"], "n-1");
         assert_eq!(
             c["ath"],
-            URL_SAFE_NO_PAD.encode(sha2::Sha256::digest(b"tok"))
+            BASE64URL_NOPAD.encode(&sha2::Sha256::digest(b"tok"))
         );
         assert!(c["jti"].as_str().unwrap().len() >= 16);
         // A second proof has another jti.
@@ -356,7 +358,7 @@ mod tests {
         let jwt = |claims: serde_json::Value| {
             format!(
                 "eyJhbGciOiJFUzI1NiJ9.{}.sig",
-                URL_SAFE_NO_PAD.encode(claims.to_string())
+                BASE64URL_NOPAD.encode(claims.to_string().as_bytes())
             )
         };
         assert_eq!(

@@ -553,6 +553,7 @@ impl Http {
 
     /// GET `url` as a browser would (the authorization endpoint), following no redirect: the
     /// caller decides where a redirect may lead. Same checks and limits as every request.
+    #[cfg(feature = "headless")]
     pub(crate) async fn get_page(&self, url: &Url) -> Result<Fetched, AuthError> {
         self.send(
             self.client(url)?

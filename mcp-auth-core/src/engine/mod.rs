@@ -23,7 +23,6 @@ use std::fmt;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
-use base64::Engine as _;
 use secrecy::{ExposeSecret, SecretString};
 use serde_json::{Map, Value, json};
 use sha2::Digest as _;
@@ -33,8 +32,10 @@ use url::Url;
 pub use assertion::{
     AssertionProvider, AssertionRequest, AssertionSource, IdentityAssertionGrant, JwtBearerGrant,
 };
+#[cfg(feature = "headless")]
+pub use authorizer::HeadlessAuthorizer;
 pub use authorizer::{
-    AuthorizationRequest, Authorizer, HeadlessAuthorizer, LoopbackAuthorizer, PasteAuthorizer,
+    AuthorizationRequest, Authorizer, LoopbackAuthorizer, Opener, PasteAuthorizer,
 };
 pub use device::DeviceCode;
 pub use discovery::{Challenge, metadata_urls};
@@ -448,7 +449,12 @@ impl McpAuthBuilder {
         self
     }
 
-    /// How authorization codes are obtained (default: [`HeadlessAuthorizer`]).
+    /// How authorization codes are obtained. Default:
+    /// [`LoopbackAuthorizer::system_browser`] — the system browser and a listener on the
+    /// configured loopback redirect URI, 5 minutes to finish. Give another one to show the URL
+    /// yourself ([`LoopbackAuthorizer::with_opener`]), to accept a pasted redirect
+    /// ([`PasteAuthorizer`]) or, in tests against a server that approves at once, the
+    /// `HeadlessAuthorizer` of feature `headless`.
     pub fn authorizer(mut self, authorizer: Arc<dyn Authorizer>) -> Self {
         self.authorizer = Some(authorizer);
         self
@@ -499,7 +505,7 @@ impl McpAuthBuilder {
         }
         let authorizer = match self.authorizer {
             Some(a) => a,
-            None => Arc::new(HeadlessAuthorizer::with_policy(self.policy.clone())?),
+            None => Arc::new(LoopbackAuthorizer::system_browser()),
         };
         Ok(McpAuth {
             store: self.store,
@@ -526,12 +532,11 @@ fn random_urlsafe(bytes: usize) -> String {
         // fails closed.
         buf.clear();
     }
-    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(&buf)
+    data_encoding::BASE64URL_NOPAD.encode(&buf)
 }
 
 fn pkce_challenge(verifier: &str) -> String {
-    base64::engine::general_purpose::URL_SAFE_NO_PAD
-        .encode(sha2::Sha256::digest(verifier.as_bytes()))
+    data_encoding::BASE64URL_NOPAD.encode(&sha2::Sha256::digest(verifier.as_bytes()))
 }
 
 /// An authorization server's `400 use_dpop_nonce` with a `DPoP-Nonce` (RFC 9449 §8): it

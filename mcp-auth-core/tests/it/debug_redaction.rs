@@ -199,6 +199,10 @@ async fn dpop_private_keys_are_not_printed() {
     let auth = McpAuth::builder(store.clone())
         .client(ClientConfig::default().with_dpop(DpopMode::IfSupported))
         .http_policy(HttpPolicy::allowing_loopback())
+        .authorizer(Arc::new(
+            mcp_auth_core::HeadlessAuthorizer::with_policy(HttpPolicy::allowing_loopback())
+                .unwrap(),
+        ))
         .build()
         .unwrap();
     let resource = ResourceUri::new(mcp.url()).unwrap();

@@ -5,8 +5,7 @@
 use std::sync::Arc;
 
 use crate::common::*;
-use base64::Engine as _;
-use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use data_encoding::BASE64URL_NOPAD;
 use mcp_auth_core::{
     AccessCredential, AuthError, Challenge, CredentialStore, DpopMode, Expect, ExposeSecret,
     IssuerId, McpAuth, Timestamp, TokenKey, TokenSet,
@@ -42,8 +41,8 @@ async fn expire_locally(store: &dyn CredentialStore, key: &TokenKey) {
 
 /// The stored DPoP private key, as a testkit signer (what a thief of the store would have).
 fn stored_key(tokens: &TokenSet) -> TestDpopKey {
-    let der = URL_SAFE_NO_PAD
-        .decode(tokens.dpop_key.as_ref().unwrap().expose_secret())
+    let der = BASE64URL_NOPAD
+        .decode(tokens.dpop_key.as_ref().unwrap().expose_secret().as_bytes())
         .unwrap();
     TestDpopKey::from_pkcs8(&der).unwrap()
 }

@@ -32,6 +32,7 @@ fn engines(
                 McpAuth::builder(Arc::clone(store))
                     .client(config().with_redirect_uri(REDIRECT))
                     .http_policy(policy())
+                    .authorizer(headless())
                     .build()
                     .unwrap(),
             )

@@ -48,6 +48,7 @@ async fn run(case: Case) -> (Result<SecretString, AuthError>, AuthServer, McpSer
         McpAuth::builder(memory())
             .client(ClientConfig::default().with_redirect_uri(REDIRECT))
             .http_policy(HttpPolicy::allowing_loopback().with_timeout(Duration::from_secs(1)))
+            .authorizer(headless())
             .build()
             .unwrap(),
     );

@@ -436,6 +436,42 @@ async fn timeout_is_a_clear_error_and_releases_the_port() {
     std::net::TcpListener::bind(("127.0.0.1", port)).expect("the port was not released");
 }
 
+/// An opener that cannot show the URL (no browser on this machine) ends the login at once
+/// with an `Authorizer` error saying so — not after the timeout — without the URL's `state`,
+/// and releases the port.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_opener_that_fails_ends_the_login_at_once() {
+    let port = free_port();
+    let authorizer = LoopbackAuthorizer::with_opener(|_url| Err("no browser here".into()))
+        .timeout(Duration::from_secs(30));
+    let began = Instant::now();
+    let result = authorizer.authorize(request_for(port)).await;
+    assert!(
+        began.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        began.elapsed()
+    );
+    let Err(AuthError::Authorizer(message)) = result else {
+        panic!("expected an Authorizer error, got {result:?}");
+    };
+    assert!(message.contains("no browser here"), "{message}");
+    assert!(!message.contains(STATE), "{message}");
+    std::net::TcpListener::bind(("127.0.0.1", port)).expect("the port was not released");
+}
+
+/// The engine's default authorizer is the browser flow on the loopback listener, never the
+/// test-only headless redirect-follower.
+#[test]
+fn the_default_authorizer_is_the_loopback_browser_flow() {
+    let auth = McpAuth::builder(Arc::new(MemoryStore::new()))
+        .build()
+        .unwrap();
+    let debug = format!("{auth:?}");
+    assert!(debug.contains("LoopbackAuthorizer"), "{debug}");
+    assert!(debug.contains("300s"), "five minutes to log in: {debug}");
+    assert!(!debug.contains("HeadlessAuthorizer"), "{debug}");
+}
+
 /// A minimal authorization endpoint on 127.0.0.1: answers every request with a `302` to
 /// `location(request target)`, and counts the connections it receives.
 struct MockAs {

@@ -6,7 +6,8 @@ use std::collections::HashSet;
 use std::sync::Arc;
 
 use mcp_auth_core::{
-    ClientConfig as AuthConfig, DpopMode, HttpPolicy, McpAuth, MemoryStore, ResourceUri,
+    ClientConfig as AuthConfig, DpopMode, HeadlessAuthorizer, HttpPolicy, McpAuth, MemoryStore,
+    ResourceUri,
 };
 use mcp_auth_testkit::{
     AuthServer, AuthServerConfig, DpopRejection, Endpoint, McpServer, McpServerConfig,
@@ -34,6 +35,9 @@ async fn rmcp_client_sends_valid_dpop_proofs() {
         McpAuth::builder(Arc::new(MemoryStore::new()))
             .client(AuthConfig::default().with_dpop(DpopMode::IfSupported))
             .http_policy(HttpPolicy::allowing_loopback())
+            .authorizer(Arc::new(
+                HeadlessAuthorizer::with_policy(HttpPolicy::allowing_loopback()).unwrap(),
+            ))
             .build()
             .unwrap(),
     );

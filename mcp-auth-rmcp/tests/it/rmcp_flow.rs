@@ -4,7 +4,7 @@
 use std::collections::HashSet;
 use std::sync::Arc;
 
-use mcp_auth_core::{HttpPolicy, McpAuth, MemoryStore, ResourceUri};
+use mcp_auth_core::{HeadlessAuthorizer, HttpPolicy, McpAuth, MemoryStore, ResourceUri};
 use mcp_auth_testkit::{AuthServer, AuthServerConfig, Endpoint, McpServer, McpServerConfig};
 use rmcp::ServiceExt;
 use rmcp::model::{CallToolRequestParams, ClientCapabilities, ClientConfig, Implementation};
@@ -26,6 +26,9 @@ async fn rmcp_client_authenticates_migrates_and_steps_up() {
     let auth = Arc::new(
         McpAuth::builder(Arc::new(MemoryStore::new()))
             .http_policy(HttpPolicy::allowing_loopback())
+            .authorizer(Arc::new(
+                HeadlessAuthorizer::with_policy(HttpPolicy::allowing_loopback()).unwrap(),
+            ))
             .build()
             .unwrap(),
     );

@@ -52,6 +52,12 @@ async fn warm_access_token_makes_no_aws_call_while_the_cache_is_fresh() {
         let store = store_with_ttl(&ns, ttl);
         let auth = McpAuth::builder(Arc::new(store.clone()))
             .http_policy(HttpPolicy::allowing_loopback())
+            .authorizer(Arc::new(
+                mcp_auth_core::HeadlessAuthorizer::with_policy(
+                    mcp_auth_core::HttpPolicy::allowing_loopback(),
+                )
+                .unwrap(),
+            ))
             .build()
             .unwrap();
         let first = auth.access_token(&resource).await.unwrap();

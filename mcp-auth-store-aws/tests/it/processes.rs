@@ -24,6 +24,12 @@ fn now_ms() -> u64 {
 fn engine(store: AwsSecretsStore) -> McpAuth {
     McpAuth::builder(Arc::new(store))
         .http_policy(HttpPolicy::allowing_loopback())
+        .authorizer(Arc::new(
+            mcp_auth_core::HeadlessAuthorizer::with_policy(
+                mcp_auth_core::HttpPolicy::allowing_loopback(),
+            )
+            .unwrap(),
+        ))
         .build()
         .unwrap()
 }

@@ -340,6 +340,12 @@ async fn master_killed_and_replica_promoted_while_8_processes_refresh_loses_no_g
             .unwrap();
     McpAuth::builder(Arc::new(store.clone()))
         .http_policy(mcp_auth_core::HttpPolicy::allowing_loopback())
+        .authorizer(Arc::new(
+            mcp_auth_core::HeadlessAuthorizer::with_policy(
+                mcp_auth_core::HttpPolicy::allowing_loopback(),
+            )
+            .unwrap(),
+        ))
         .build()
         .unwrap()
         .access_token(&resource)

@@ -234,6 +234,12 @@ fn engine(store: Arc<dyn CredentialStore>) -> McpAuth {
     McpAuth::builder(store)
         .client(ClientConfig::default().with_dpop(DpopMode::IfSupported))
         .http_policy(HttpPolicy::allowing_loopback())
+        .authorizer(Arc::new(
+            mcp_auth_core::HeadlessAuthorizer::with_policy(
+                mcp_auth_core::HttpPolicy::allowing_loopback(),
+            )
+            .unwrap(),
+        ))
         .build()
         .unwrap()
 }

@@ -913,6 +913,12 @@ async fn redis_killed_for_3_s_while_8_processes_refresh_loses_no_grant() {
         .unwrap();
     McpAuth::builder(Arc::new(store.clone()))
         .http_policy(mcp_auth_core::HttpPolicy::allowing_loopback())
+        .authorizer(Arc::new(
+            mcp_auth_core::HeadlessAuthorizer::with_policy(
+                mcp_auth_core::HttpPolicy::allowing_loopback(),
+            )
+            .unwrap(),
+        ))
         .build()
         .unwrap()
         .access_token(&resource)

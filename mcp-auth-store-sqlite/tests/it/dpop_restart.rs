@@ -14,6 +14,12 @@ fn engine(store: SqliteStore) -> McpAuth {
     McpAuth::builder(Arc::new(store))
         .client(ClientConfig::default().with_dpop(DpopMode::IfSupported))
         .http_policy(HttpPolicy::allowing_loopback())
+        .authorizer(Arc::new(
+            mcp_auth_core::HeadlessAuthorizer::with_policy(
+                mcp_auth_core::HttpPolicy::allowing_loopback(),
+            )
+            .unwrap(),
+        ))
         .build()
         .unwrap()
 }

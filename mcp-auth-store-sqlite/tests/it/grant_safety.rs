@@ -36,6 +36,12 @@ fn grant_worker() {
                 HttpPolicy::allowing_loopback()
                     .with_timeout(Duration::from_millis(http_timeout_ms)),
             )
+            .authorizer(Arc::new(
+                mcp_auth_core::HeadlessAuthorizer::with_policy(
+                    mcp_auth_core::HttpPolicy::allowing_loopback(),
+                )
+                .unwrap(),
+            ))
             .build()
             .unwrap();
         match auth.cached_access_token(&resource).await {
@@ -73,6 +79,12 @@ async fn setup() -> Setup {
     let store = SqliteStore::open(&db).await.unwrap();
     McpAuth::builder(Arc::new(store.clone()))
         .http_policy(HttpPolicy::allowing_loopback())
+        .authorizer(Arc::new(
+            mcp_auth_core::HeadlessAuthorizer::with_policy(
+                mcp_auth_core::HttpPolicy::allowing_loopback(),
+            )
+            .unwrap(),
+        ))
         .build()
         .unwrap()
         .access_token(&resource)

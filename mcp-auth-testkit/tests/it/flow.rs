@@ -419,10 +419,7 @@ async fn basic_credentials_are_form_urlencoded() {
     // Raw (not urlencoded) credentials are rejected.
     let raw = format!(
         "Basic {}",
-        base64::Engine::encode(
-            &base64::engine::general_purpose::STANDARD,
-            format!("{id}:{secret}")
-        )
+        data_encoding::BASE64.encode(format!("{id}:{secret}").as_bytes())
     );
     let resp = http()
         .post(format!("{}/token", auth.issuer()))

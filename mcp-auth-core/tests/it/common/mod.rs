@@ -11,8 +11,8 @@
 use std::sync::Arc;
 
 use mcp_auth_core::{
-    AuthError, ClientConfig, CredentialStore, ExposeSecret, HttpPolicy, McpAuth, MemoryStore,
-    ResourceUri, SecretString,
+    AuthError, Authorizer, ClientConfig, CredentialStore, ExposeSecret, HeadlessAuthorizer,
+    HttpPolicy, McpAuth, MemoryStore, ResourceUri, SecretString,
 };
 use mcp_auth_testkit::{AuthServer, AuthServerConfig, McpServer, McpServerConfig};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -41,10 +41,17 @@ pub fn resource(mcp: &McpServer) -> ResourceUri {
     ResourceUri::new(mcp.url()).unwrap()
 }
 
+/// The testkit's authorization servers approve at once: a redirect-follower completes the
+/// login without a browser.
+pub fn headless() -> Arc<dyn Authorizer> {
+    Arc::new(HeadlessAuthorizer::with_policy(HttpPolicy::allowing_loopback()).unwrap())
+}
+
 pub fn engine_with(store: Arc<dyn CredentialStore>, config: ClientConfig) -> McpAuth {
     McpAuth::builder(store)
         .client(config.with_redirect_uri(REDIRECT))
         .http_policy(HttpPolicy::allowing_loopback())
+        .authorizer(headless())
         .build()
         .unwrap()
 }

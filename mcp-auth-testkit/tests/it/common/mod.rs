@@ -2,7 +2,6 @@
 #![allow(dead_code, unreachable_pub, missing_docs)]
 use std::collections::BTreeMap;
 
-use base64::Engine as _;
 use mcp_auth_testkit::{AuthServer, McpServer};
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
@@ -18,16 +17,13 @@ pub fn http() -> reqwest::Client {
 }
 
 pub fn b64url(b: &[u8]) -> String {
-    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(b)
+    data_encoding::BASE64URL_NOPAD.encode(b)
 }
 
 pub fn basic(id: &str, secret: &str) -> String {
     let enc = |s: &str| url::form_urlencoded::byte_serialize(s.as_bytes()).collect::<String>();
     let raw = format!("{}:{}", enc(id), enc(secret));
-    format!(
-        "Basic {}",
-        base64::engine::general_purpose::STANDARD.encode(raw)
-    )
+    format!("Basic {}", data_encoding::BASE64.encode(raw.as_bytes()))
 }
 
 /// A PKCE verifier and its S256 challenge.
