@@ -221,6 +221,10 @@ pub fn target_dir() -> PathBuf {
 }
 
 /// Writes `report` (pretty JSON) to `target/bench/<name>.json` and returns the path.
+///
+/// # Errors
+///
+/// The I/O error when `target/bench` cannot be created or the file cannot be written.
 pub fn write_json(name: &str, report: &serde_json::Value) -> std::io::Result<PathBuf> {
     let dir = target_dir().join("bench");
     std::fs::create_dir_all(&dir)?;
@@ -256,6 +260,11 @@ pub fn redis_url() -> Option<String> {
 /// Deletes every key matching `pattern` (a `SCAN MATCH` glob, e.g. a benchmark's own namespace
 /// `mcp-auth:{<namespace key>}:*`) from the Redis server at `url`; how many were deleted. Never
 /// `FLUSHDB`: the server may be shared.
+///
+/// # Errors
+///
+/// The [`redis::RedisError`] when `url` is not a Redis URL, the server cannot be reached, or a
+/// `SCAN` or `UNLINK` fails; keys deleted before the failure stay deleted.
 pub async fn delete_redis_keys(url: &str, pattern: &str) -> redis::RedisResult<usize> {
     let client = redis::Client::open(url)?;
     let mut conn = client.get_multiplexed_async_connection().await?;

@@ -175,6 +175,12 @@ impl ParsedUrl {
 
 impl IssuerId {
     /// Validates `issuer`. The string is kept byte for byte; nothing is normalised.
+    ///
+    /// # Errors
+    ///
+    /// [`InvalidId`] when `issuer` is empty, longer than 200 bytes, contains whitespace or control
+    /// characters, a query (`?`), a fragment (`#`) or user information, is not an absolute URL with
+    /// a host, or uses a scheme other than `https` (`http` is accepted only on a loopback host).
     pub fn new(issuer: impl Into<String>) -> Result<Self, InvalidId> {
         let issuer = issuer.into();
         if issuer.contains('?') {
@@ -207,6 +213,11 @@ impl IssuerId {
     }
 
     /// Inverse of [`IssuerId::storage_key`].
+    ///
+    /// # Errors
+    ///
+    /// [`InvalidId`] when `key` is not an issuer storage key, or decodes to a string that
+    /// [`IssuerId::new`] rejects.
     pub fn from_storage_key(key: &str) -> Result<Self, InvalidId> {
         let raw = decode_key(key)
             .ok_or_else(|| InvalidId::new("issuer", key, "is not an issuer storage key"))?;
@@ -237,6 +248,13 @@ pub struct ResourceUri {
 
 impl ResourceUri {
     /// Parses `uri` and brings it to canonical form.
+    ///
+    /// # Errors
+    ///
+    /// [`InvalidId`] when `uri` is empty, longer than 200 bytes (before or after canonicalisation),
+    /// contains whitespace or control characters, a fragment (`#`) or user information, is not an
+    /// absolute URL with a host, or uses a scheme other than `https` (`http` is accepted only on a
+    /// loopback host).
     pub fn new(uri: impl AsRef<str>) -> Result<Self, InvalidId> {
         let raw = uri.as_ref();
         let url = parse_http_url("resource URI", raw)?;
@@ -268,6 +286,11 @@ impl ResourceUri {
     }
 
     /// Inverse of [`ResourceUri::storage_key`].
+    ///
+    /// # Errors
+    ///
+    /// [`InvalidId`] when `key` is not a resource storage key, decodes to a URI that
+    /// [`ResourceUri::new`] rejects, or decodes to a URI that is not in canonical form.
     pub fn from_storage_key(key: &str) -> Result<Self, InvalidId> {
         let raw = decode_key(key)
             .ok_or_else(|| InvalidId::new("resource URI", key, "is not a resource storage key"))?;
@@ -304,6 +327,10 @@ pub struct Namespace {
 
 impl Namespace {
     /// Validates a namespace name.
+    ///
+    /// # Errors
+    ///
+    /// [`InvalidId`] when `name` is empty, longer than 200 bytes, or contains control characters.
     pub fn new(name: impl Into<String>) -> Result<Self, InvalidId> {
         let name = name.into();
         if name.is_empty() {
@@ -345,6 +372,11 @@ impl Namespace {
     }
 
     /// Inverse of [`Namespace::storage_key`].
+    ///
+    /// # Errors
+    ///
+    /// [`InvalidId`] when `key` is not a namespace storage key, or decodes to a name that
+    /// [`Namespace::new`] rejects.
     pub fn from_storage_key(key: &str) -> Result<Self, InvalidId> {
         let raw = decode_key(key)
             .ok_or_else(|| InvalidId::new("namespace", key, "is not a namespace storage key"))?;
@@ -385,6 +417,12 @@ impl TokenKey {
     }
 
     /// Inverse of [`TokenKey::storage_key`].
+    ///
+    /// # Errors
+    ///
+    /// [`InvalidId`] when `key` is not two storage keys joined by `.`, or either half is not a
+    /// valid issuer or resource storage key (see [`IssuerId::from_storage_key`] and
+    /// [`ResourceUri::from_storage_key`]).
     pub fn from_storage_key(key: &str) -> Result<Self, InvalidId> {
         let (issuer, resource) = key
             .split_once('.')

@@ -69,6 +69,11 @@ pub trait RawRecords: StoreInfo {
 }
 
 /// `TokenStore::get_tokens` from raw records.
+///
+/// # Errors
+///
+/// Whatever [`RawRecords::get_record`] returns, and [`StoreError::Corrupt`] when the stored bytes
+/// do not decode as a token set of `key` (see [`record::decode_tokens`]).
 pub async fn get_tokens<S: RawRecords + ?Sized>(
     store: &S,
     key: &TokenKey,
@@ -80,6 +85,12 @@ pub async fn get_tokens<S: RawRecords + ?Sized>(
 }
 
 /// `TokenStore::put_tokens` from raw records.
+///
+/// # Errors
+///
+/// [`StoreError::TooLarge`] when the encoded token set exceeds [`record::MAX_RECORD_BYTES`];
+/// otherwise whatever [`RawRecords::put_record`] returns, [`StoreError::Conflict`] included when
+/// `expect` does not hold.
 pub async fn put_tokens<S: RawRecords + ?Sized>(
     store: &S,
     key: &TokenKey,
@@ -93,6 +104,11 @@ pub async fn put_tokens<S: RawRecords + ?Sized>(
 }
 
 /// `TokenStore::delete_tokens` from raw records.
+///
+/// # Errors
+///
+/// Whatever [`RawRecords::delete_record`] returns, [`StoreError::Conflict`] included when `expect`
+/// does not hold.
 pub async fn delete_tokens<S: RawRecords + ?Sized>(
     store: &S,
     key: &TokenKey,
@@ -104,6 +120,10 @@ pub async fn delete_tokens<S: RawRecords + ?Sized>(
 }
 
 /// `TokenStore::list_tokens` from raw records.
+///
+/// # Errors
+///
+/// Whatever [`RawRecords::list_records`] returns.
 pub async fn list_tokens<S: RawRecords + ?Sized>(store: &S) -> Result<Vec<TokenKey>, StoreError> {
     Ok(store
         .list_records(RecordKind::Tokens)
@@ -168,6 +188,11 @@ pub fn par_map<T: Send, U: Send>(
 }
 
 /// `TokenStore::scan_tokens` from raw records: one [`RawRecords::scan_records`].
+///
+/// # Errors
+///
+/// Whatever [`RawRecords::scan_records`] returns, and [`StoreError::Corrupt`] when any scanned
+/// record does not decode as a token set of its key.
 pub async fn scan_tokens<S: RawRecords + ?Sized>(
     store: &S,
 ) -> Result<Vec<(TokenKey, Versioned<TokenSet>)>, StoreError> {
@@ -182,6 +207,12 @@ pub async fn scan_tokens<S: RawRecords + ?Sized>(
 }
 
 /// `TokenStore::put_tokens_any` from raw records: one [`RawRecords::put_records_any`].
+///
+/// # Errors
+///
+/// [`StoreError::TooLarge`] when any encoded token set exceeds [`record::MAX_RECORD_BYTES`] (before
+/// anything is written); otherwise whatever [`RawRecords::put_records_any`] returns, after which
+/// any subset may have been written.
 pub async fn put_tokens_any<S: RawRecords + ?Sized>(
     store: &S,
     tokens: &[(TokenKey, TokenSet)],

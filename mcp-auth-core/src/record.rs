@@ -139,6 +139,11 @@ impl RecordKey {
 
 /// Turns a backend's raw read (`None`, or the bytes with their version) into a typed, versioned
 /// record with `decode` — the one line every backend's `get_*` needs.
+///
+/// # Errors
+///
+/// Whatever `decode` returns for the stored bytes (normally [`StoreError::Corrupt`] when they do
+/// not decode); `None` is never an error.
 pub fn versioned<T>(
     found: Option<(Vec<u8>, Version)>,
     decode: impl FnOnce(&[u8]) -> Result<T, StoreError>,
@@ -348,6 +353,11 @@ impl ClassifyName for serde_json::Error {
 }
 
 /// Encodes a registration (stored under `RecordKey::Registration(registration.issuer)`).
+///
+/// # Errors
+///
+/// [`StoreError::TooLarge`] when the encoded record is larger than [`MAX_RECORD_BYTES`];
+/// [`StoreError::Corrupt`] if the record cannot be serialised to JSON.
 pub fn encode_registration(registration: &ClientRegistration) -> Result<Vec<u8>, StoreError> {
     let key = RecordKey::Registration(registration.issuer.clone());
     encode(
@@ -371,6 +381,12 @@ pub fn encode_registration(registration: &ClientRegistration) -> Result<Vec<u8>,
 }
 
 /// Decodes a registration read from under `issuer`'s key.
+///
+/// # Errors
+///
+/// [`StoreError::Corrupt`] when `bytes` is not JSON in the record format, was written in another
+/// record schema (a newer mcp-auth, say) or holds another kind of record, belongs to another issuer
+/// than `issuer`, or names an unknown registration kind.
 pub fn decode_registration(
     issuer: &IssuerId,
     bytes: &[u8],
@@ -400,6 +416,11 @@ pub fn decode_registration(
 }
 
 /// Encodes a token set stored under `key`.
+///
+/// # Errors
+///
+/// [`StoreError::TooLarge`] when the encoded record is larger than [`MAX_RECORD_BYTES`];
+/// [`StoreError::Corrupt`] if the record cannot be serialised to JSON.
 pub fn encode_tokens(key: &TokenKey, tokens: &TokenSet) -> Result<Vec<u8>, StoreError> {
     encode(
         &RecordKey::Tokens(key.clone()),
@@ -420,6 +441,12 @@ pub fn encode_tokens(key: &TokenKey, tokens: &TokenSet) -> Result<Vec<u8>, Store
 }
 
 /// Decodes a token set read from under `key`.
+///
+/// # Errors
+///
+/// [`StoreError::Corrupt`] when `bytes` is not JSON in the record format, was written in another
+/// record schema (a newer mcp-auth, say) or holds another kind of record, or belongs to another
+/// issuer or resource than `key`.
 pub fn decode_tokens(key: &TokenKey, bytes: &[u8]) -> Result<TokenSet, StoreError> {
     let record_key = RecordKey::Tokens(key.clone());
     let t: TokensV1 = decode(&record_key, bytes)?;
@@ -443,6 +470,11 @@ pub fn decode_tokens(key: &TokenKey, bytes: &[u8]) -> Result<TokenSet, StoreErro
 }
 
 /// Encodes a binding (stored under `RecordKey::Binding(binding.resource)`).
+///
+/// # Errors
+///
+/// [`StoreError::TooLarge`] when the encoded record is larger than [`MAX_RECORD_BYTES`];
+/// [`StoreError::Corrupt`] if the record cannot be serialised to JSON.
 pub fn encode_binding(binding: &ResourceBinding) -> Result<Vec<u8>, StoreError> {
     encode(
         &RecordKey::Binding(binding.resource.clone()),
@@ -458,6 +490,12 @@ pub fn encode_binding(binding: &ResourceBinding) -> Result<Vec<u8>, StoreError> 
 }
 
 /// Decodes a binding read from under `resource`'s key.
+///
+/// # Errors
+///
+/// [`StoreError::Corrupt`] when `bytes` is not JSON in the record format, was written in another
+/// record schema (a newer mcp-auth, say) or holds another kind of record, or belongs to another
+/// resource than `resource`.
 pub fn decode_binding(resource: &ResourceUri, bytes: &[u8]) -> Result<ResourceBinding, StoreError> {
     let key = RecordKey::Binding(resource.clone());
     let b: BindingV1 = decode(&key, bytes)?;
@@ -475,6 +513,11 @@ pub fn decode_binding(resource: &ResourceUri, bytes: &[u8]) -> Result<ResourceBi
 }
 
 /// Encodes a pending authorization (stored under `RecordKey::Pending(pending.state)`).
+///
+/// # Errors
+///
+/// [`StoreError::TooLarge`] when the encoded record is larger than [`MAX_RECORD_BYTES`];
+/// [`StoreError::Corrupt`] if the record cannot be serialised to JSON.
 pub fn encode_pending(pending: &PendingAuthorization) -> Result<Vec<u8>, StoreError> {
     encode(
         &RecordKey::Pending(pending.state.clone()),
@@ -494,6 +537,12 @@ pub fn encode_pending(pending: &PendingAuthorization) -> Result<Vec<u8>, StoreEr
 }
 
 /// Decodes a pending authorization read from under `state`'s key.
+///
+/// # Errors
+///
+/// [`StoreError::Corrupt`] when `bytes` is not JSON in the record format, was written in another
+/// record schema (a newer mcp-auth, say) or holds another kind of record, or belongs to another
+/// state than `state`.
 pub fn decode_pending(state: &str, bytes: &[u8]) -> Result<PendingAuthorization, StoreError> {
     let key = RecordKey::Pending(state.to_owned());
     let p: PendingV1 = decode(&key, bytes)?;

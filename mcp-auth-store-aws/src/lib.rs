@@ -264,6 +264,14 @@ impl AwsSecretsStore {
     /// A store over a ready client, which keeps its own configuration (region, credentials,
     /// endpoint, retry and timeout settings); this store adds an interceptor that counts HTTP
     /// attempts. Makes no AWS call.
+    ///
+    /// # Errors
+    ///
+    /// [`StoreError::Backend`] ([`AwsStoreError::InvalidOption`]) when `options` cannot be used: a
+    /// name prefix outside 1-[`MAX_PREFIX_LEN`] characters of `[A-Za-z0-9_+=.@-]` with `/` only
+    /// between non-empty segments, more than 40 tags, a tag key that is empty, longer than 128
+    /// characters or starts with `aws:` or `mcp-auth:`, a tag value longer than 256 characters, or
+    /// a zero `request_budget`. No AWS call is made.
     pub fn from_client(
         client: &aws_sdk_secretsmanager::Client,
         options: AwsOptions,
@@ -320,6 +328,11 @@ impl AwsSecretsStore {
     /// environment (`AWS_REGION`, `AWS_PROFILE`, `AWS_ENDPOINT_URL`, web identity, container and
     /// instance credentials, ...), like every AWS SDK. Makes no AWS call; a missing region or
     /// credentials surface on the first operation.
+    ///
+    /// # Errors
+    ///
+    /// As [`AwsSecretsStore::from_client`]: only invalid `options` are refused here; a missing
+    /// region or credentials surface on the first operation.
     #[cfg(feature = "aws-config")]
     #[cfg_attr(docsrs, doc(cfg(feature = "aws-config")))]
     pub async fn connect(options: AwsOptions) -> Result<Self, StoreError> {
@@ -330,6 +343,10 @@ impl AwsSecretsStore {
     }
 
     /// A store over an already loaded AWS configuration.
+    ///
+    /// # Errors
+    ///
+    /// As [`AwsSecretsStore::from_client`].
     #[cfg(feature = "aws-config")]
     #[cfg_attr(docsrs, doc(cfg(feature = "aws-config")))]
     pub fn from_sdk_config(

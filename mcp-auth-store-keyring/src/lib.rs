@@ -460,10 +460,12 @@ impl KeyringStore {
     /// Opens the namespace of `options` in `backend`, and checks that the keyring answers (by
     /// reading the namespace's index item) and that the namespace's lock file can be used.
     ///
-    /// Errors: the backend is not compiled in ([`StoreError::Unsupported`]), the keyring service
-    /// cannot be reached or the lock directory cannot be created ([`StoreError::Unavailable`]),
-    /// the keyring is locked or refuses access, or the lock directory is not private to this
-    /// user ([`StoreError::PermissionDenied`]).
+    /// # Errors
+    ///
+    /// [`StoreError::Unsupported`] when the backend is not compiled in; [`StoreError::Unavailable`]
+    /// when the keyring service cannot be reached or the lock directory cannot be created;
+    /// [`StoreError::PermissionDenied`] when the keyring is locked or refuses access, or the lock
+    /// directory is not private to this user.
     pub async fn open(
         backend: KeyringBackend,
         options: KeyringOptions,
@@ -482,6 +484,13 @@ impl KeyringStore {
     /// recognised and share their lock files with [`KeyringStore::open`]; any other store is
     /// identified by its vendor string, and its index cannot be rebuilt by a search (see the
     /// crate documentation).
+    ///
+    /// # Errors
+    ///
+    /// As [`KeyringStore::open`], except that the backend is always available: the keyring
+    /// service cannot be reached or the lock directory cannot be created
+    /// ([`StoreError::Unavailable`]), the keyring is locked or refuses access, or the lock
+    /// directory is not private to this user ([`StoreError::PermissionDenied`]).
     pub async fn open_with_store(
         keyring: Arc<keyring_core::CredentialStore>,
         options: KeyringOptions,
@@ -544,7 +553,9 @@ impl KeyringStore {
     /// Every store over the same keyring and namespace names the same file, in every process of
     /// the user and whatever its environment variables.
     ///
-    /// Errors: the lock directory is not private to this user
+    /// # Errors
+    ///
+    /// The lock directory is not private to this user
     /// ([`StoreError::PermissionDenied`]) or cannot be created ([`StoreError::Unavailable`]);
     /// not on Unix, where there is no lock file ([`StoreError::Unsupported`]).
     pub fn lock_file(&self) -> Result<PathBuf, StoreError> {

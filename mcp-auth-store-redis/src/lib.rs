@@ -529,6 +529,10 @@ impl RedisStore {
     /// Connects to `url` with the default namespace and options: `redis://host:port/db`,
     /// `rediss://` for TLS (`?tls_ca=PATH&tls_cert=PATH&tls_key=PATH`), `redis+cluster://h1:p1,
     /// h2:p2/` (or `rediss+cluster://`) for a Redis Cluster; see the crate documentation.
+    ///
+    /// # Errors
+    ///
+    /// As [`RedisStore::connect_with`].
     pub async fn connect(url: &str) -> Result<Self, StoreError> {
         Self::connect_with(url, RedisOptions::default()).await
     }
@@ -537,6 +541,16 @@ impl RedisStore {
     /// waited for within [`RedisOptions::retry_budget`]; past it, [`StoreError::Unavailable`].
     /// Wrong credentials are [`StoreError::PermissionDenied`] and a refused TLS certificate a
     /// [`StoreError::Backend`] error, both at once.
+    ///
+    /// # Errors
+    ///
+    /// [`StoreError::Backend`] at once when the key prefix holds other characters than ASCII
+    /// letters, digits, `-`, `_` and `.` ([`RedisStoreError::InvalidPrefix`]), when the URL cannot
+    /// be used ([`RedisStoreError::InvalidUrl`], or [`RedisStoreError::InsecureTlsRefused`] for
+    /// `#insecure`), when a TLS file cannot be read ([`RedisStoreError::TlsFile`]) or the server's
+    /// certificate is refused ([`RedisStoreError::TlsRefused`]); [`StoreError::PermissionDenied`]
+    /// at once for wrong credentials; [`StoreError::Unavailable`] when the server (or cluster)
+    /// cannot be reached, or is still loading, within [`RedisOptions::retry_budget`].
     pub async fn connect_with(url: &str, options: RedisOptions) -> Result<Self, StoreError> {
         if options.key_prefix.is_empty()
             || !options

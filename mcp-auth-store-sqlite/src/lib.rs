@@ -238,6 +238,11 @@ impl fmt::Debug for SqliteStore {
 impl SqliteStore {
     /// The default database path: `<platform data dir>/mcp-auth/credentials.db` (on Linux
     /// `$XDG_DATA_HOME/mcp-auth/credentials.db`, else `~/.local/share/mcp-auth/credentials.db`).
+    ///
+    /// # Errors
+    ///
+    /// [`StoreError::Backend`] ([`SqliteStoreError::NoDataDir`]) when the platform has no data
+    /// directory (no home directory, say).
     pub fn default_path() -> Result<PathBuf, StoreError> {
         dirs::data_dir()
             .map(|d| d.join("mcp-auth").join("credentials.db"))
@@ -246,11 +251,19 @@ impl SqliteStore {
 
     /// Opens (creating if needed) the database at [`SqliteStore::default_path`], default
     /// namespace.
+    ///
+    /// # Errors
+    ///
+    /// As [`SqliteStore::default_path`] and [`SqliteStore::open_with`].
     pub async fn open_default() -> Result<Self, StoreError> {
         Self::open(Self::default_path()?).await
     }
 
     /// Opens (creating if needed) the database at `path`, default namespace.
+    ///
+    /// # Errors
+    ///
+    /// As [`SqliteStore::open_with`].
     pub async fn open(path: impl Into<PathBuf>) -> Result<Self, StoreError> {
         Self::open_with(path, SqliteOptions::default()).await
     }
@@ -263,6 +276,14 @@ impl SqliteStore {
     /// again. A database whose file or directory this process may not write is opened
     /// read-only: reads work, writes fail with [`StoreError::PermissionDenied`] (see
     /// [`SqliteStore::read_only`]).
+    ///
+    /// # Errors
+    ///
+    /// [`StoreError::PermissionDenied`] when the file or its directory cannot be created or opened;
+    /// [`StoreError::Corrupt`] when the file is empty or is not an SQLite database (or a damaged
+    /// one); [`StoreError::Unavailable`] when the database stays busy or locked past
+    /// `busy_timeout`; [`StoreError::Backend`] when it was written by a newer schema than this
+    /// version reads, or on another SQLite or I/O failure.
     pub async fn open_with(
         path: impl Into<PathBuf>,
         options: SqliteOptions,

@@ -418,6 +418,12 @@ fn normalize_issuer_path(p: &str) -> String {
 
 impl AuthServer {
     /// Binds `127.0.0.1:0` and starts serving on the current Tokio runtime.
+    ///
+    /// # Errors
+    ///
+    /// The I/O error when no port on `127.0.0.1` can be bound or the bound address cannot be read,
+    /// or [`std::io::ErrorKind::Other`] when the HTTP client that fetches client metadata documents
+    /// cannot be built.
     pub async fn start(config: AuthServerConfig) -> std::io::Result<AuthServer> {
         let listener = tokio::net::TcpListener::bind(("127.0.0.1", 0)).await?;
         let port = listener.local_addr()?.port();

@@ -99,6 +99,12 @@ fn push_unique(all: &mut Vec<AuthServer>, servers: &[AuthServer]) {
 impl Gate {
     /// Binds `127.0.0.1:0` and forwards to `upstream` (an MCP endpoint URL such as
     /// `http://127.0.0.1:3001/mcp`); the gate's own URL has the same path.
+    ///
+    /// # Errors
+    ///
+    /// [`std::io::ErrorKind::InvalidInput`] when `upstream` is not an absolute URL; the I/O error
+    /// when no port on `127.0.0.1` can be bound or the bound address cannot be read;
+    /// [`std::io::ErrorKind::Other`] when the HTTP client that forwards requests cannot be built.
     pub async fn start(
         upstream: &str,
         authorization_servers: Vec<AuthServer>,

@@ -91,6 +91,12 @@ impl TestJwtKey {
 
     /// Verifies the ES256 signature of a compact JWS and returns its header and claims (no
     /// claim is checked).
+    ///
+    /// # Errors
+    ///
+    /// A message saying what is wrong when `token` is not a compact JWS with a JSON header and
+    /// claims, its `alg` is not `ES256`, its signature is not base64url, or the signature does not
+    /// verify with this key.
     pub fn verify(&self, token: &str) -> Result<JwtParts, String> {
         let (header, claims) = decode_unverified(token)?;
         if header.get("alg").and_then(Value::as_str) != Some("ES256") {
@@ -240,6 +246,10 @@ impl fmt::Debug for IdentityProvider {
 
 impl IdentityProvider {
     /// Binds `127.0.0.1:0` and starts serving on the current Tokio runtime.
+    ///
+    /// # Errors
+    ///
+    /// The I/O error when no port on `127.0.0.1` can be bound or the bound address cannot be read.
     pub async fn start(config: IdpConfig) -> std::io::Result<IdentityProvider> {
         let listener = tokio::net::TcpListener::bind(("127.0.0.1", 0)).await?;
         let issuer = format!("http://127.0.0.1:{}", listener.local_addr()?.port());

@@ -170,6 +170,10 @@ fn push_unique(all: &mut Vec<AuthServer>, servers: &[AuthServer]) {
 
 impl McpServer {
     /// Binds `127.0.0.1:0` and starts serving on the current Tokio runtime.
+    ///
+    /// # Errors
+    ///
+    /// The I/O error when no port on `127.0.0.1` can be bound or the bound address cannot be read.
     pub async fn start(config: McpServerConfig) -> std::io::Result<McpServer> {
         let listener = tokio::net::TcpListener::bind(("127.0.0.1", 0)).await?;
         let port = listener.local_addr()?.port();

@@ -548,6 +548,12 @@ async fn distinct_issuers<F: StoreFactory>(factory: &F, issuers: &[&str]) -> Che
 // Round trips
 
 /// Every field of a registration, secrets and a rich `extra` map included, reads back unchanged.
+///
+/// # Errors
+///
+/// [`Failure`] when a registration of any kind reads back different from what was written; also
+/// when the factory cannot open a namespace, a store call fails unexpectedly, or the check's
+/// records cannot be cleaned up.
 pub async fn registration_round_trips_every_field<F: StoreFactory>(factory: &F) -> CheckResult {
     with_cx!(factory, |cx| {
         for kind in [
@@ -565,6 +571,12 @@ pub async fn registration_round_trips_every_field<F: StoreFactory>(factory: &F) 
 }
 
 /// Every field of a token set reads back unchanged.
+///
+/// # Errors
+///
+/// [`Failure`] when the token set reads back different from what was written; also when the factory
+/// cannot open a namespace, a store call fails unexpectedly, or the check's records cannot be
+/// cleaned up.
 pub async fn tokens_round_trip_every_field<F: StoreFactory>(factory: &F) -> CheckResult {
     with_cx!(factory, |cx| {
         let key = TokenKey::new(issuer(ISSUER_A)?, resource(RESOURCE_1)?);
@@ -576,6 +588,12 @@ pub async fn tokens_round_trip_every_field<F: StoreFactory>(factory: &F) -> Chec
 }
 
 /// Every field of a resource binding reads back unchanged.
+///
+/// # Errors
+///
+/// [`Failure`] when the binding reads back different from what was written, or is missing; also
+/// when the factory cannot open a namespace, a store call fails unexpectedly, or the check's
+/// records cannot be cleaned up.
 pub async fn binding_round_trips_every_field<F: StoreFactory>(factory: &F) -> CheckResult {
     with_cx!(factory, |cx| {
         let binding = full_binding(&resource(RESOURCE_1)?, &issuer(ISSUER_A)?, "rt");
@@ -591,6 +609,12 @@ pub async fn binding_round_trips_every_field<F: StoreFactory>(factory: &F) -> Ch
 }
 
 /// Every field of a pending authorization reads back unchanged.
+///
+/// # Errors
+///
+/// [`Failure`] when the pending authorization is missing or reads back different from what was
+/// inserted; also when the factory cannot open a namespace, a store call fails unexpectedly, or the
+/// check's records cannot be cleaned up.
 pub async fn pending_round_trips_every_field<F: StoreFactory>(factory: &F) -> CheckResult {
     with_cx!(factory, |cx| {
         let state = fresh_state();
@@ -612,6 +636,12 @@ pub async fn pending_round_trips_every_field<F: StoreFactory>(factory: &F) -> Ch
 
 /// Records with every optional field absent and empty collections read back the same way
 /// (absent is not turned into empty strings or zero).
+///
+/// # Errors
+///
+/// [`Failure`] when a minimal registration or token set reads back different, with an absent field
+/// turned into an empty or zero value; also when the factory cannot open a namespace, a store call
+/// fails unexpectedly, or the check's records cannot be cleaned up.
 pub async fn absent_optional_fields_round_trip<F: StoreFactory>(factory: &F) -> CheckResult {
     with_cx!(factory, |cx| {
         let mut reg = ClientRegistration::new(
@@ -633,6 +663,12 @@ pub async fn absent_optional_fields_round_trip<F: StoreFactory>(factory: &F) -> 
 
 /// Unknown fields in `extra` (nested objects, unicode, large integers, escapes) survive a round
 /// trip and a rewrite.
+///
+/// # Errors
+///
+/// [`Failure`] when an unknown `extra` field is lost or altered by the round trip or the rewrite;
+/// also when the factory cannot open a namespace, a store call fails unexpectedly, or the check's
+/// records cannot be cleaned up.
 pub async fn unknown_extra_fields_survive<F: StoreFactory>(factory: &F) -> CheckResult {
     with_cx!(factory, |cx| {
         let mut reg = full_registration(&issuer(ISSUER_A)?, "extra");
@@ -661,6 +697,12 @@ pub async fn unknown_extra_fields_survive<F: StoreFactory>(factory: &F) -> Check
 // Isolation
 
 /// Two issuers' registrations never see each other.
+///
+/// # Errors
+///
+/// [`Failure`] when one issuer's registration is overwritten or altered by the other's; also when
+/// the factory cannot open a namespace, a store call fails unexpectedly, or the check's records
+/// cannot be cleaned up.
 pub async fn registrations_isolated_per_issuer<F: StoreFactory>(factory: &F) -> CheckResult {
     with_cx!(factory, |cx| {
         let a = full_registration(&issuer(ISSUER_A)?, "a");
@@ -674,6 +716,12 @@ pub async fn registrations_isolated_per_issuer<F: StoreFactory>(factory: &F) -> 
 }
 
 /// Tokens of the same resource from two issuers never see each other.
+///
+/// # Errors
+///
+/// [`Failure`] when tokens written for one issuer are visible under the other, or either set reads
+/// back altered; also when the factory cannot open a namespace, a store call fails unexpectedly, or
+/// the check's records cannot be cleaned up.
 pub async fn tokens_isolated_per_issuer<F: StoreFactory>(factory: &F) -> CheckResult {
     with_cx!(factory, |cx| {
         let ka = TokenKey::new(issuer(ISSUER_A)?, resource(RESOURCE_1)?);
@@ -695,6 +743,12 @@ pub async fn tokens_isolated_per_issuer<F: StoreFactory>(factory: &F) -> CheckRe
 }
 
 /// Tokens of one issuer for two resources never see each other.
+///
+/// # Errors
+///
+/// [`Failure`] when tokens written for one resource are visible under the other, or either set
+/// reads back altered; also when the factory cannot open a namespace, a store call fails
+/// unexpectedly, or the check's records cannot be cleaned up.
 pub async fn tokens_isolated_per_resource<F: StoreFactory>(factory: &F) -> CheckResult {
     with_cx!(factory, |cx| {
         let k1 = TokenKey::new(issuer(ISSUER_A)?, resource(RESOURCE_1)?);
@@ -718,6 +772,12 @@ pub async fn tokens_isolated_per_resource<F: StoreFactory>(factory: &F) -> Check
 }
 
 /// Bindings of two resources never see each other.
+///
+/// # Errors
+///
+/// [`Failure`] when one resource's binding is visible under the other, or either reads back
+/// altered; also when the factory cannot open a namespace, a store call fails unexpectedly, or the
+/// check's records cannot be cleaned up.
 pub async fn bindings_isolated_per_resource<F: StoreFactory>(factory: &F) -> CheckResult {
     with_cx!(factory, |cx| {
         let b1 = full_binding(&resource(RESOURCE_1)?, &issuer(ISSUER_A)?, "1");
@@ -738,6 +798,12 @@ pub async fn bindings_isolated_per_resource<F: StoreFactory>(factory: &F) -> Che
 }
 
 /// Two namespaces over one backend keep separate registrations.
+///
+/// # Errors
+///
+/// [`Failure`] when a registration written in one namespace is visible in, or altered by writes to,
+/// the other; also when the factory cannot open a namespace, a store call fails unexpectedly, or
+/// the check's records cannot be cleaned up.
 pub async fn namespaces_isolate_registrations<F: StoreFactory>(factory: &F) -> CheckResult {
     with_cx!(factory, |cx| {
         let (_, other) = cx.other_namespace(None).await?;
@@ -771,6 +837,12 @@ pub async fn namespaces_isolate_registrations<F: StoreFactory>(factory: &F) -> C
 
 /// Two namespaces keep separate tokens, bindings and pending authorizations, and deleting an
 /// issuer's tokens in one leaves the other's intact.
+///
+/// # Errors
+///
+/// [`Failure`] when a token set, binding or pending authorization crosses namespaces, or deleting
+/// an issuer's tokens in one namespace removes them in the other; also when the factory cannot open
+/// a namespace, a store call fails unexpectedly, or the check's records cannot be cleaned up.
 pub async fn namespaces_isolate_tokens_bindings_and_pending<F: StoreFactory>(
     factory: &F,
 ) -> CheckResult {
@@ -812,6 +884,12 @@ pub async fn namespaces_isolate_tokens_bindings_and_pending<F: StoreFactory>(
 }
 
 /// A refresh lease in one namespace does not block the same key in another.
+///
+/// # Errors
+///
+/// [`Failure`] when a lease held in one namespace keeps the same key from being acquired in the
+/// other; also when the factory cannot open a namespace, a store call fails unexpectedly, or the
+/// check's records cannot be cleaned up.
 pub async fn namespaces_isolate_leases<F: StoreFactory>(factory: &F) -> CheckResult {
     with_cx!(factory, |cx| {
         let (_, other) = cx.other_namespace(None).await?;
@@ -834,6 +912,12 @@ pub async fn namespaces_isolate_leases<F: StoreFactory>(factory: &F) -> CheckRes
 }
 
 /// Namespaces whose names differ by case, a trailing character or a separator stay apart.
+///
+/// # Errors
+///
+/// [`Failure`] when a record written in one of the look-alike namespaces is visible in another;
+/// also when the factory cannot open a namespace, a store call fails unexpectedly, or the check's
+/// records cannot be cleaned up.
 pub async fn lookalike_namespaces_are_distinct<F: StoreFactory>(factory: &F) -> CheckResult {
     with_cx!(factory, |cx| {
         let suffixes = ["/", ":", "A", "a", " ", "{x}", "*"];
@@ -857,6 +941,11 @@ pub async fn lookalike_namespaces_are_distinct<F: StoreFactory>(factory: &F) -> 
 }
 
 /// `https://as/t` and `https://as/t/` are different issuers (no trailing-slash normalisation).
+///
+/// # Errors
+///
+/// [`Failure`] when the two issuers share a registration or tokens; also when the factory cannot
+/// open a namespace, a store call fails unexpectedly, or the check's records cannot be cleaned up.
 pub async fn lookalike_issuer_trailing_slash<F: StoreFactory>(factory: &F) -> CheckResult {
     distinct_issuers(
         factory,
@@ -871,6 +960,11 @@ pub async fn lookalike_issuer_trailing_slash<F: StoreFactory>(factory: &F) -> Ch
 }
 
 /// Issuers differing only by case in the path are different.
+///
+/// # Errors
+///
+/// [`Failure`] when the two issuers share a registration or tokens; also when the factory cannot
+/// open a namespace, a store call fails unexpectedly, or the check's records cannot be cleaned up.
 pub async fn lookalike_issuer_path_case<F: StoreFactory>(factory: &F) -> CheckResult {
     distinct_issuers(
         factory,
@@ -885,6 +979,11 @@ pub async fn lookalike_issuer_path_case<F: StoreFactory>(factory: &F) -> CheckRe
 }
 
 /// An explicit default port makes a different issuer string.
+///
+/// # Errors
+///
+/// [`Failure`] when the two issuers share a registration or tokens; also when the factory cannot
+/// open a namespace, a store call fails unexpectedly, or the check's records cannot be cleaned up.
 pub async fn lookalike_issuer_explicit_default_port<F: StoreFactory>(factory: &F) -> CheckResult {
     distinct_issuers(
         factory,
@@ -897,6 +996,11 @@ pub async fn lookalike_issuer_explicit_default_port<F: StoreFactory>(factory: &F
 }
 
 /// Percent-encoded and literal characters are different issuers.
+///
+/// # Errors
+///
+/// [`Failure`] when the two issuers share a registration or tokens; also when the factory cannot
+/// open a namespace, a store call fails unexpectedly, or the check's records cannot be cleaned up.
 pub async fn lookalike_issuer_percent_encoding<F: StoreFactory>(factory: &F) -> CheckResult {
     distinct_issuers(
         factory,
@@ -911,6 +1015,12 @@ pub async fn lookalike_issuer_percent_encoding<F: StoreFactory>(factory: &F) -> 
 }
 
 /// Unicode normalisation forms and IDN/punycode hosts are different issuers.
+///
+/// # Errors
+///
+/// [`Failure`] when any two of the issuers share a registration or tokens; also when the factory
+/// cannot open a namespace, a store call fails unexpectedly, or the check's records cannot be
+/// cleaned up.
 pub async fn lookalike_issuer_unicode<F: StoreFactory>(factory: &F) -> CheckResult {
     distinct_issuers(
         factory,
@@ -927,6 +1037,12 @@ pub async fn lookalike_issuer_unicode<F: StoreFactory>(factory: &F) -> CheckResu
 
 /// Characters that are syntax in some backend's keys (`:` `*` `/` `{` `}` `.` `_`) cannot make two
 /// issuers collide.
+///
+/// # Errors
+///
+/// [`Failure`] when any two of the issuers share a registration or tokens; also when the factory
+/// cannot open a namespace, a store call fails unexpectedly, or the check's records cannot be
+/// cleaned up.
 pub async fn lookalike_issuer_key_syntax_characters<F: StoreFactory>(factory: &F) -> CheckResult {
     distinct_issuers(
         factory,
@@ -945,6 +1061,11 @@ pub async fn lookalike_issuer_key_syntax_characters<F: StoreFactory>(factory: &F
 }
 
 /// Resources differing by a path slash, case, query or port hold separate tokens.
+///
+/// # Errors
+///
+/// [`Failure`] when any two of the resources share tokens; also when the factory cannot open a
+/// namespace, a store call fails unexpectedly, or the check's records cannot be cleaned up.
 pub async fn lookalike_resources_are_distinct<F: StoreFactory>(factory: &F) -> CheckResult {
     with_cx!(factory, |cx| {
         let id = issuer(ISSUER_A)?;
@@ -963,6 +1084,12 @@ pub async fn lookalike_resources_are_distinct<F: StoreFactory>(factory: &F) -> C
 }
 
 /// `delete_issuer_tokens` removes every token of that issuer and nothing else.
+///
+/// # Errors
+///
+/// [`Failure`] when a token of that issuer survives the delete, or another issuer's token is
+/// removed or altered; also when the factory cannot open a namespace, a store call fails
+/// unexpectedly, or the check's records cannot be cleaned up.
 pub async fn delete_issuer_tokens_leaves_other_issuers<F: StoreFactory>(
     factory: &F,
 ) -> CheckResult {
@@ -1015,6 +1142,12 @@ pub async fn delete_issuer_tokens_leaves_other_issuers<F: StoreFactory>(
 }
 
 /// Deleting one issuer's registration leaves the others and all tokens intact.
+///
+/// # Errors
+///
+/// [`Failure`] when the deleted registration is still readable, or another issuer's registration or
+/// any token is removed or altered; also when the factory cannot open a namespace, a store call
+/// fails unexpectedly, or the check's records cannot be cleaned up.
 pub async fn delete_registration_leaves_other_issuers<F: StoreFactory>(factory: &F) -> CheckResult {
     with_cx!(factory, |cx| {
         let a = full_registration(&issuer(ISSUER_A)?, "a");
@@ -1042,6 +1175,12 @@ pub async fn delete_registration_leaves_other_issuers<F: StoreFactory>(factory: 
 // Compare-and-swap
 
 /// Reading what was never written gives `None`, not an error.
+///
+/// # Errors
+///
+/// [`Failure`] when a read of a missing registration, token set, binding or pending authorization
+/// gives a value or an error instead of `None`; also when the factory cannot open a
+/// namespace, a store call fails unexpectedly, or the check's records cannot be cleaned up.
 pub async fn get_missing_is_none<F: StoreFactory>(factory: &F) -> CheckResult {
     with_cx!(factory, |cx| {
         let key = TokenKey::new(issuer(ISSUER_A)?, resource(RESOURCE_1)?);
@@ -1066,6 +1205,12 @@ pub async fn get_missing_is_none<F: StoreFactory>(factory: &F) -> CheckResult {
 }
 
 /// `Expect::Absent` fails with `Conflict` when a record exists, and leaves it unchanged.
+///
+/// # Errors
+///
+/// [`Failure`] when an `Expect::Absent` write over an existing record succeeds, fails with another
+/// error, or changes the record; also when the factory cannot open a namespace, a store call fails
+/// unexpectedly, or the check's records cannot be cleaned up.
 pub async fn put_absent_conflicts_when_present<F: StoreFactory>(factory: &F) -> CheckResult {
     with_cx!(factory, |cx| {
         let first = full_registration(&issuer(ISSUER_A)?, "first");
@@ -1104,6 +1249,12 @@ pub async fn put_absent_conflicts_when_present<F: StoreFactory>(factory: &F) -> 
 
 /// A write with a version that is no longer current fails with `Conflict` and changes nothing:
 /// the rotated refresh token written by another process is never overwritten.
+///
+/// # Errors
+///
+/// [`Failure`] when a write with a stale version succeeds, fails with another error than
+/// `Conflict`, or changes the stored record; also when the factory cannot open a namespace, a store
+/// call fails unexpectedly, or the check's records cannot be cleaned up.
 pub async fn put_version_conflicts_when_stale<F: StoreFactory>(factory: &F) -> CheckResult {
     with_cx!(factory, |cx| {
         let key = TokenKey::new(issuer(ISSUER_A)?, resource(RESOURCE_1)?);
@@ -1151,6 +1302,12 @@ pub async fn put_version_conflicts_when_stale<F: StoreFactory>(factory: &F) -> C
 
 /// A write expecting a version of a record that has since been deleted fails with `Conflict` and
 /// does not resurrect it.
+///
+/// # Errors
+///
+/// [`Failure`] when a write expecting the version of a deleted record succeeds, fails with another
+/// error than `Conflict`, or brings the record back; also when the factory cannot open a namespace,
+/// a store call fails unexpectedly, or the check's records cannot be cleaned up.
 pub async fn put_version_conflicts_when_deleted<F: StoreFactory>(factory: &F) -> CheckResult {
     with_cx!(factory, |cx| {
         let key = TokenKey::new(issuer(ISSUER_A)?, resource(RESOURCE_1)?);
@@ -1178,6 +1335,12 @@ pub async fn put_version_conflicts_when_deleted<F: StoreFactory>(factory: &F) ->
 /// registrations, deletions included: the engine serves its cached token without asking the
 /// store while the stamp stands still, so a stamp that misses a write serves a revoked or
 /// rotated token.
+///
+/// # Errors
+///
+/// [`Failure`] when the store offers a change stamp and a write or deletion leaves it unchanged;
+/// also when the factory cannot open a namespace, a store call fails unexpectedly, or the check's
+/// records cannot be cleaned up.
 pub async fn change_stamp_moves_on_every_write<F: StoreFactory>(factory: &F) -> CheckResult {
     with_cx!(factory, |cx| {
         let Some(mut last) = cx.store.change_stamp() else {
@@ -1222,6 +1385,12 @@ pub async fn change_stamp_moves_on_every_write<F: StoreFactory>(factory: &F) -> 
 
 /// `binding_and_token_versions` reports exactly the versions reads see: absent → `None`,
 /// every write → the new version, other issuers' tokens and other namespaces never.
+///
+/// # Errors
+///
+/// [`Failure`] when `binding_and_token_versions` reports a version that differs from what the reads
+/// see, or one from another issuer or namespace; also when the factory cannot open a namespace, a
+/// store call fails unexpectedly, or the check's records cannot be cleaned up.
 pub async fn binding_and_token_versions_match_reads<F: StoreFactory>(factory: &F) -> CheckResult {
     with_cx!(factory, |cx| {
         let a = TokenKey::new(issuer(ISSUER_A)?, resource(RESOURCE_1)?);
@@ -1286,6 +1455,12 @@ pub async fn binding_and_token_versions_match_reads<F: StoreFactory>(factory: &F
 }
 
 /// `Expect::Any` overwrites whatever is there.
+///
+/// # Errors
+///
+/// [`Failure`] when an `Expect::Any` write fails or leaves the old record in place; also when the
+/// factory cannot open a namespace, a store call fails unexpectedly, or the check's records cannot
+/// be cleaned up.
 pub async fn put_any_overwrites<F: StoreFactory>(factory: &F) -> CheckResult {
     with_cx!(factory, |cx| {
         let key = TokenKey::new(issuer(ISSUER_A)?, resource(RESOURCE_1)?);
@@ -1302,6 +1477,12 @@ pub async fn put_any_overwrites<F: StoreFactory>(factory: &F) -> CheckResult {
 
 /// Every write returns a new version, the version `get` reports is the one the last write returned,
 /// and rewriting identical content still changes it.
+///
+/// # Errors
+///
+/// [`Failure`] when a write returns a version it already returned, or `get` reports another version
+/// than the last write returned; also when the factory cannot open a namespace, a store call fails
+/// unexpectedly, or the check's records cannot be cleaned up.
 pub async fn versions_change_on_every_write<F: StoreFactory>(factory: &F) -> CheckResult {
     with_cx!(factory, |cx| {
         let key = TokenKey::new(issuer(ISSUER_A)?, resource(RESOURCE_1)?);
@@ -1332,6 +1513,12 @@ pub async fn versions_change_on_every_write<F: StoreFactory>(factory: &F) -> Che
 
 /// A delete expecting a stale version fails with `Conflict` and keeps the newer record (the
 /// `invalid_grant` rule: delete only the exact record that was rejected).
+///
+/// # Errors
+///
+/// [`Failure`] when a delete with a stale version succeeds, fails with another error than
+/// `Conflict`, or removes the newer record; also when the factory cannot open a namespace, a store
+/// call fails unexpectedly, or the check's records cannot be cleaned up.
 pub async fn delete_with_stale_version_conflicts_and_keeps_record<F: StoreFactory>(
     factory: &F,
 ) -> CheckResult {
@@ -1376,6 +1563,12 @@ pub async fn delete_with_stale_version_conflicts_and_keeps_record<F: StoreFactor
 }
 
 /// Deleting what is not there is `Ok(false)`, twice.
+///
+/// # Errors
+///
+/// [`Failure`] when deleting a missing record gives anything but `Ok(false)`; also when the factory
+/// cannot open a namespace, a store call fails unexpectedly, or the check's records cannot be
+/// cleaned up.
 pub async fn delete_is_idempotent<F: StoreFactory>(factory: &F) -> CheckResult {
     with_cx!(factory, |cx| {
         let key = TokenKey::new(issuer(ISSUER_A)?, resource(RESOURCE_1)?);
@@ -1410,6 +1603,12 @@ pub async fn delete_is_idempotent<F: StoreFactory>(factory: &F) -> CheckResult {
 
 /// Many concurrent writers expecting the same version: exactly one wins, the rest get
 /// `Conflict`, and the stored record is the winner's.
+///
+/// # Errors
+///
+/// [`Failure`] when more or fewer than one concurrent writer wins, a loser gets another error than
+/// `Conflict`, or the stored record is not the winner's; also when the factory cannot open a
+/// namespace, a store call fails unexpectedly, or the check's records cannot be cleaned up.
 pub async fn concurrent_cas_has_one_winner<F: StoreFactory>(factory: &F) -> CheckResult {
     with_cx!(factory, |cx| {
         if !cx.store.capabilities().atomic_cas {
@@ -1463,6 +1662,12 @@ pub async fn concurrent_cas_has_one_winner<F: StoreFactory>(factory: &F) -> Chec
 }
 
 /// Concurrent writers on different keys all succeed and none loses another's write.
+///
+/// # Errors
+///
+/// [`Failure`] when a concurrent write on its own key fails or is lost; also when the factory
+/// cannot open a namespace, a store call fails unexpectedly, or the check's records cannot be
+/// cleaned up.
 pub async fn concurrent_writers_on_different_keys<F: StoreFactory>(factory: &F) -> CheckResult {
     with_cx!(factory, |cx| {
         let id = issuer(ISSUER_A)?;
@@ -1503,6 +1708,11 @@ pub async fn concurrent_writers_on_different_keys<F: StoreFactory>(factory: &F) 
 // Refresh leases
 
 /// While one holder has a lease, nobody else gets it, even when many ask at once.
+///
+/// # Errors
+///
+/// [`Failure`] when a second caller acquires a lease that is held; also when the factory cannot
+/// open a namespace, a store call fails unexpectedly, or the check's records cannot be cleaned up.
 pub async fn lease_is_exclusive<F: StoreFactory>(factory: &F) -> CheckResult {
     with_cx!(factory, |cx| {
         let key = TokenKey::new(issuer(ISSUER_A)?, resource(RESOURCE_1)?);
@@ -1551,6 +1761,12 @@ pub async fn lease_is_exclusive<F: StoreFactory>(factory: &F) -> CheckResult {
 }
 
 /// Releasing a lease lets the next caller acquire it at once.
+///
+/// # Errors
+///
+/// [`Failure`] when the lease cannot be acquired again right after its release; also when the
+/// factory cannot open a namespace, a store call fails unexpectedly, or the check's records cannot
+/// be cleaned up.
 pub async fn lease_release_allows_reacquire<F: StoreFactory>(factory: &F) -> CheckResult {
     with_cx!(factory, |cx| {
         let key = TokenKey::new(issuer(ISSUER_A)?, resource(RESOURCE_1)?);
@@ -1590,6 +1806,12 @@ pub async fn lease_release_allows_reacquire<F: StoreFactory>(factory: &F) -> Che
 }
 
 /// A lease whose holder died is taken over after its TTL.
+///
+/// # Errors
+///
+/// [`Failure`] when the lease of a holder that stopped renewing is not acquired after its TTL; also
+/// when the factory cannot open a namespace, a store call fails unexpectedly, or the check's
+/// records cannot be cleaned up.
 pub async fn expired_lease_is_taken_over<F: StoreFactory>(factory: &F) -> CheckResult {
     with_cx!(factory, |cx| {
         let key = TokenKey::new(issuer(ISSUER_A)?, resource(RESOURCE_1)?);
@@ -1612,6 +1834,12 @@ pub async fn expired_lease_is_taken_over<F: StoreFactory>(factory: &F) -> CheckR
 }
 
 /// After a takeover, the old holder's release is a no-op and does not free the new holder's lease.
+///
+/// # Errors
+///
+/// [`Failure`] when the old holder's release frees the new holder's lease; also when the factory
+/// cannot open a namespace, a store call fails unexpectedly, or the check's records cannot be
+/// cleaned up.
 pub async fn stale_holder_cannot_release_taken_over_lease<F: StoreFactory>(
     factory: &F,
 ) -> CheckResult {
@@ -1650,6 +1878,12 @@ pub async fn stale_holder_cannot_release_taken_over_lease<F: StoreFactory>(
 }
 
 /// A renewed lease outlives its first TTL: nobody else acquires it while its holder renews.
+///
+/// # Errors
+///
+/// [`Failure`] when another caller acquires a lease while its holder keeps renewing it; also when
+/// the factory cannot open a namespace, a store call fails unexpectedly, or the check's records
+/// cannot be cleaned up.
 pub async fn renewed_lease_stays_exclusive<F: StoreFactory>(factory: &F) -> CheckResult {
     with_cx!(factory, |cx| {
         let key = TokenKey::new(issuer(ISSUER_A)?, resource(RESOURCE_1)?);
@@ -1690,6 +1924,12 @@ pub async fn renewed_lease_stays_exclusive<F: StoreFactory>(factory: &F) -> Chec
 
 /// A holder whose lease was taken over cannot renew it (and renewal does not disturb the new
 /// holder); a holder whose lease merely expired takes it back.
+///
+/// # Errors
+///
+/// [`Failure`] when a holder whose lease was taken over renews it or disturbs the new holder, or a
+/// holder whose lease merely expired cannot take it back; also when the factory cannot open a
+/// namespace, a store call fails unexpectedly, or the check's records cannot be cleaned up.
 pub async fn taken_over_lease_cannot_be_renewed<F: StoreFactory>(factory: &F) -> CheckResult {
     with_cx!(factory, |cx| {
         let key = TokenKey::new(issuer(ISSUER_A)?, resource(RESOURCE_1)?);
@@ -1742,6 +1982,12 @@ pub async fn taken_over_lease_cannot_be_renewed<F: StoreFactory>(factory: &F) ->
 }
 
 /// Leases on different token keys (other issuer, other resource) are independent.
+///
+/// # Errors
+///
+/// [`Failure`] when a lease on one token key blocks a lease on another; also when the factory
+/// cannot open a namespace, a store call fails unexpectedly, or the check's records cannot be
+/// cleaned up.
 pub async fn leases_are_per_token_key<F: StoreFactory>(factory: &F) -> CheckResult {
     with_cx!(factory, |cx| {
         let keys = [
@@ -1781,6 +2027,12 @@ pub async fn leases_are_per_token_key<F: StoreFactory>(factory: &F) -> CheckResu
 // Pending authorizations
 
 /// A state can be redeemed exactly once.
+///
+/// # Errors
+///
+/// [`Failure`] when a state is returned by more than one take, or not by the first; also when the
+/// factory cannot open a namespace, a store call fails unexpectedly, or the check's records cannot
+/// be cleaned up.
 pub async fn pending_is_taken_once<F: StoreFactory>(factory: &F) -> CheckResult {
     with_cx!(factory, |cx| {
         let state = fresh_state();
@@ -1806,6 +2058,12 @@ pub async fn pending_is_taken_once<F: StoreFactory>(factory: &F) -> CheckResult 
 
 /// Inserting a state that is in use fails with `Conflict` and keeps the first flow (its issuer
 /// and verifier).
+///
+/// # Errors
+///
+/// [`Failure`] when inserting a state that is in use succeeds, fails with another error than
+/// `Conflict`, or replaces the first flow; also when the factory cannot open a namespace, a store
+/// call fails unexpectedly, or the check's records cannot be cleaned up.
 pub async fn pending_state_collision_conflicts<F: StoreFactory>(factory: &F) -> CheckResult {
     with_cx!(factory, |cx| {
         let state = fresh_state();
@@ -1837,6 +2095,11 @@ pub async fn pending_state_collision_conflicts<F: StoreFactory>(factory: &F) -> 
 }
 
 /// An expired flow is never returned.
+///
+/// # Errors
+///
+/// [`Failure`] when an expired pending authorization is returned; also when the factory cannot open
+/// a namespace, a store call fails unexpectedly, or the check's records cannot be cleaned up.
 pub async fn pending_expires<F: StoreFactory>(factory: &F) -> CheckResult {
     with_cx!(factory, |cx| {
         let state = fresh_state();
@@ -1873,6 +2136,12 @@ pub async fn pending_expires<F: StoreFactory>(factory: &F) -> CheckResult {
 // Listing, corruption, secrets, persistence
 
 /// `list_*` return exactly the records of this namespace: no more, no fewer, no duplicates.
+///
+/// # Errors
+///
+/// [`Failure`] when a `list_*` call misses a record of this namespace, repeats one, or returns one
+/// that was deleted or belongs to another namespace; also when the factory cannot open a namespace,
+/// a store call fails unexpectedly, or the check's records cannot be cleaned up.
 pub async fn list_returns_exactly_what_was_stored<F: StoreFactory>(factory: &F) -> CheckResult {
     with_cx!(factory, |cx| {
         if !cx.store.capabilities().list {
@@ -2071,6 +2340,12 @@ async fn scans_match<S: CredentialStore + ?Sized>(
 /// `scan_registrations`, `scan_tokens` and `scan_bindings` return exactly what the individual
 /// `get_*` return — same records, same values, same versions — after writes, overwrites and
 /// deletes, and only this namespace's records (like `list_*`).
+///
+/// # Errors
+///
+/// [`Failure`] when a scan returns a record, value or version that the matching `get_*` does not,
+/// misses one, or returns another namespace's record; also when the factory cannot open a
+/// namespace, a store call fails unexpectedly, or the check's records cannot be cleaned up.
 pub async fn scans_return_exactly_what_gets_return<F: StoreFactory>(factory: &F) -> CheckResult {
     with_cx!(factory, |cx| {
         if !cx.store.capabilities().list {
@@ -2164,6 +2439,13 @@ pub async fn scans_return_exactly_what_gets_return<F: StoreFactory>(factory: &F)
 /// `put_*(…, Expect::Any)` per record: new records are created, existing ones overwritten, the
 /// returned versions are the ones `get_*` report (and a compare-and-swap on them succeeds), other
 /// namespaces are untouched, and an empty batch writes nothing.
+///
+/// # Errors
+///
+/// [`Failure`] when a batch write fails, misses or alters a record, returns versions that `get_*`
+/// does not report or a compare-and-swap rejects, touches another namespace, or an empty batch
+/// writes something; also when the factory cannot open a namespace, a store call fails
+/// unexpectedly, or the check's records cannot be cleaned up.
 pub async fn put_any_batches_write_like_puts<F: StoreFactory>(factory: &F) -> CheckResult {
     with_cx!(factory, |cx| {
         let (_, other) = cx.other_namespace(None).await?;
@@ -2306,6 +2588,13 @@ pub async fn put_any_batches_write_like_puts<F: StoreFactory>(factory: &F) -> Ch
 
 /// Garbage stored under a key is reported as `Corrupt` naming the key — never a panic, never a
 /// silent `None` — and stays in place until deleted explicitly.
+///
+/// # Errors
+///
+/// [`Failure`] when garbage under a key is read as a value or `None`, reported as another error
+/// than `Corrupt` naming the key, or removed before an explicit delete; also when the factory
+/// cannot open a namespace, a store call fails unexpectedly, or the check's records cannot be
+/// cleaned up.
 pub async fn corrupt_record_is_reported_and_kept<F: StoreFactory>(factory: &F) -> CheckResult {
     with_cx!(factory, |cx| {
         let key = TokenKey::new(issuer(ISSUER_A)?, resource(RESOURCE_1)?);
@@ -2398,6 +2687,12 @@ pub async fn corrupt_record_is_reported_and_kept<F: StoreFactory>(factory: &F) -
 
 /// A valid record of one issuer placed under another issuer's key is refused as `Corrupt`
 /// instead of being served for the wrong authorization server.
+///
+/// # Errors
+///
+/// [`Failure`] when a record placed under another issuer's key is served instead of refused as
+/// `Corrupt`; also when the factory cannot open a namespace, a store call fails unexpectedly, or
+/// the check's records cannot be cleaned up.
 pub async fn misplaced_record_is_reported_corrupt<F: StoreFactory>(factory: &F) -> CheckResult {
     with_cx!(factory, |cx| {
         let a = issuer(ISSUER_A)?;
@@ -2439,6 +2734,12 @@ pub async fn misplaced_record_is_reported_corrupt<F: StoreFactory>(factory: &F) 
 }
 
 /// No secret reaches `Debug` of the store, of records read from it, or of its errors.
+///
+/// # Errors
+///
+/// [`Failure`] when a secret appears in the `Debug` output of the store, of a record read from it,
+/// or of one of its errors; also when the factory cannot open a namespace, a store call fails
+/// unexpectedly, or the check's records cannot be cleaned up.
 pub async fn no_secret_in_debug<F: StoreFactory>(factory: &F) -> CheckResult {
     with_cx!(factory, |cx| {
         let reg = full_registration(&issuer(ISSUER_A)?, "dbg");
@@ -2507,6 +2808,12 @@ pub async fn no_secret_in_debug<F: StoreFactory>(factory: &F) -> CheckResult {
 
 /// Records written through one store are read back through a newly opened one (after a restart,
 /// for durable stores).
+///
+/// # Errors
+///
+/// [`Failure`] when a record written through one store is missing or altered when read through a
+/// newly opened one; also when the factory cannot open a namespace, a store call fails
+/// unexpectedly, or the check's records cannot be cleaned up.
 pub async fn records_persist_across_reopen<F: StoreFactory>(factory: &F) -> CheckResult {
     with_cx!(factory, |cx| {
         let reg = full_registration(&issuer(ISSUER_A)?, "persist");

@@ -116,6 +116,10 @@ impl EncryptionKey {
     /// (a KMS key version, say). Giving two different keys the same id makes records sealed
     /// with one unreadable with the other ([`KeyError::DuplicateId`] when both are in one
     /// [`KeySet`]).
+    ///
+    /// # Errors
+    ///
+    /// [`KeyError::InvalidId`] when `id` is not 1 to 64 characters of `[A-Za-z0-9_-]`.
     pub fn with_id(id: impl Into<String>, bytes: &[u8; KEY_LEN]) -> Result<Self, KeyError> {
         let id = id.into();
         if !valid_key_id(&id) {
@@ -125,6 +129,10 @@ impl EncryptionKey {
     }
 
     /// A new random key (from the OS random source).
+    ///
+    /// # Errors
+    ///
+    /// [`KeyError::Provider`] when the operating system's random source fails.
     pub fn generate() -> Result<Self, KeyError> {
         let bytes = random_key()?;
         Ok(Self::from_bytes(&bytes))
@@ -132,6 +140,11 @@ impl EncryptionKey {
 
     /// Parses a key written as 64 hex digits or as base64 (standard or URL-safe alphabet,
     /// padding optional); surrounding whitespace is ignored. `origin` names the source in errors.
+    ///
+    /// # Errors
+    ///
+    /// [`KeyError::Malformed`] (naming `origin`) when `text` is neither 64 hex digits nor base64 of
+    /// exactly 32 bytes.
     pub fn parse(text: &str, origin: &str) -> Result<Self, KeyError> {
         let bytes = decode_key_text(text.trim().as_bytes(), origin)?;
         Ok(Self::from_bytes(&bytes))
@@ -253,6 +266,10 @@ impl KeySet {
 
     /// Adds an old key (records sealed with it still open; nothing new is sealed with it). A key
     /// already in the set is ignored; a different key under an id already used is refused.
+    ///
+    /// # Errors
+    ///
+    /// [`KeyError::DuplicateId`] when the set already holds a different key under `key`'s id.
     pub fn with_old(self, key: EncryptionKey) -> Result<Self, KeyError> {
         if let Some(known) = self.get(key.id()) {
             if known.fingerprint != key.fingerprint {
@@ -273,6 +290,12 @@ impl KeySet {
     }
 
     /// Loads the current key from `current` and old keys from `old`, in order.
+    ///
+    /// # Errors
+    ///
+    /// Whatever a provider's [`KeyProvider::load_key`] fails with ([`KeyError::NotSet`],
+    /// [`KeyError::Malformed`], [`KeyError::Io`], [`KeyError::Provider`], ...), and
+    /// [`KeyError::DuplicateId`] when two different keys share an id.
     pub async fn load(
         current: &dyn KeyProvider,
         old: &[&dyn KeyProvider],
@@ -393,6 +416,11 @@ impl FileKey {
 
     /// Writes a new random key to `path` (64 hex digits and a newline, mode `0600` on Unix) and
     /// returns it. Never overwrites: an existing file is an error ([`KeyError::Io`]).
+    ///
+    /// # Errors
+    ///
+    /// [`KeyError::Io`] when the file already exists or cannot be created, written or synced;
+    /// [`KeyError::Provider`] when the operating system's random source fails.
     pub fn create(path: impl Into<PathBuf>) -> Result<EncryptionKey, KeyError> {
         use std::io::Write;
         let path = path.into();

@@ -865,11 +865,23 @@ impl<S: CredentialStore> EncryptedStore<S> {
     /// A refresh running in another process at the same time is safe: the engine saves rotated
     /// tokens with a compare-and-swap too, and on a conflict re-reads the record and retries
     /// when it still holds the refresh token it sent.
+    ///
+    /// # Errors
+    ///
+    /// As [`rekey_with`](Self::rekey_with).
     pub async fn rekey(&self) -> Result<RekeyReport, StoreError> {
         self.rekey_with(&|_| {}).await
     }
 
     /// [`rekey`](Self::rekey), calling `progress` with the counts so far after each record.
+    ///
+    /// # Errors
+    ///
+    /// [`StoreError::Unsupported`] when the store cannot list its records. Any other store error
+    /// than [`StoreError::Corrupt`] and [`StoreError::Conflict`] (those are collected in the
+    /// report's `failed` list instead) stops the run and is returned: [`StoreError::Unavailable`]
+    /// when the backend cannot be reached, for example. Records rekeyed before the error stay
+    /// rekeyed.
     pub async fn rekey_with(
         &self,
         progress: &(dyn Fn(&RekeyReport) + Sync),

@@ -313,6 +313,10 @@ impl IdentityAssertionGrant {
     /// The grant with the IdP's token endpoint, the identity assertion (an ID token) and this
     /// client's credentials at the MCP server's authorization server. Fails when
     /// `idp_token_endpoint` is not an absolute URL.
+    ///
+    /// # Errors
+    ///
+    /// [`AuthError::Config`] when `idp_token_endpoint` is not an absolute URL.
     pub fn new(
         idp_token_endpoint: &str,
         subject_token: impl Into<AssertionSource>,

@@ -107,12 +107,22 @@ pub struct HeadlessAuthorizer {
 impl HeadlessAuthorizer {
     /// A headless authorizer under the default [`HttpPolicy`]: `https` to public addresses
     /// only, 10 s timeout.
+    ///
+    /// # Errors
+    ///
+    /// None at present: the HTTP client is built on first use, so a policy that cannot be honoured
+    /// shows up as an error of [`Authorizer::authorize`].
     pub fn new() -> Result<Self, AuthError> {
         Self::with_policy(HttpPolicy::default())
     }
 
     /// A headless authorizer under `policy` (give it the engine's: with
     /// [`HttpPolicy::allowing_loopback`] it reaches a local test server).
+    ///
+    /// # Errors
+    ///
+    /// None at present: the HTTP client is built on first use, so a policy that cannot be honoured
+    /// shows up as an error of [`Authorizer::authorize`].
     pub fn with_policy(policy: HttpPolicy) -> Result<Self, AuthError> {
         Ok(Self {
             http: Http::new(policy)?,

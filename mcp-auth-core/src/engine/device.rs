@@ -59,6 +59,14 @@ impl McpAuth {
     /// `scopes`: `None` lets the server's metadata decide, as for [`McpAuth::authorize`].
     /// Fails with [`AuthError::DeviceFlowNotSupported`] when the authorization server
     /// advertises no `device_authorization_endpoint`.
+    ///
+    /// # Errors
+    ///
+    /// [`AuthError::DeviceFlowNotSupported`] when the authorization server advertises no device
+    /// authorization endpoint; [`AuthError::DeviceAccessDenied`] when the user denies the request;
+    /// [`AuthError::DeviceCodeExpired`] when the code expires before the user approves;
+    /// [`AuthError::OAuth`] when an endpoint answers with another OAuth error. Discovery, the
+    /// binding decision and registration fail as for [`McpAuth::authorize`].
     pub async fn authorize_device(
         &self,
         resource: &ResourceUri,

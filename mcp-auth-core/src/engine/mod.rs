@@ -461,6 +461,15 @@ impl McpAuthBuilder {
     }
 
     /// Builds the engine.
+    ///
+    /// # Errors
+    ///
+    /// [`AuthError::Config`] when the configuration is inconsistent: `redirect_uri` or
+    /// `client_metadata_url` is not an absolute URL (or the latter has no path, has a fragment or
+    /// is refused by the [`HttpPolicy`]); a pre-registered client secret or client credentials name
+    /// no issuer (unless undeclared secret issuers are allowed); more than one of client
+    /// credentials, identity assertion and JWT bearer is configured; or an identity assertion grant
+    /// lacks its `client_id`, its issuer or a usable IdP token endpoint.
     pub fn build(self) -> Result<McpAuth, AuthError> {
         Url::parse(&self.config.redirect_uri)
             .map_err(|_| AuthError::Config("redirect_uri is not an absolute URL".to_owned()))?;
@@ -587,6 +596,10 @@ impl McpAuth {
 
     /// A valid access token for `resource`: cached, else refreshed, else obtained by a new
     /// authorization through the configured [`Authorizer`].
+    ///
+    /// # Errors
+    ///
+    /// As [`McpAuth::access_credential`].
     pub async fn access_token(&self, resource: &ResourceUri) -> Result<SecretString, AuthError> {
         self.access_credential(resource)
             .await
@@ -595,6 +608,18 @@ impl McpAuth {
 
     /// [`McpAuth::access_token`] with how to present it: `Bearer`, or `DPoP` with a proof per
     /// request ([`AccessCredential::dpop_proof`]) when the token is DPoP-bound.
+    ///
+    /// # Errors
+    ///
+    /// A refresh that fails gives [`AuthError::RefreshFailed`], [`AuthError::RotatedTokenNotSaved`]
+    /// or [`AuthError::RefreshInProgress`] (see [`McpAuth::cached_access_credential`]); when no
+    /// usable token is stored, whatever the new authorization fails with (see
+    /// [`McpAuth::authorize`]).
+    ///
+    /// Besides those: [`AuthError::Discovery`], [`AuthError::UnsafeUrl`], [`AuthError::Timeout`],
+    /// [`AuthError::Http`], [`AuthError::ResponseTooLarge`] and [`AuthError::InvalidResponse`] when
+    /// metadata or an endpoint cannot be used; [`AuthError::Store`] when the store keeps failing
+    /// beyond its retry budget.
     pub async fn access_credential(
         &self,
         resource: &ResourceUri,
@@ -677,6 +702,10 @@ impl McpAuth {
     /// authorization ([`AuthError::LoginRequired`] instead). Makes no request at all while the
     /// stored token is valid, and then reads no record value: one store round trip checks that
     /// the binding and tokens this engine decoded before are still the current versions.
+    ///
+    /// # Errors
+    ///
+    /// As [`McpAuth::cached_access_credential`].
     pub async fn cached_access_token(
         &self,
         resource: &ResourceUri,
@@ -687,6 +716,17 @@ impl McpAuth {
     }
 
     /// [`McpAuth::cached_access_token`] with how to present it.
+    ///
+    /// # Errors
+    ///
+    /// [`AuthError::LoginRequired`] when no tokens are stored for `resource`, and
+    /// [`AuthError::RefreshRejected`] or [`AuthError::RefreshOutcomeUnknown`] when a refresh token
+    /// was rejected or may have been rotated away ([`AuthError::needs_login`] is true for all
+    /// three). [`AuthError::RefreshFailed`] when the authorization server failed the refresh
+    /// without rotating the token; [`AuthError::RefreshInProgress`] when another process holds the
+    /// refresh lease for too long; [`AuthError::RotatedTokenNotSaved`] when a rotated token could
+    /// not be recorded; [`AuthError::Store`] when the store keeps failing beyond its retry budget,
+    /// and the network errors of [`McpAuth::access_credential`] during a refresh.
     pub async fn cached_access_credential(
         &self,
         resource: &ResourceUri,
@@ -789,12 +829,34 @@ impl McpAuth {
 
     /// Authorizes for `resource` now: discovery, SEP-2352 binding decision, registration,
     /// authorization code with PKCE, token exchange.
+    ///
+    /// # Errors
+    ///
+    /// As [`McpAuth::authorize_with_scopes`].
     pub async fn authorize(&self, resource: &ResourceUri) -> Result<SecretString, AuthError> {
         self.authorize_with_scopes(resource, None).await
     }
 
     /// [`McpAuth::authorize`] requesting exactly `scopes` (`None`: the server's challenge or
     /// metadata decides, R16).
+    ///
+    /// # Errors
+    ///
+    /// [`AuthError::NotProtected`] when `resource` publishes no protected resource metadata and
+    /// does not ask for authorization; [`AuthError::AuthorizationServerChanged`] when it moved to
+    /// another authorization server than the pre-registered credentials belong to;
+    /// [`AuthError::IssuerMismatch`], [`AuthError::ResourceMismatch`] or
+    /// [`AuthError::PkceNotSupported`] when the metadata fails validation;
+    /// [`AuthError::RegistrationNotPossible`] when the client cannot register there;
+    /// [`AuthError::Authorizer`] when no callback arrives, [`AuthError::StateMismatch`] or
+    /// [`AuthError::AuthorizationDenied`] when the redirect is refused or does not match;
+    /// [`AuthError::OAuth`], [`AuthError::UnsupportedTokenType`] or [`AuthError::DpopNotAvailable`]
+    /// when the token exchange fails.
+    ///
+    /// Besides those: [`AuthError::Discovery`], [`AuthError::UnsafeUrl`], [`AuthError::Timeout`],
+    /// [`AuthError::Http`], [`AuthError::ResponseTooLarge`] and [`AuthError::InvalidResponse`] when
+    /// metadata or an endpoint cannot be used; [`AuthError::Store`] when the store keeps failing
+    /// beyond its retry budget.
     pub async fn authorize_with_scopes(
         &self,
         resource: &ResourceUri,
@@ -867,6 +929,16 @@ impl McpAuth {
     /// Call after the MCP server answered `401`. Re-discovers the protected resource metadata
     /// (from the challenge's `resource_metadata`, R1), so a move to another authorization server
     /// is always noticed, then refreshes or re-authorizes. Returns the token to retry with.
+    ///
+    /// # Errors
+    ///
+    /// When the challenge only asks for a DPoP nonce, what [`McpAuth::cached_access_token`] fails
+    /// with (no new authorization is started). Otherwise what re-discovery fails with
+    /// ([`AuthError::ResourceMismatch`], [`AuthError::AuthorizationServerChanged`],
+    /// [`AuthError::Discovery`] and the network errors), what a refresh fails with other than a
+    /// need to log in ([`AuthError::RefreshFailed`], [`AuthError::RefreshInProgress`],
+    /// [`AuthError::RotatedTokenNotSaved`]), or what the new authorization fails with (see
+    /// [`McpAuth::authorize`]).
     pub async fn handle_unauthorized(
         &self,
         resource: &ResourceUri,
@@ -921,6 +993,12 @@ impl McpAuth {
     /// again with the previously granted scopes plus the challenged ones (R18); gives up with
     /// [`AuthError::InsufficientScope`] when the same scopes are demanded again after
     /// `max_step_up_attempts` authorizations.
+    ///
+    /// # Errors
+    ///
+    /// [`AuthError::InsufficientScope`] when the same scopes are demanded again after
+    /// `max_step_up_attempts` authorizations; otherwise whatever the new authorization fails with
+    /// (see [`McpAuth::authorize`]).
     pub async fn handle_insufficient_scope(
         &self,
         resource: &ResourceUri,
@@ -985,6 +1063,12 @@ impl McpAuth {
     /// Deletes the tokens and binding of `resource` and revokes its tokens at the AS when it has
     /// a revocation endpoint (RFC 7009). The local deletion stands whatever the AS answers; the
     /// report says what the AS revoked, what it refused and why. The registration is kept.
+    ///
+    /// # Errors
+    ///
+    /// [`AuthError::Store`] when the stored binding, tokens or registration cannot be read, or the
+    /// tokens and binding cannot be deleted. A revocation the authorization server refuses or
+    /// cannot be reached for is not an error: it is listed in the [`LogoutReport`].
     pub async fn logout(&self, resource: &ResourceUri) -> Result<LogoutReport, AuthError> {
         let mut report = LogoutReport::default();
         let Some(binding) = self.store.get_binding(resource).await? else {

@@ -222,6 +222,12 @@ impl McpAuth {
     /// Waits until every token set this process obtained is recorded in the store, or until its
     /// save deadline (`save_deadline` after the refresh) has passed. Call it before the process
     /// exits: a rotated refresh token that only this process knows is lost with it.
+    ///
+    /// # Errors
+    ///
+    /// [`AuthError::RotatedTokenNotSaved`] for the first token set still unsaved when its save
+    /// deadline passes, carrying the store's last error as [`StoreError::Unavailable`]; the tokens
+    /// stay in this process's memory.
     pub async fn flush(&self) -> Result<(), AuthError> {
         loop {
             let overdue = {
