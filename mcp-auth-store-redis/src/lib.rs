@@ -482,6 +482,22 @@ fn expect_args(expect: &Expect) -> (&'static str, String) {
     }
 }
 
+/// Pauses replica waits for [`REPLICA_WAIT_PAUSE`] when dropped armed: a wait that ended
+/// unsatisfied, or that was abandoned before it ended.
+struct PauseOnDrop<'a> {
+    paused: &'a Mutex<Option<Instant>>,
+    armed: bool,
+}
+
+impl Drop for PauseOnDrop<'_> {
+    fn drop(&mut self) {
+        if self.armed {
+            *self.paused.lock().unwrap_or_else(PoisonError::into_inner) =
+                Some(Instant::now() + REPLICA_WAIT_PAUSE);
+        }
+    }
+}
+
 /// The Redis Cluster slot of a hash tag: CRC16 (XMODEM) modulo 16384.
 fn hash_slot(tag: &str) -> u16 {
     let mut crc: u16 = 0;
@@ -648,6 +664,13 @@ impl RedisStore {
         ) {
             return;
         }
+        // A wait abandoned by its caller (a timeout around the write, a dropped future) counts
+        // as unsatisfied too: otherwise a caller whose own deadline is shorter than the wait
+        // would abandon every write at the same point and never learn to skip it.
+        let mut unsatisfied = PauseOnDrop {
+            paused: &self.replica_wait_paused,
+            armed: true,
+        };
         let mut wait = redis::cmd("WAIT");
         wait.arg(replicas).arg(timeout_ms);
         let acked: RedisResult<i64> = match &self.conn {
@@ -664,13 +687,7 @@ impl RedisStore {
             }
             Conn::Single(_) => wait.query_async(&mut self.conn.clone()).await,
         };
-        if !matches!(acked, Ok(n) if n >= i64::from(replicas)) {
-            *self
-                .replica_wait_paused
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner) =
-                Some(Instant::now() + REPLICA_WAIT_PAUSE);
-        }
+        unsatisfied.armed = !matches!(acked, Ok(n) if n >= i64::from(replicas));
     }
 
     /// The hash tag of every key of this namespace (what decides its cluster slot).

@@ -407,7 +407,7 @@ async fn master_killed_and_replica_promoted_while_8_processes_refresh_loses_no_g
     );
     let recovered = loop {
         let attempt = tokio::time::timeout(
-            Duration::from_millis(500),
+            Duration::from_secs(2),
             probe.put_tokens(
                 &probe_key,
                 &TokenSet::new(SecretString::from("p")),
@@ -419,7 +419,7 @@ async fn master_killed_and_replica_promoted_while_8_processes_refresh_loses_no_g
             break killed.elapsed();
         }
         assert!(
-            killed.elapsed() < Duration::from_secs(30),
+            killed.elapsed() < Duration::from_secs(60),
             "the cluster never recovered"
         );
     };
