@@ -49,9 +49,11 @@ use sha2::Digest as _;
 use tracing::{Instrument, debug, info_span};
 use url::Url;
 
+use super::authorization::select_scopes;
 use super::discovery::{Challenge, ResourceMetadata, ServerMetadata};
 use super::http::redact;
-use super::{AuthError, McpAuth, is_b64token, parse_token_response, refresh, select_scopes};
+use super::tokens::{is_b64token, parse_token_response};
+use super::{AuthError, McpAuth, refresh};
 use crate::error::BoxError;
 use crate::ids::{IssuerId, ResourceUri};
 use crate::model::{ClientRegistration, RegistrationKind};

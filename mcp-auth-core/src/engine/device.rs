@@ -9,12 +9,11 @@ use serde_json::Value;
 use tracing::{Instrument, debug, info_span};
 use url::Url;
 
+use super::authorization::select_scopes;
 use super::discovery::{self, ServerMetadata};
 use super::http::redact;
-use super::{
-    AuthError, INVALID_EXPIRES_IN_LIFETIME, McpAuth, client_auth, expires_in, oauth_error,
-    parse_token_response, refresh, select_scopes,
-};
+use super::tokens::{client_auth, expires_in, parse_token_response};
+use super::{AuthError, INVALID_EXPIRES_IN_LIFETIME, McpAuth, oauth_error, refresh};
 use crate::ids::ResourceUri;
 
 /// The RFC 8628 grant type.

@@ -5,9 +5,11 @@ use serde_json::{Map, Value};
 use tracing::{Instrument, debug, info_span};
 use url::Url;
 
+use super::McpAuth;
 use super::error::AuthError;
 use super::http::{Http, redact};
 use crate::ids::{IssuerId, ResourceUri};
+use crate::model::ResourceBinding;
 
 /// The parts of a `Bearer` or `DPoP` challenge the client uses. Unparseable input yields an empty
 /// challenge (the caller then falls back to well-known discovery), never an error or a panic.
@@ -530,6 +532,65 @@ pub(crate) async fn discover_server_metadata(
     }
     .instrument(span)
     .await
+}
+
+impl McpAuth {
+    /// PRM from the challenge URL or the well-known locations; for a 2025-03-26 server that has
+    /// none at all (and no challenge URL), the synthesised legacy document.
+    pub(super) async fn resource_metadata(
+        &self,
+        resource: &ResourceUri,
+        challenge_url: Option<&str>,
+    ) -> Result<ResourceMetadata, AuthError> {
+        // Only "none published" (every location 404) falls back; a server error never makes the
+        // origin the authorization server.
+        match find_resource_metadata(&self.http, resource, challenge_url).await? {
+            Found::Metadata(prm) => Ok(prm),
+            Found::NotFound(_) if challenge_url.is_none() && self.config.legacy_discovery => {
+                // The origin becomes the authorization server only for a server that does ask
+                // for credentials: a site that is no MCP server (or needs no authorization)
+                // must never receive a client registration.
+                let status = self.http.probe_mcp(resource.url()).await?;
+                if status != 401 {
+                    return Err(AuthError::NotProtected {
+                        resource: resource.to_string(),
+                        status,
+                    });
+                }
+                debug!(resource = %resource, "no protected resource metadata; using the 2025-03-26 fallback");
+                Ok(ResourceMetadata::legacy(resource))
+            }
+            Found::NotFound(reason) => Err(AuthError::Discovery {
+                url: resource.to_string(),
+                reason: format!("no protected resource metadata ({reason})"),
+            }),
+        }
+    }
+
+    pub(super) fn stored_metadata(
+        &self,
+        binding: &ResourceBinding,
+    ) -> Result<ServerMetadata, AuthError> {
+        let source = binding.issuer.url().clone();
+        ServerMetadata::from_json(
+            &self.http,
+            &source,
+            &binding.issuer,
+            binding.authorization_server_metadata.clone(),
+        )
+    }
+
+    pub(super) fn issuer_from(&self, prm: &ResourceMetadata) -> Result<IssuerId, AuthError> {
+        // R3: the AS comes only from the PRM. The first listed is used.
+        let raw = &prm.authorization_servers[0];
+        let issuer = IssuerId::new(raw.as_str()).map_err(|e| AuthError::Discovery {
+            url: prm.resource.to_string(),
+            reason: format!("authorization server {e}"),
+        })?;
+        // R35: refuse private/link-local issuers before any request goes there.
+        self.http.check_url(issuer.url())?;
+        Ok(issuer)
+    }
 }
 
 #[cfg(test)]

@@ -22,8 +22,14 @@ use serde_json::json;
 use sha2::Digest as _;
 use url::Url;
 
+use super::McpAuth;
+use super::discovery::ServerMetadata;
 use super::error::AuthError;
+use crate::ids::{IssuerId, ResourceUri, TokenKey};
 use crate::time::Timestamp;
+
+#[cfg(doc)]
+use super::Challenge;
 
 /// When the engine uses DPoP (RFC 9449).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -295,6 +301,77 @@ impl KeyCache {
         }
         map.insert(stored.expose_secret().to_owned(), Arc::clone(&key));
         Ok(key)
+    }
+}
+
+impl McpAuth {
+    /// The latest `DPoP-Nonce` the server at `url`'s origin sent (RFC 9449 §9), for the next
+    /// proof to it.
+    pub fn dpop_nonce(&self, url: &Url) -> Option<String> {
+        self.dpop_nonces.get(url)
+    }
+
+    /// Records a resource server's `DPoP-Nonce` header value (from any response, and from a
+    /// `401` whose challenge [`Challenge::is_dpop_nonce`]). Values that are not RFC 9449
+    /// nonces are ignored.
+    pub fn record_dpop_nonce(&self, url: &Url, nonce: &str) {
+        self.dpop_nonces.record(url, nonce);
+    }
+
+    /// The `DPoP` header of a POST to the token endpoint `url` (with the server's latest nonce).
+    pub(super) fn dpop_headers(
+        &self,
+        dpop: Option<&DpopKey>,
+        url: &Url,
+    ) -> Result<Vec<(&'static str, String)>, AuthError> {
+        match dpop {
+            Some(key) => Ok(vec![(
+                "DPoP",
+                key.proof("POST", url, None, self.dpop_nonces.get(url).as_deref())?,
+            )]),
+            None => Ok(Vec::new()),
+        }
+    }
+
+    /// Keeps the `DPoP-Nonce` a server sent (RFC 9449 §8.2: use it in the next proof).
+    pub(super) fn remember_dpop_nonce(&self, url: &Url, headers: &reqwest::header::HeaderMap) {
+        if let Some(nonce) = headers.get("dpop-nonce").and_then(|v| v.to_str().ok()) {
+            self.dpop_nonces.record(url, nonce);
+        }
+    }
+
+    /// A new key for an authorization at `meta`'s server, as [`ClientConfig::dpop`] says, or
+    /// as `required` says: once a server's tokens for a resource were DPoP-bound, a new
+    /// authorization there must be too (a server that stops binding them is refused, never
+    /// silently downgraded to Bearer; `logout` lets the user accept Bearer tokens again).
+    pub(super) fn new_dpop_key(
+        &self,
+        meta: &ServerMetadata,
+        required: bool,
+    ) -> Result<Option<DpopKey>, AuthError> {
+        match (self.config.dpop, meta.supports_dpop_es256(), required) {
+            (DpopMode::Required, false, _) | (_, false, true) => Err(AuthError::DpopNotAvailable {
+                issuer: meta.issuer.clone(),
+                reason: "its metadata lists no ES256 in dpop_signing_alg_values_supported",
+            }),
+            (DpopMode::Off, _, false) | (DpopMode::IfSupported, false, false) => Ok(None),
+            (_, true, _) => DpopKey::generate().map(Some),
+        }
+    }
+
+    /// Whether an authorization at `issuer` for `resource` must yield DPoP-bound tokens.
+    pub(super) async fn dpop_required(&self, issuer: &IssuerId, resource: &ResourceUri) -> bool {
+        match self.config.dpop {
+            DpopMode::Required => true,
+            DpopMode::Off => false,
+            DpopMode::IfSupported => self
+                .store
+                .get_tokens(&TokenKey::new(issuer.clone(), resource.clone()))
+                .await
+                .ok()
+                .flatten()
+                .is_some_and(|t| t.value.dpop_key.is_some()),
+        }
     }
 }
 

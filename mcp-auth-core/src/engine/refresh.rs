@@ -29,9 +29,8 @@ use tracing::{Instrument, debug, error, info_span, warn};
 
 use super::discovery::ResourceMetadata;
 use super::http::Delivery;
-use super::{
-    AuthError, McpAuth, asks_for_dpop_nonce, client_auth, oauth_error, parse_token_response_dpop,
-};
+use super::tokens::{client_auth, parse_token_response_dpop};
+use super::{AuthError, McpAuth, asks_for_dpop_nonce, oauth_error};
 use crate::error::StoreError;
 use crate::ids::TokenKey;
 use crate::model::{RefreshState, ResourceBinding, TokenSet};
@@ -794,5 +793,37 @@ async fn save_once(
             }
             SaveStep::Retry(expect, e)
         }
+    }
+}
+
+impl McpAuth {
+    /// Refreshes unless someone else already did. Single-flight inside the process (a mutex per
+    /// token key) and across processes (the store's lease and the recorded refresh state).
+    pub(super) async fn refresh(
+        &self,
+        binding: &ResourceBinding,
+        key: &TokenKey,
+    ) -> Result<SecretString, AuthError> {
+        let lock = self.refresh_locks.get(key);
+        let _guard = lock.lock().await;
+        self.refresh_locked(binding, key, &|t| !self.is_stale(t))
+            .await
+    }
+
+    /// Refreshes because the server refused the access token `rejected`, unless the stored
+    /// token has changed since.
+    pub(super) async fn force_refresh(
+        &self,
+        binding: &ResourceBinding,
+        key: &TokenKey,
+        rejected: &SecretString,
+    ) -> Result<SecretString, AuthError> {
+        let lock = self.refresh_locks.get(key);
+        let _guard = lock.lock().await;
+        let rejected = rejected.expose_secret();
+        self.refresh_locked(binding, key, &|t| {
+            t.access_token.expose_secret() != rejected && !self.is_stale(t)
+        })
+        .await
     }
 }
