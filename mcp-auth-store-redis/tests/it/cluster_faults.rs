@@ -6,6 +6,7 @@
 //! Each test needs `redis-server` and `redis-cli` on PATH. Without them (and without
 //! `MCP_AUTH_TEST_REDIS_URL`, which `cargo xtask test-all` sets after installing them) the tests
 //! say why and pass.
+use crate::workers;
 use std::collections::HashSet;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
@@ -371,24 +372,17 @@ async fn master_killed_and_replica_promoted_while_8_processes_refresh_loses_no_g
     // The answer comes 300 ms after the AS rotated the token: by then the master is gone.
     as1.set_token_fault(TokenFault::Delay(Duration::from_millis(300)));
 
+    let cluster_url = cluster.url();
     let children: Vec<_> = (0..8)
         .map(|_| {
-            tokio::process::Command::new(std::env::current_exe().unwrap())
-                .args([
-                    "cluster_faults::failover_worker",
-                    "--exact",
-                    "--ignored",
-                    "--nocapture",
-                    "--test-threads=1",
-                ])
-                .env("FAILOVER_CLUSTER_URL", cluster.url())
-                .env("FAILOVER_NAMESPACE", namespace.as_str())
-                .env("FAILOVER_RESOURCE", resource.as_str())
-                .stdout(Stdio::piped())
-                .stderr(Stdio::piped())
-                .kill_on_drop(true)
-                .spawn()
-                .unwrap()
+            workers::spawn(
+                "cluster_faults::failover_worker",
+                &[
+                    ("FAILOVER_CLUSTER_URL", cluster_url.as_str()),
+                    ("FAILOVER_NAMESPACE", namespace.as_str()),
+                    ("FAILOVER_RESOURCE", resource.as_str()),
+                ],
+            )
         })
         .collect();
     let deadline = Instant::now() + Duration::from_secs(30);
@@ -442,9 +436,12 @@ async fn master_killed_and_replica_promoted_while_8_processes_refresh_loses_no_g
                     String::from_utf8_lossy(&out.stderr)
                 )
             });
-        let token = line
-            .strip_prefix("OK ")
-            .unwrap_or_else(|| panic!("a process ended without a token: {line}"));
+        let token = line.strip_prefix("OK ").unwrap_or_else(|| {
+            panic!(
+                "a process ended without a token: {line}\nSTDERR {}",
+                String::from_utf8_lossy(&out.stderr)
+            )
+        });
         tokens.insert(token.to_owned());
     }
     let all_done = killed.elapsed();

@@ -4,6 +4,7 @@
 //!
 //! Each test needs the `redis-server` binary. Without it (and without `MCP_AUTH_TEST_REDIS_URL`,
 //! which `cargo xtask test-all` sets after installing it) the tests print why and pass.
+use crate::workers;
 use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -936,24 +937,17 @@ async fn redis_killed_for_3_s_while_8_processes_refresh_loses_no_grant() {
     // The answer comes 300 ms after the AS rotated the token: by then Redis is gone.
     as1.set_token_fault(TokenFault::Delay(Duration::from_millis(300)));
 
+    let redis_url = redis.url();
     let children: Vec<_> = (0..8)
         .map(|_| {
-            tokio::process::Command::new(std::env::current_exe().unwrap())
-                .args([
-                    "faults::grant_outage_worker",
-                    "--exact",
-                    "--ignored",
-                    "--nocapture",
-                    "--test-threads=1",
-                ])
-                .env("GRANT_REDIS_URL", redis.url())
-                .env("GRANT_NAMESPACE", namespace.as_str())
-                .env("GRANT_RESOURCE", resource.as_str())
-                .stdout(Stdio::piped())
-                .stderr(Stdio::piped())
-                .kill_on_drop(true)
-                .spawn()
-                .unwrap()
+            workers::spawn(
+                "faults::grant_outage_worker",
+                &[
+                    ("GRANT_REDIS_URL", redis_url.as_str()),
+                    ("GRANT_NAMESPACE", namespace.as_str()),
+                    ("GRANT_RESOURCE", resource.as_str()),
+                ],
+            )
         })
         .collect();
     let deadline = Instant::now() + Duration::from_secs(30);

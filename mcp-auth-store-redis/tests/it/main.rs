@@ -12,3 +12,4 @@ mod deployments;
 mod encrypted;
 mod faults;
 mod refresh_storm;
+mod workers;

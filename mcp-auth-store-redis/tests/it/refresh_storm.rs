@@ -1,6 +1,7 @@
 //! The engine's refresh single-flight across processes: four processes sharing one Redis server,
 //! 250 concurrent `access_token()` calls each on an expired token → exactly one token request
 //! reaches the authorization server (the store's lease elects one refresher).
+use crate::workers;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -109,27 +110,19 @@ async fn refresh_storm_across_four_processes_over_redis() {
     as1.clear_requests();
 
     let start = now_ms() + 2000;
-    let mut children = Vec::new();
-    for _ in 0..4 {
-        children.push(
-            tokio::process::Command::new(std::env::current_exe().unwrap())
-                .args([
-                    "refresh_storm::storm_worker",
-                    "--exact",
-                    "--ignored",
-                    "--nocapture",
-                    "--test-threads=1",
-                ])
-                .env("STORM_NAMESPACE", &ns)
-                .env("STORM_RESOURCE", resource.as_str())
-                .env("STORM_START_MS", start.to_string())
-                .stdout(std::process::Stdio::piped())
-                .stderr(std::process::Stdio::piped())
-                .kill_on_drop(true)
-                .spawn()
-                .unwrap(),
-        );
-    }
+    let start = start.to_string();
+    let children: Vec<_> = (0..4)
+        .map(|_| {
+            workers::spawn(
+                "refresh_storm::storm_worker",
+                &[
+                    ("STORM_NAMESPACE", ns.as_str()),
+                    ("STORM_RESOURCE", resource.as_str()),
+                    ("STORM_START_MS", start.as_str()),
+                ],
+            )
+        })
+        .collect();
     let mut seen = std::collections::HashSet::new();
     for child in children {
         let out = tokio::time::timeout(Duration::from_secs(60), child.wait_with_output())
