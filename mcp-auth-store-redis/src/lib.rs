@@ -251,6 +251,12 @@ const REPLICA_WAIT_PAUSE: Duration = Duration::from_secs(10);
 /// a rotated refresh token that vanishes makes the next refresh resend the old one, which the
 /// authorization server treats as token theft. Waiting for a replica closes that window in
 /// practice (a failover promotes the most up-to-date replica); it is not a consensus protocol.
+///
+/// A replica acknowledges nothing until its first full sync with its master is done (Redis
+/// starts a diskless sync `repl-diskless-sync-delay` seconds after the replica attaches, 5 by
+/// default). Writes made before that live on the master alone, and a failover in that window
+/// promotes a replica without them: attach replicas before traffic arrives, and let the first
+/// sync finish (`master_link_status:up` in `INFO replication` on the replica).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum ReplicaAcks {

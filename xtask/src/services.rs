@@ -261,6 +261,9 @@ pub(crate) fn start_redis_cluster(
                 "nodes.conf",
             ])
             .args(["--cluster-node-timeout", "2000"])
+            // A replica's first sync starts at once, not 5 s later (the default): writes made
+            // before it ends have no replica to wait for.
+            .args(["--repl-diskless-sync-delay", "0"])
             .args(["--save", "", "--appendonly", "no"])
             .arg("--dir")
             .arg(&dir)
@@ -302,6 +305,28 @@ pub(crate) fn start_redis_cluster(
             }
             thread::sleep(Duration::from_millis(50));
         }
+    }
+    // Every replica has finished its first sync, so writes are replicated from the start.
+    loop {
+        let synced = ports
+            .iter()
+            .filter(|p| {
+                let info = redis_cli(**p, &["INFO", "replication"]).unwrap_or_default();
+                info.contains("role:slave")
+                    && info.contains("master_link_status:up")
+                    && info.contains("master_sync_in_progress:0")
+            })
+            .count();
+        if synced == masters * replicas {
+            break;
+        }
+        if Instant::now() >= deadline {
+            return Err(format!(
+                "only {synced} of the Redis Cluster's {} replicas finished their first sync",
+                masters * replicas
+            ));
+        }
+        thread::sleep(Duration::from_millis(50));
     }
     println!(
         "==> Redis Cluster ({masters} masters, {replicas} replica each) on {}",
