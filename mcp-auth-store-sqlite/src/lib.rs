@@ -142,6 +142,13 @@ pub struct SqliteOptions {
     /// file must exist. Without this option a database whose file or directory is not writable
     /// is opened read-only anyway ([`SqliteStore::read_only`] tells).
     pub read_only: bool,
+    /// Run every SQLite call on the calling thread, also on a current-thread tokio runtime
+    /// (default `false`: there it goes to tokio's blocking pool, which starts a thread). For a
+    /// short-lived process that does one thing at a time, such as a command-line tool: a call
+    /// then blocks the runtime while it runs, up to `busy_timeout` when another process holds
+    /// the database's lock. A multi-threaded runtime always uses `block_in_place`, with no thread
+    /// hop either way.
+    pub run_inline: bool,
 }
 
 impl Default for SqliteOptions {
@@ -150,6 +157,7 @@ impl Default for SqliteOptions {
             namespace: Namespace::default(),
             busy_timeout: DEFAULT_BUSY_TIMEOUT,
             read_only: false,
+            run_inline: false,
         }
     }
 }
@@ -160,6 +168,8 @@ struct Shared {
     /// `Some` when the database could only be opened read-only (or was asked to be).
     read_only: Option<ReadOnlyReason>,
     busy_timeout: Duration,
+    /// [`SqliteOptions::run_inline`].
+    run_inline: bool,
     /// Decoded token sets by (namespace, storage key), each with the version it was decoded at.
     /// A read still asks SQLite for the current version (so another process's write is always
     /// seen); only the JSON decoding is skipped when the version is unchanged. Versions are
@@ -291,7 +301,8 @@ impl SqliteStore {
         let path = path.into();
         let busy = options.busy_timeout;
         let read_only = options.read_only;
-        let opened = run_blocking({
+        let run_inline = options.run_inline;
+        let opened = run_blocking(run_inline, {
             let path = path.clone();
             move || schema::open(&path, busy, read_only)
         })
@@ -305,6 +316,7 @@ impl SqliteStore {
                 }),
                 read_only: opened.read_only,
                 busy_timeout: busy,
+                run_inline,
                 decoded_tokens: Mutex::default(),
                 versions: Mutex::default(),
             }),
@@ -366,7 +378,7 @@ impl SqliteStore {
     ) -> Result<T, StoreError> {
         let shared = Arc::clone(&self.shared);
         let namespace = self.namespace.clone();
-        run_blocking(move || {
+        run_blocking(self.shared.run_inline, move || {
             let mut conn = shared.conn.lock().unwrap_or_else(PoisonError::into_inner);
             conn.refresh_if_stale(&shared.path, shared.busy_timeout)?;
             f(&mut conn.connection, namespace.as_str())
@@ -795,8 +807,10 @@ fn parse_version(v: &Version) -> Option<i64> {
 /// Runs blocking work without stalling other tasks: `block_in_place` on a multi-threaded tokio
 /// runtime (the worker hands its other tasks to another thread; the caller pays no thread hop),
 /// the blocking pool on a current-thread runtime (where `block_in_place` is not allowed), inline
-/// outside tokio (so other executors work instead of panicking).
+/// outside tokio (so other executors work instead of panicking). `inline`: on the calling thread
+/// on a current-thread runtime too ([`SqliteOptions::run_inline`]).
 async fn run_blocking<T: Send + 'static>(
+    inline: bool,
     f: impl FnOnce() -> Result<T, StoreError> + Send + 'static,
 ) -> Result<T, StoreError> {
     use tokio::runtime::{Handle, RuntimeFlavor};
@@ -804,6 +818,7 @@ async fn run_blocking<T: Send + 'static>(
         Ok(handle) if handle.runtime_flavor() == RuntimeFlavor::MultiThread => {
             tokio::task::block_in_place(f)
         }
+        Ok(_) if inline => f(),
         Ok(handle) => handle
             .spawn_blocking(f)
             .await

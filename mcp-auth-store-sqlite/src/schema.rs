@@ -287,20 +287,34 @@ fn open_read_write(path: &Path, busy_timeout: Duration) -> Result<Connection, St
         .map_err(|e| map_err_named(e, &what))?;
     // WAL lets readers proceed while a writer commits. FULL sync: a commit is on disk before it
     // is acknowledged, so not even an OS crash loses an acknowledged credential.
-    conn.pragma_update(None, "journal_mode", "WAL")
-        .map_err(|e| map_err_named(e, &what))?;
-    conn.pragma_update(None, "synchronous", "FULL")
-        .map_err(|e| map_err_named(e, &what))?;
+    // WAL is recorded in the file's header once set: a database already in WAL mode (every one
+    // but a new file) skips the statement, which `mcp-auth token` would pay on every call.
+    if !header_says_wal(path) {
+        conn.pragma_update(None, "journal_mode", "WAL")
+            .map_err(|e| map_err_named(e, &what))?;
+    }
     // Deleted and overwritten records (old tokens, logged-out credentials) are zeroed in the
     // file, not left in free pages; the `-wal` shrinks to nothing whenever it is reset, and the
-    // store checkpoints after writes of secrets (see `SqliteStore::scrub`).
-    conn.pragma_update(None, "secure_delete", "ON")
-        .map_err(|e| map_err_named(e, &what))?;
-    conn.pragma_update(None, "journal_size_limit", 0)
-        .map_err(|e| map_err_named(e, &what))?;
+    // store checkpoints after writes of secrets (see `SqliteStore::scrub`). These settings
+    // belong to the connection: set on every open.
+    conn.execute_batch(
+        "PRAGMA synchronous = FULL; PRAGMA secure_delete = ON; PRAGMA journal_size_limit = 0;",
+    )
+    .map_err(|e| map_err_named(e, &what))?;
     tighten_modes(path)?;
     migrate(&mut conn, path)?;
     Ok(conn)
+}
+
+/// Whether the database file's header says WAL (bytes 18 and 19 of the header, the file format
+/// read and write versions, are 2 in WAL mode: <https://www.sqlite.org/fileformat.html>). False
+/// when it cannot be read: the caller then sets WAL itself.
+fn header_says_wal(path: &Path) -> bool {
+    use std::io::Read as _;
+    let mut header = [0u8; 20];
+    std::fs::File::open(path)
+        .and_then(|mut f| f.read_exact(&mut header))
+        .is_ok_and(|()| header.starts_with(b"SQLite format 3\0") && header[18..20] == [2, 2])
 }
 
 /// An existing database made readable by others (a copy, a restore, a umask) is tightened to

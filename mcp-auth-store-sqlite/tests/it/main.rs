@@ -13,6 +13,7 @@ mod encrypted;
 mod grant_safety;
 mod multiprocess;
 mod no_secret_left_behind;
+mod open_settings;
 mod refresh_storm;
 mod schema_migration;
 mod versions_cache;
