@@ -42,6 +42,33 @@ Exit codes:
 #[derive(Parser, Debug)]
 #[command(name = "mcp-auth", version, about, after_help = EXIT_CODES_HELP)]
 struct Cli {
+    #[command(flatten)]
+    globals: Globals,
+    #[command(subcommand)]
+    command: Command,
+}
+
+/// `mcp-auth [OPTIONS] token URL [--format F]` alone: the global options and `token`, nothing
+/// else. `token` runs on every request of a headers helper, and building the whole command tree
+/// (every subcommand and its arguments) was a tenth of its process; see [`parse_token_command`].
+#[derive(Parser, Debug)]
+#[command(name = "mcp-auth")]
+struct TokenCli {
+    #[command(flatten)]
+    globals: Globals,
+    #[command(subcommand)]
+    command: TokenOnly,
+}
+
+/// The one subcommand of [`TokenCli`].
+#[derive(Subcommand, Debug)]
+enum TokenOnly {
+    Token(TokenArgs),
+}
+
+/// The options every command takes (`global`: before or after the subcommand).
+#[derive(Args, Debug)]
+struct Globals {
     /// Log to stderr: -v info, -vv debug, -vvv trace (of the mcp-auth crates). RUST_LOG, when
     /// set, replaces this filter. Nothing is logged on stdout.
     #[arg(short, long, global = true, action = clap::ArgAction::Count)]
@@ -105,8 +132,6 @@ struct Cli {
     insecure_allow_loopback: bool,
     #[command(flatten)]
     encryption: encryption::EncryptionArgs,
-    #[command(subcommand)]
-    command: Command,
 }
 
 #[derive(Subcommand, Debug)]
@@ -114,14 +139,7 @@ enum Command {
     /// Discover, register and authorize with an MCP server (browser flow on a loopback redirect).
     Login(LoginArgs),
     /// Print a valid access token for an MCP server (refreshing it when needed), and nothing else.
-    Token {
-        /// The MCP server URL.
-        url: String,
-        /// Output: the bare token, `header-json` ({"Authorization":"Bearer …"}, for Claude
-        /// Code's headersHelper) or `json` (token, expires_at, scopes).
-        #[arg(long, value_enum, default_value_t = TokenFormat::Token)]
-        format: TokenFormat,
-    },
+    Token(TokenArgs),
     /// Run a stdio MCP server that forwards to a remote MCP server, with OAuth handled here.
     Proxy(proxy::ProxyArgs),
     /// Show issuers, registrations, bound servers and token state (never a secret).
@@ -158,6 +176,17 @@ enum Command {
     },
     /// Print the man page (roff) on stdout: `mcp-auth man > mcp-auth.1`.
     Man,
+}
+
+/// The arguments of `token`.
+#[derive(Args, Debug)]
+struct TokenArgs {
+    /// The MCP server URL.
+    url: String,
+    /// Output: the bare token, `header-json` ({"Authorization":"Bearer …"}, for Claude Code's
+    /// headersHelper) or `json` (token, expires_at, scopes).
+    #[arg(long, value_enum, default_value_t = TokenFormat::Token)]
+    format: TokenFormat,
 }
 
 /// Output format of `token`.
@@ -334,10 +363,16 @@ fn main() -> ExitCode {
     if let Err(e) = rlimit::setrlimit(rlimit::Resource::CORE, 0, 0) {
         eprintln!("mcp-auth: warning: cannot disable core dumps: {e}");
     }
-    let matches = <Cli as clap::CommandFactory>::command().get_matches();
-    let cli = match <Cli as clap::FromArgMatches>::from_arg_matches(&matches) {
-        Ok(cli) => cli,
-        Err(e) => e.exit(),
+    let args: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    let (cli, matches) = match parse_token_command(&args) {
+        Some(cli) => (cli, None),
+        None => {
+            let matches = <Cli as clap::CommandFactory>::command().get_matches_from(&args);
+            match <Cli as clap::FromArgMatches>::from_arg_matches(&matches) {
+                Ok(cli) => (cli, Some(matches)),
+                Err(e) => e.exit(),
+            }
+        }
     };
     // Generated from the definition alone: no store, no key, no runtime.
     match &cli.command {
@@ -345,8 +380,8 @@ fn main() -> ExitCode {
         Command::Man => return exit_code(completions::man()),
         _ => {}
     }
-    logging::init(cli.verbose);
-    if let Some(("login", login)) = matches.subcommand()
+    logging::init(cli.globals.verbose);
+    if let Some(("login", login)) = matches.as_ref().and_then(clap::ArgMatches::subcommand)
         && login.value_source("client_secret") == Some(clap::parser::ValueSource::CommandLine)
     {
         eprintln!(
@@ -356,7 +391,7 @@ fn main() -> ExitCode {
     }
     // `token` runs on every request of a headers helper: one thread, no worker pool to start
     // (a valid stored token is one store read; a refresh is a few awaited requests).
-    let runtime = if matches!(cli.command, Command::Token { .. }) {
+    let runtime = if matches!(cli.command, Command::Token(_)) {
         tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
@@ -374,6 +409,24 @@ fn main() -> ExitCode {
         }
     };
     exit_code(runtime.block_on(run(cli)))
+}
+
+/// `args` parsed by [`TokenCli`] when they are a `token` command it accepts: the same [`Cli`]
+/// the whole command tree would give (the same global options, the same [`TokenArgs`]), at a
+/// fraction of the cost. `None` for anything else, `--help` and every error included: the whole
+/// tree parses those (and prints its help, or its error).
+fn parse_token_command(args: &[std::ffi::OsString]) -> Option<Cli> {
+    use clap::{CommandFactory as _, FromArgMatches as _};
+    if !args.iter().skip(1).any(|a| a == "token") {
+        return None;
+    }
+    let matches = TokenCli::command().try_get_matches_from(args).ok()?;
+    let TokenCli { globals, command } = TokenCli::from_arg_matches(&matches).ok()?;
+    let TokenOnly::Token(token) = command;
+    Some(Cli {
+        globals,
+        command: Command::Token(token),
+    })
 }
 
 /// The exit code of a command's result, its failure said on stderr.
@@ -416,9 +469,9 @@ pub(crate) struct NetworkOptions {
 impl NetworkOptions {
     fn of(cli: &Cli) -> Self {
         Self {
-            allow_http: cli.allow_http || cli.insecure_allow_loopback,
-            allow_private_network: cli.allow_private_network,
-            use_system_proxy: cli.use_system_proxy,
+            allow_http: cli.globals.allow_http || cli.globals.insecure_allow_loopback,
+            allow_private_network: cli.globals.allow_private_network,
+            use_system_proxy: cli.globals.use_system_proxy,
         }
     }
 
@@ -444,14 +497,14 @@ fn policy(cli: &Cli) -> HttpPolicy {
 }
 
 async fn run(cli: Cli) -> Result<(), Failure> {
-    let namespace = Namespace::new(cli.namespace.clone())?;
+    let namespace = Namespace::new(cli.globals.namespace.clone())?;
     #[cfg(feature = "demo")]
     if matches!(cli.command, Command::Demo) {
         return demo::run().await.map_err(Failure::from);
     }
     // Loaded once, before any store is opened (a key generated in the OS keyring is announced
     // once, and `migrate` uses the same keys on both sides).
-    let keys = cli.encryption.load().await?;
+    let keys = cli.globals.encryption.load().await?;
     let keys = keys.as_ref();
     match &cli.command {
         // Handled above (`demo`) and in `main` (generated output).
@@ -469,15 +522,15 @@ async fn run(cli: Cli) -> Result<(), Failure> {
                         .to_owned(),
                 });
             };
-            let raw = store::open(cli.store.as_deref(), &namespace).await?;
+            let raw = store::open(cli.globals.store.as_deref(), &namespace).await?;
             encryption::rekey(raw, &namespace, keys).await
         }
         Command::Login(args) => {
-            let store = store::open_with(cli.store.as_deref(), &namespace, keys).await?;
+            let store = store::open_with(cli.globals.store.as_deref(), &namespace, keys).await?;
             login(&cli, args, store).await
         }
         Command::Proxy(args) => {
-            let store = store::open_with(cli.store.as_deref(), &namespace, keys).await?;
+            let store = store::open_with(cli.globals.store.as_deref(), &namespace, keys).await?;
             if let Ok(resource) = ResourceUri::new(&args.url) {
                 encryption::preflight(store.as_ref(), &resource).await?;
             }
@@ -485,12 +538,12 @@ async fn run(cli: Cli) -> Result<(), Failure> {
                 .await
                 .map_err(Failure::from)
         }
-        Command::Token { url, format } => {
+        Command::Token(TokenArgs { url, format }) => {
             // Every persistent store's refresh lease reaches other processes (the keyring's
             // through a lock file derived from the keyring itself), so concurrent `token` calls
             // refresh once whatever their environment.
             let resource = ResourceUri::new(url)?;
-            if store::missing_sqlite_file(cli.store.as_deref()).is_some() {
+            if store::missing_sqlite_file(cli.globals.store.as_deref()).is_some() {
                 // Nothing stored yet, and nothing is created to say so.
                 return Err(Failure {
                     code: EXIT_LOGIN_REQUIRED,
@@ -500,7 +553,7 @@ async fn run(cli: Cli) -> Result<(), Failure> {
                     ),
                 });
             }
-            let store = store::open_with(cli.store.as_deref(), &namespace, keys).await?;
+            let store = store::open_with(cli.globals.store.as_deref(), &namespace, keys).await?;
             let auth = McpAuth::builder(store).http_policy(policy(&cli)).build()?;
             match auth.cached_access_credential(&resource).await {
                 Ok(credential) if credential.is_dpop() => {
@@ -527,7 +580,7 @@ async fn run(cli: Cli) -> Result<(), Failure> {
             }
         }
         Command::Status { json } => {
-            if let Some(path) = store::missing_sqlite_file(cli.store.as_deref()) {
+            if let Some(path) = store::missing_sqlite_file(cli.globals.store.as_deref()) {
                 // Nothing stored yet: say so without creating the file or its directory.
                 if *json {
                     println!("[]");
@@ -543,7 +596,7 @@ async fn run(cli: Cli) -> Result<(), Failure> {
             // The records as stored (envelopes included, never shown): `status` reports how they
             // are sealed whatever the keys given, and opens them only to tell whether a refresh
             // token is there.
-            let raw = store::open(cli.store.as_deref(), &namespace).await?;
+            let raw = store::open(cli.globals.store.as_deref(), &namespace).await?;
             let opened = keys.map(|k| {
                 EncryptedStore::new(Arc::clone(&raw), namespace.clone(), k.clone())
                     .accept_plaintext(true)
@@ -551,7 +604,7 @@ async fn run(cli: Cli) -> Result<(), Failure> {
             status(raw.as_ref(), opened.as_ref(), keys, *json).await
         }
         Command::Logout(args) => {
-            let store = store::open_with(cli.store.as_deref(), &namespace, keys).await?;
+            let store = store::open_with(cli.globals.store.as_deref(), &namespace, keys).await?;
             // A sealed store without its key: stop before anything is deleted unrevoked.
             if let Some(resource) = args.url.as_deref().and_then(|u| ResourceUri::new(u).ok()) {
                 encryption::preflight(store.as_ref(), &resource).await?;
@@ -1347,6 +1400,75 @@ async fn copy_tokens(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn command_trees_are_well_formed() {
+        <Cli as clap::CommandFactory>::command().debug_assert();
+        <TokenCli as clap::CommandFactory>::command().debug_assert();
+    }
+
+    /// The `token` parser gives exactly what the whole tree gives, or stands aside.
+    #[test]
+    fn token_parser_agrees_with_the_whole_command_tree() {
+        let url = "https://mcp.example.com/mcp";
+        let taken: &[&[&str]] = &[
+            &["token", url],
+            &["token", url, "--format", "header-json"],
+            &["token", "--format=json", url],
+            &["--store", "sqlite:/tmp/x.db", "token", url],
+            &["--store=memory:", "--namespace", "team", "token", url],
+            &["token", url, "--store", "sqlite:", "--namespace=n"],
+            &["-vv", "token", url],
+            &["token", url, "-v"],
+            &["--allow-http", "token", url],
+            &[
+                "--allow-private-network",
+                "--use-system-proxy",
+                "token",
+                url,
+            ],
+            &[
+                "--encrypt",
+                "--key-file",
+                "/k",
+                "--old-key-file",
+                "/o",
+                "token",
+                url,
+            ],
+            &["--store", "token", "token", url],
+            &["token", ""],
+        ];
+        let declined: &[&[&str]] = &[
+            &["token"],
+            &["token", url, "extra"],
+            &["token", url, "--help"],
+            &["token", "-h"],
+            &["help", "token"],
+            &["--version", "token", url],
+            &["token", url, "--format", "yaml"],
+            &["token", url, "--client-id", "x"],
+            &["login", "token"],
+            &["status"],
+            &["logout", url],
+            &["token", url, "--store"],
+        ];
+        let argv = |args: &[&str]| -> Vec<std::ffi::OsString> {
+            std::iter::once("mcp-auth")
+                .chain(args.iter().copied())
+                .map(Into::into)
+                .collect()
+        };
+        for args in taken {
+            let fast = parse_token_command(&argv(args))
+                .unwrap_or_else(|| panic!("{args:?} should take the token parser"));
+            let whole = <Cli as Parser>::try_parse_from(argv(args)).unwrap();
+            assert_eq!(format!("{fast:?}"), format!("{whole:?}"), "{args:?}");
+        }
+        for args in declined {
+            assert!(parse_token_command(&argv(args)).is_none(), "{args:?}");
+        }
+    }
 
     #[test]
     fn debug_of_the_command_line_hides_the_client_secret() {

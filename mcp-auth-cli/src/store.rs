@@ -102,6 +102,10 @@ async fn open_sqlite(
     };
     let options = SqliteOptions {
         namespace: namespace.clone(),
+        // `token` runs on a current-thread runtime and does one thing at a time: no blocking
+        // pool thread to start (the other commands run on a multi-threaded runtime, where this
+        // changes nothing).
+        run_inline: true,
         ..SqliteOptions::default()
     };
     let store = SqliteStore::open_with(&path, options)
