@@ -146,14 +146,10 @@ impl PrivateCluster {
                 {
                     synced += 1;
                 }
-                let nodes: String = redis::cmd("CLUSTER")
-                    .arg("NODES")
-                    .query_async(&mut c)
+                views_agree &= Self::nodes_seen_by(*port)
                     .await
-                    .unwrap();
-                views_agree &= nodes
-                    .lines()
-                    .filter(|l| l.contains(" slave ") || l.contains(",slave "))
+                    .iter()
+                    .filter(|n| n.master_id.is_some())
                     .count()
                     == expected;
             }
@@ -220,6 +216,11 @@ impl PrivateCluster {
             .find(|(_, c)| c.is_some())
             .map(|(p, _)| *p)
             .unwrap();
+        Self::nodes_seen_by(port).await
+    }
+
+    /// `CLUSTER NODES` as seen by the node on `port`.
+    async fn nodes_seen_by(port: u16) -> Vec<NodeInfo> {
         let mut c = Self::connection(port).await;
         let text: String = redis::cmd("CLUSTER")
             .arg("NODES")
