@@ -8,9 +8,7 @@ use mcp_auth_store_redis::{RedisOptions, RedisStore};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn scan_spans_several_pipelines() {
-    let url = std::env::var("MCP_AUTH_TEST_REDIS_URL").unwrap_or_else(|_| {
-        panic!("MCP_AUTH_TEST_REDIS_URL is not set: run `cargo xtask test-all`, which starts redis-server, or point it at a disposable Redis")
-    });
+    let url = crate::support::redis_url();
     let store = RedisStore::connect_with(
         &url,
         RedisOptions {

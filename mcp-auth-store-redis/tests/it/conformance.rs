@@ -1,52 +1,14 @@
 //! The store conformance suite against a real Redis server (`MCP_AUTH_TEST_REDIS_URL`, started
 //! by `cargo xtask test-all`), plus reconnection after the server drops the connection.
-use async_trait::async_trait;
-use mcp_auth_core::conformance::StoreFactory;
-use mcp_auth_core::record::RecordKey;
 use mcp_auth_core::{
     Expect, IssuerId, Namespace, ResourceUri, SecretString, StoreError, TokenKey, TokenSet,
     TokenStore,
 };
-use mcp_auth_store_redis::{RedisOptions, RedisStore, write_raw_record};
+use mcp_auth_store_redis::{RedisOptions, RedisStore};
 
-fn redis_url() -> String {
-    std::env::var("MCP_AUTH_TEST_REDIS_URL").unwrap_or_else(|_| {
-        panic!("MCP_AUTH_TEST_REDIS_URL is not set: run `cargo xtask test-all`, which starts redis-server, or point it at a disposable Redis")
-    })
-}
+use crate::support::{RedisFactory, redis_url};
 
-/// Every `open` is a new connection, like another replica.
-struct RedisFactory {
-    url: String,
-}
-
-#[async_trait]
-impl StoreFactory for RedisFactory {
-    type Store = RedisStore;
-
-    async fn open(&self, namespace: &Namespace) -> Result<RedisStore, StoreError> {
-        RedisStore::connect_with(
-            &self.url,
-            RedisOptions {
-                namespace: namespace.clone(),
-                ..RedisOptions::default()
-            },
-        )
-        .await
-    }
-
-    async fn write_raw(
-        &self,
-        namespace: &Namespace,
-        key: &RecordKey,
-        bytes: &[u8],
-    ) -> Result<bool, StoreError> {
-        write_raw_record(&self.open(namespace).await?, key, bytes).await?;
-        Ok(true)
-    }
-}
-
-mcp_auth_core::store_conformance_tests!(RedisFactory { url: redis_url() });
+mcp_auth_core::store_conformance_tests!(RedisFactory::new(redis_url()));
 
 /// After the server kills the connection, the next operations still succeed (retried).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -10,14 +10,14 @@
 //! says so and returns.
 use std::time::{Duration, Instant};
 
-use async_trait::async_trait;
-use mcp_auth_core::conformance::{StoreFactory, run_all};
-use mcp_auth_core::record::RecordKey;
+use mcp_auth_core::conformance::run_all;
 use mcp_auth_core::{
     Expect, IssuerId, Namespace, ResourceUri, SecretString, StoreError, TokenKey, TokenSet,
     TokenStore,
 };
-use mcp_auth_store_redis::{RedisOptions, RedisStore, RedisTls, write_raw_record};
+use mcp_auth_store_redis::{RedisOptions, RedisStore, RedisTls};
+
+use crate::support::{RedisFactory, chain};
 
 /// The variable's value, or `None` after saying that the test is skipped.
 fn var(name: &str) -> Option<String> {
@@ -30,41 +30,9 @@ fn var(name: &str) -> Option<String> {
     value
 }
 
-/// Every `open` is a new connection, like another replica.
-struct Factory {
-    url: String,
-    options: RedisOptions,
-}
-
-#[async_trait]
-impl StoreFactory for Factory {
-    type Store = RedisStore;
-
-    async fn open(&self, namespace: &Namespace) -> Result<RedisStore, StoreError> {
-        RedisStore::connect_with(
-            &self.url,
-            RedisOptions {
-                namespace: namespace.clone(),
-                ..self.options.clone()
-            },
-        )
-        .await
-    }
-
-    async fn write_raw(
-        &self,
-        namespace: &Namespace,
-        key: &RecordKey,
-        bytes: &[u8],
-    ) -> Result<bool, StoreError> {
-        write_raw_record(&self.open(namespace).await?, key, bytes).await?;
-        Ok(true)
-    }
-}
-
 async fn conformance(what: &str, url: String, options: RedisOptions) {
     let started = Instant::now();
-    let report = run_all(&Factory { url, options }).await;
+    let report = run_all(&RedisFactory { url, options }).await;
     assert!(
         report.failed().is_empty(),
         "{what}: conformance failures:\n{report}"
@@ -74,18 +42,6 @@ async fn conformance(what: &str, url: String, options: RedisOptions) {
         report.passed().len(),
         started.elapsed()
     );
-}
-
-/// The error and its sources.
-fn chain(e: &StoreError) -> String {
-    let mut text = e.to_string();
-    let mut source = std::error::Error::source(e);
-    while let Some(s) = source {
-        text.push_str(" <- ");
-        text.push_str(&s.to_string());
-        source = s.source();
-    }
-    text
 }
 
 fn token_key() -> TokenKey {

@@ -4,25 +4,18 @@
 //! a refresh with rotation and a key rotation find no token, client secret or DPoP key.
 use std::sync::Arc;
 
-use async_trait::async_trait;
 use data_encoding::{BASE64, BASE64URL_NOPAD};
-use mcp_auth_core::conformance::StoreFactory;
 use mcp_auth_core::encryption::{
     EncryptedFactory, EncryptedStore, EncryptionKey, KeySet, envelope_key_id,
 };
-use mcp_auth_core::record::RecordKey;
 use mcp_auth_core::{
     ClientConfig, CredentialStore, DpopMode, Expect, ExposeSecret, HttpPolicy, IssuerId, McpAuth,
-    Namespace, RegistrationStore, ResourceUri, StoreError, Timestamp, TokenKey, TokenStore,
+    Namespace, RegistrationStore, ResourceUri, Timestamp, TokenKey, TokenStore,
 };
-use mcp_auth_store_redis::{RedisOptions, RedisStore, write_raw_record};
-use mcp_auth_testkit::{AuthServer, AuthServerConfig, McpServer, McpServerConfig};
+use mcp_auth_store_redis::{RedisOptions, RedisStore};
 
-fn redis_url() -> String {
-    std::env::var("MCP_AUTH_TEST_REDIS_URL").unwrap_or_else(|_| {
-        panic!("MCP_AUTH_TEST_REDIS_URL is not set: run `cargo xtask test-all`, which starts redis-server, or point it at a disposable Redis")
-    })
-}
+use crate::support::{RedisFactory, redis_url};
+use mcp_auth_testkit::{AuthServer, AuthServerConfig, McpServer, McpServerConfig};
 
 fn k1() -> EncryptionKey {
     EncryptionKey::from_bytes(&[0x11; 32])
@@ -32,42 +25,11 @@ fn k2() -> EncryptionKey {
     EncryptionKey::from_bytes(&[0x22; 32])
 }
 
-/// Every `open` is a new connection, like another replica.
-struct RedisFactory {
-    url: String,
-}
-
-#[async_trait]
-impl StoreFactory for RedisFactory {
-    type Store = RedisStore;
-
-    async fn open(&self, namespace: &Namespace) -> Result<RedisStore, StoreError> {
-        RedisStore::connect_with(
-            &self.url,
-            RedisOptions {
-                namespace: namespace.clone(),
-                ..RedisOptions::default()
-            },
-        )
-        .await
-    }
-
-    async fn write_raw(
-        &self,
-        namespace: &Namespace,
-        key: &RecordKey,
-        bytes: &[u8],
-    ) -> Result<bool, StoreError> {
-        write_raw_record(&self.open(namespace).await?, key, bytes).await?;
-        Ok(true)
-    }
-}
-
 mod conformance {
     use super::*;
 
     mcp_auth_core::store_conformance_tests!(EncryptedFactory::new(
-        RedisFactory { url: redis_url() },
+        RedisFactory::new(redis_url()),
         KeySet::new(k2()).with_old(k1()).unwrap()
     ));
 }

@@ -4,6 +4,7 @@
 //!
 //! Each test needs the `redis-server` binary. Without it (and without `MCP_AUTH_TEST_REDIS_URL`,
 //! which `cargo xtask test-all` sets after installing it) the tests print why and pass.
+use crate::support::chain;
 use crate::workers;
 use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
@@ -177,18 +178,6 @@ fn counter(t: &TokenSet) -> u64 {
 
 fn is_unavailable(e: &StoreError) -> bool {
     matches!(e, StoreError::Unavailable { .. }) && e.is_retryable()
-}
-
-/// The error and its sources, for messages and assertions.
-fn chain(e: &StoreError) -> String {
-    let mut text = e.to_string();
-    let mut source = std::error::Error::source(e);
-    while let Some(s) = source {
-        text.push_str(" <- ");
-        text.push_str(&s.to_string());
-        source = s.source();
-    }
-    text
 }
 
 // ---------------------------------------------------------------------------------------------

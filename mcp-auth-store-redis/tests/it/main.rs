@@ -12,4 +12,5 @@ mod deployments;
 mod encrypted;
 mod faults;
 mod refresh_storm;
+mod support;
 mod workers;
