@@ -166,10 +166,16 @@ fn empty_file(path: &Path) -> StoreError {
 
 /// Refuses an empty file; other problems are left to SQLite to report.
 fn refuse_empty(path: &Path) -> Result<(), StoreError> {
-    match std::fs::metadata(path) {
-        Ok(meta) if meta.is_file() && meta.len() == 0 => Err(empty_file(path)),
-        Ok(_) => Ok(()),
-        Err(e) => Err(io_err(path, e)),
+    let meta = std::fs::metadata(path).map_err(|e| io_err(path, e))?;
+    refuse_empty_file(path, &meta)
+}
+
+/// [`refuse_empty`] for metadata already read.
+fn refuse_empty_file(path: &Path, meta: &std::fs::Metadata) -> Result<(), StoreError> {
+    if meta.is_file() && meta.len() == 0 {
+        Err(empty_file(path))
+    } else {
+        Ok(())
     }
 }
 
@@ -186,7 +192,7 @@ fn prepare_file(path: &Path, busy_timeout: Duration) -> Result<(), StoreError> {
         builder.create(parent).map_err(|e| io_err(parent, e))?;
     }
     match std::fs::metadata(path) {
-        Ok(_) => refuse_empty(path),
+        Ok(meta) => refuse_empty_file(path, &meta),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
             create_initialised(path, busy_timeout)
         }
@@ -287,34 +293,18 @@ fn open_read_write(path: &Path, busy_timeout: Duration) -> Result<Connection, St
         .map_err(|e| map_err_named(e, &what))?;
     // WAL lets readers proceed while a writer commits. FULL sync: a commit is on disk before it
     // is acknowledged, so not even an OS crash loses an acknowledged credential.
-    // WAL is recorded in the file's header once set: a database already in WAL mode (every one
-    // but a new file) skips the statement, which `mcp-auth token` would pay on every call.
-    if !header_says_wal(path) {
-        conn.pragma_update(None, "journal_mode", "WAL")
-            .map_err(|e| map_err_named(e, &what))?;
-    }
     // Deleted and overwritten records (old tokens, logged-out credentials) are zeroed in the
     // file, not left in free pages; the `-wal` shrinks to nothing whenever it is reset, and the
-    // store checkpoints after writes of secrets (see `SqliteStore::scrub`). These settings
-    // belong to the connection: set on every open.
+    // store checkpoints after writes of secrets (see `SqliteStore::scrub`). One batch: `token`
+    // opens the store on every call.
     conn.execute_batch(
-        "PRAGMA synchronous = FULL; PRAGMA secure_delete = ON; PRAGMA journal_size_limit = 0;",
+        "PRAGMA journal_mode = WAL; PRAGMA synchronous = FULL; PRAGMA secure_delete = ON; \
+         PRAGMA journal_size_limit = 0;",
     )
     .map_err(|e| map_err_named(e, &what))?;
     tighten_modes(path)?;
     migrate(&mut conn, path)?;
     Ok(conn)
-}
-
-/// Whether the database file's header says WAL (bytes 18 and 19 of the header, the file format
-/// read and write versions, are 2 in WAL mode: <https://www.sqlite.org/fileformat.html>). False
-/// when it cannot be read: the caller then sets WAL itself.
-fn header_says_wal(path: &Path) -> bool {
-    use std::io::Read as _;
-    let mut header = [0u8; 20];
-    std::fs::File::open(path)
-        .and_then(|mut f| f.read_exact(&mut header))
-        .is_ok_and(|()| header.starts_with(b"SQLite format 3\0") && header[18..20] == [2, 2])
 }
 
 /// An existing database made readable by others (a copy, a restore, a umask) is tightened to

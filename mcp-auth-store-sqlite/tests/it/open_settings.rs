@@ -1,5 +1,4 @@
-//! What every open leaves in place: WAL mode (recorded in the file, so an open skips setting it
-//! again when the header says so, and restores it when someone switched the file back to a
+//! What every open leaves in place: WAL mode (restored when someone switched the file back to a
 //! rollback journal), and `run_inline` on a current-thread runtime.
 use mcp_auth_core::{IssuerId, ResourceUri, SecretString, TokenKey, TokenSet, TokenStore};
 use mcp_auth_store_sqlite::{SqliteOptions, SqliteStore};
