@@ -6,7 +6,7 @@
 //! Each test needs `redis-server` and `redis-cli` on PATH. Without them (and without
 //! `MCP_AUTH_TEST_REDIS_URL`, which `cargo xtask test-all` sets after installing them) the tests
 //! say why and pass.
-use crate::workers;
+use crate::{support, workers};
 use std::collections::HashSet;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
@@ -361,7 +361,7 @@ fn failover_worker() {
 /// no refresh-token reuse, and the rotated tokens are in the cluster afterwards.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn master_killed_and_replica_promoted_while_8_processes_refresh_loses_no_grant() {
-    use mcp_auth_core::{ExposeSecret as _, McpAuth, Timestamp};
+    use mcp_auth_core::ExposeSecret as _;
     use mcp_auth_testkit::{AuthServer, AuthServerConfig, McpServer, McpServerConfig, TokenFault};
 
     let Some((server, cli)) = redis_binaries() else {
@@ -383,27 +383,14 @@ async fn master_killed_and_replica_promoted_while_8_processes_refresh_loses_no_g
         RedisStore::connect_with(&cluster.url(), options(&namespace, Duration::from_secs(15)))
             .await
             .unwrap();
-    McpAuth::builder(Arc::new(store.clone()))
-        .http_policy(mcp_auth_core::HttpPolicy::allowing_loopback())
-        .authorizer(Arc::new(
-            mcp_auth_core::HeadlessAuthorizer::with_policy(
-                mcp_auth_core::HttpPolicy::allowing_loopback(),
-            )
-            .unwrap(),
-        ))
+    support::headless(Arc::new(store.clone()))
         .build()
         .unwrap()
         .access_token(&resource)
         .await
         .unwrap();
     let key = TokenKey::new(IssuerId::new(as1.issuer()).unwrap(), resource.clone());
-    let current = store.get_tokens(&key).await.unwrap().unwrap();
-    let mut expired = current.value.clone();
-    expired.expires_at = Some(Timestamp::from_unix_seconds(1));
-    store
-        .put_tokens(&key, &expired, Expect::Version(current.version))
-        .await
-        .unwrap();
+    support::expire_stored_tokens(&store, &key).await;
     let slot = slot_of(&cluster, &namespace).await;
     let master = cluster.owner(slot).await;
     let replica = cluster

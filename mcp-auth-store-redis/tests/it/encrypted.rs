@@ -9,12 +9,12 @@ use mcp_auth_core::encryption::{
     EncryptedFactory, EncryptedStore, EncryptionKey, KeySet, envelope_key_id,
 };
 use mcp_auth_core::{
-    ClientConfig, CredentialStore, DpopMode, Expect, ExposeSecret, HttpPolicy, IssuerId, McpAuth,
-    Namespace, RegistrationStore, ResourceUri, Timestamp, TokenKey, TokenStore,
+    ClientConfig, CredentialStore, DpopMode, Expect, ExposeSecret, IssuerId, McpAuth, Namespace,
+    RegistrationStore, ResourceUri, TokenKey, TokenStore,
 };
 use mcp_auth_store_redis::{RedisOptions, RedisStore};
 
-use crate::support::{RedisFactory, redis_url};
+use crate::support::{self, RedisFactory, redis_url};
 use mcp_auth_testkit::{AuthServer, AuthServerConfig, McpServer, McpServerConfig};
 
 fn k1() -> EncryptionKey {
@@ -193,15 +193,8 @@ async fn assert_no_secret_in_redis(prefix: &str, secrets: &[Vec<u8>], when: &str
 }
 
 fn engine(store: Arc<dyn CredentialStore>) -> McpAuth {
-    McpAuth::builder(store)
+    support::headless(store)
         .client(ClientConfig::default().with_dpop(DpopMode::IfSupported))
-        .http_policy(HttpPolicy::allowing_loopback())
-        .authorizer(Arc::new(
-            mcp_auth_core::HeadlessAuthorizer::with_policy(
-                mcp_auth_core::HttpPolicy::allowing_loopback(),
-            )
-            .unwrap(),
-        ))
         .build()
         .unwrap()
 }
@@ -234,13 +227,7 @@ async fn login_refresh_and_rotation_leave_no_secret_in_redis() {
     secrets.extend(secrets_of(&store, &key).await);
     assert_no_secret_in_redis(&prefix, &secrets, "after login").await;
 
-    let current = store.get_tokens(&key).await.unwrap().unwrap();
-    let mut expired = current.value.clone();
-    expired.expires_at = Some(Timestamp::from_unix_seconds(1));
-    store
-        .put_tokens(&key, &expired, Expect::Version(current.version))
-        .await
-        .unwrap();
+    support::expire_stored_tokens(&*store, &key).await;
     let refreshed = auth.access_credential(&resource).await.unwrap();
     assert_ne!(
         refreshed.token().expose_secret(),

@@ -4,7 +4,7 @@
 //!
 //! Each test needs the `redis-server` binary. Without it (and without `MCP_AUTH_TEST_REDIS_URL`,
 //! which `cargo xtask test-all` sets after installing it) the tests print why and pass.
-use crate::support::chain;
+use crate::support::{self, chain};
 use crate::workers;
 use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
@@ -880,7 +880,7 @@ fn grant_outage_worker() {
 /// refresh-token reuse, and the store holds the rotated tokens afterwards.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn redis_killed_for_3_s_while_8_processes_refresh_loses_no_grant() {
-    use mcp_auth_core::{ExposeSecret as _, McpAuth, Timestamp};
+    use mcp_auth_core::ExposeSecret as _;
     use mcp_auth_testkit::{AuthServer, AuthServerConfig, McpServer, McpServerConfig, TokenFault};
 
     let Some(bin) = redis_server_binary() else {
@@ -901,27 +901,14 @@ async fn redis_killed_for_3_s_while_8_processes_refresh_loses_no_grant() {
     let store = RedisStore::connect_with(&redis.url(), options(&namespace, Duration::from_secs(5)))
         .await
         .unwrap();
-    McpAuth::builder(Arc::new(store.clone()))
-        .http_policy(mcp_auth_core::HttpPolicy::allowing_loopback())
-        .authorizer(Arc::new(
-            mcp_auth_core::HeadlessAuthorizer::with_policy(
-                mcp_auth_core::HttpPolicy::allowing_loopback(),
-            )
-            .unwrap(),
-        ))
+    support::headless(Arc::new(store.clone()))
         .build()
         .unwrap()
         .access_token(&resource)
         .await
         .unwrap();
     let key = TokenKey::new(IssuerId::new(as1.issuer()).unwrap(), resource.clone());
-    let current = store.get_tokens(&key).await.unwrap().unwrap();
-    let mut expired = current.value.clone();
-    expired.expires_at = Some(Timestamp::from_unix_seconds(1));
-    store
-        .put_tokens(&key, &expired, Expect::Version(current.version))
-        .await
-        .unwrap();
+    support::expire_stored_tokens(&store, &key).await;
     as1.clear_requests();
     // The answer comes 300 ms after the AS rotated the token: by then Redis is gone.
     as1.set_token_fault(TokenFault::Delay(Duration::from_millis(300)));

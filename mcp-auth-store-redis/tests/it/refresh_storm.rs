@@ -1,28 +1,16 @@
 //! The engine's refresh single-flight across processes: four processes sharing one Redis server,
 //! 250 concurrent `access_token()` calls each on an expired token → exactly one token request
 //! reaches the authorization server (the store's lease elects one refresher).
-use crate::workers;
+use crate::{support, workers};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use mcp_auth_core::{
-    Expect, ExposeSecret, HttpPolicy, IssuerId, McpAuth, ResourceUri, Timestamp, TokenKey,
-    TokenStore,
-};
+use mcp_auth_core::{ExposeSecret, IssuerId, McpAuth, ResourceUri, TokenKey};
 use mcp_auth_store_redis::{RedisOptions, RedisStore};
 use mcp_auth_testkit::{AuthServer, AuthServerConfig, Endpoint, McpServer, McpServerConfig};
 
 fn engine(store: RedisStore) -> McpAuth {
-    McpAuth::builder(Arc::new(store))
-        .http_policy(HttpPolicy::allowing_loopback())
-        .authorizer(Arc::new(
-            mcp_auth_core::HeadlessAuthorizer::with_policy(
-                mcp_auth_core::HttpPolicy::allowing_loopback(),
-            )
-            .unwrap(),
-        ))
-        .build()
-        .unwrap()
+    support::headless(Arc::new(store)).build().unwrap()
 }
 
 async fn open(url: &str, namespace: &str) -> RedisStore {
@@ -100,13 +88,7 @@ async fn refresh_storm_across_four_processes_over_redis() {
     let store = open(&url, &ns).await;
     engine(store.clone()).access_token(&resource).await.unwrap();
     let key = TokenKey::new(IssuerId::new(as1.issuer()).unwrap(), resource.clone());
-    let current = store.get_tokens(&key).await.unwrap().unwrap();
-    let mut expired = current.value.clone();
-    expired.expires_at = Some(Timestamp::from_unix_seconds(1));
-    store
-        .put_tokens(&key, &expired, Expect::Version(current.version))
-        .await
-        .unwrap();
+    support::expire_stored_tokens(&store, &key).await;
     as1.clear_requests();
 
     let start = now_ms() + 2000;

@@ -1,9 +1,15 @@
 //! What several test modules share: the Redis server of `cargo xtask test-all`, a conformance
-//! factory over it, and the text of an error with its sources.
+//! factory over it, the text of an error with its sources, a headless engine, and a stored token
+//! set made expired.
+use std::sync::Arc;
+
 use async_trait::async_trait;
 use mcp_auth_core::conformance::StoreFactory;
 use mcp_auth_core::record::RecordKey;
-use mcp_auth_core::{Namespace, StoreError};
+use mcp_auth_core::{
+    CredentialStore, Expect, HeadlessAuthorizer, HttpPolicy, McpAuth, McpAuthBuilder, Namespace,
+    StoreError, Timestamp, TokenKey, TokenStore,
+};
 use mcp_auth_store_redis::{RedisOptions, RedisStore, write_raw_record};
 
 /// `MCP_AUTH_TEST_REDIS_URL`: the server `cargo xtask test-all` starts.
@@ -66,4 +72,26 @@ pub(crate) fn chain(e: &StoreError) -> String {
         source = s.source();
     }
     text
+}
+
+/// An engine for `store` as the tests run it: loopback servers allowed, and an authorizer that
+/// approves at once (the testkit's authorization server needs no browser).
+pub(crate) fn headless(store: Arc<dyn CredentialStore>) -> McpAuthBuilder {
+    McpAuth::builder(store)
+        .http_policy(HttpPolicy::allowing_loopback())
+        .authorizer(Arc::new(
+            HeadlessAuthorizer::with_policy(HttpPolicy::allowing_loopback()).unwrap(),
+        ))
+}
+
+/// Rewrites the stored token set of `key` as expired (compare-and-swap on its version), so the
+/// next `access_token()` refreshes it.
+pub(crate) async fn expire_stored_tokens(store: &dyn TokenStore, key: &TokenKey) {
+    let current = store.get_tokens(key).await.unwrap().unwrap();
+    let mut expired = current.value.clone();
+    expired.expires_at = Some(Timestamp::from_unix_seconds(1));
+    store
+        .put_tokens(key, &expired, Expect::Version(current.version))
+        .await
+        .unwrap();
 }
