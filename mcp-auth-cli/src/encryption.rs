@@ -18,10 +18,10 @@ use clap::Args;
 use mcp_auth_core::encryption::{ENVELOPE_PREFIX, EncryptionKey, KeyError, envelope_key_id};
 use mcp_auth_core::record::RecordKey;
 use mcp_auth_core::{
-    BindingStore, ClientRegistration, CredentialStore, EncryptedStore, EnvKey, Expect,
-    ExposeSecret, FileKey, IssuerId, KeyProvider, KeySet, Namespace, PendingAuthorization,
-    PendingAuthorizationStore, RefreshLease, RegistrationStore, ResourceBinding, ResourceUri,
-    StoreCapabilities, StoreError, StoreInfo, TokenKey, TokenSet, TokenStore, Version, Versioned,
+    ClientRegistration, CredentialStore, EncryptedStore, EnvKey, Expect, ExposeSecret, FileKey,
+    IssuerId, KeyProvider, KeySet, Namespace, PendingAuthorization, PendingAuthorizationStore,
+    RefreshLease, RegistrationStore, ResourceUri, StoreCapabilities, StoreError, StoreInfo,
+    TokenKey, TokenSet, TokenStore, Version, Versioned,
 };
 
 use crate::{EXIT_USAGE, Failure};
@@ -540,47 +540,8 @@ impl TokenStore for SealCheck {
     }
 }
 
-#[deny(clippy::missing_trait_methods)]
-#[async_trait]
-impl BindingStore for SealCheck {
-    async fn get_binding(
-        &self,
-        resource: &ResourceUri,
-    ) -> Result<Option<Versioned<ResourceBinding>>, StoreError> {
-        self.inner.get_binding(resource).await
-    }
-
-    async fn put_binding(
-        &self,
-        binding: &ResourceBinding,
-        expect: Expect,
-    ) -> Result<Version, StoreError> {
-        self.inner.put_binding(binding, expect).await
-    }
-
-    async fn delete_binding(
-        &self,
-        resource: &ResourceUri,
-        expect: Expect,
-    ) -> Result<bool, StoreError> {
-        self.inner.delete_binding(resource, expect).await
-    }
-
-    async fn list_bindings(&self) -> Result<Vec<ResourceUri>, StoreError> {
-        self.inner.list_bindings().await
-    }
-
-    async fn scan_bindings(&self) -> Result<Vec<Versioned<ResourceBinding>>, StoreError> {
-        self.inner.scan_bindings().await
-    }
-
-    async fn put_bindings_any(
-        &self,
-        bindings: &[ResourceBinding],
-    ) -> Result<Vec<Version>, StoreError> {
-        self.inner.put_bindings_any(bindings).await
-    }
-}
+// Bindings hold no secret: forwarded unchanged.
+mcp_auth_core::forward_binding_store!([] SealCheck, inner);
 
 #[deny(clippy::missing_trait_methods)]
 #[async_trait]

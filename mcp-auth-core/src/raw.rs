@@ -481,3 +481,68 @@ macro_rules! impl_record_stores {
 
 #[doc(hidden)]
 pub use async_trait::async_trait as __async_trait;
+
+/// Implements [`BindingStore`](crate::BindingStore) for a wrapper by forwarding every method,
+/// unchanged, to one of its fields: for a layer over a store that leaves bindings alone (they
+/// hold no secret), as [`EncryptedStore`](crate::EncryptedStore) does.
+/// `forward_binding_store!([S: BindingStore] Wrapper<S>, inner)`; `[]` when the wrapper has no
+/// generic parameters. `missing_trait_methods` makes a method added to the trait and not
+/// forwarded here a compile error, not a silently used default.
+#[doc(hidden)]
+#[macro_export]
+macro_rules! forward_binding_store {
+    ([$($generics:tt)*] $ty:ty, $field:ident) => {
+        #[deny(clippy::missing_trait_methods)]
+        #[$crate::raw::__async_trait]
+        impl<$($generics)*> $crate::BindingStore for $ty {
+            async fn get_binding(
+                &self,
+                resource: &$crate::ResourceUri,
+            ) -> ::std::result::Result<
+                ::std::option::Option<$crate::Versioned<$crate::ResourceBinding>>,
+                $crate::StoreError,
+            > {
+                self.$field.get_binding(resource).await
+            }
+
+            async fn put_binding(
+                &self,
+                binding: &$crate::ResourceBinding,
+                expect: $crate::Expect,
+            ) -> ::std::result::Result<$crate::Version, $crate::StoreError> {
+                self.$field.put_binding(binding, expect).await
+            }
+
+            async fn delete_binding(
+                &self,
+                resource: &$crate::ResourceUri,
+                expect: $crate::Expect,
+            ) -> ::std::result::Result<bool, $crate::StoreError> {
+                self.$field.delete_binding(resource, expect).await
+            }
+
+            async fn list_bindings(
+                &self,
+            ) -> ::std::result::Result<::std::vec::Vec<$crate::ResourceUri>, $crate::StoreError>
+            {
+                self.$field.list_bindings().await
+            }
+
+            async fn scan_bindings(
+                &self,
+            ) -> ::std::result::Result<
+                ::std::vec::Vec<$crate::Versioned<$crate::ResourceBinding>>,
+                $crate::StoreError,
+            > {
+                self.$field.scan_bindings().await
+            }
+
+            async fn put_bindings_any(
+                &self,
+                bindings: &[$crate::ResourceBinding],
+            ) -> ::std::result::Result<::std::vec::Vec<$crate::Version>, $crate::StoreError> {
+                self.$field.put_bindings_any(bindings).await
+            }
+        }
+    };
+}

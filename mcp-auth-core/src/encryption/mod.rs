@@ -34,10 +34,8 @@ use serde::{Deserialize, Serialize};
 use zeroize::Zeroizing;
 
 use crate::error::StoreError;
-use crate::ids::{IssuerId, Namespace, ResourceUri, TokenKey};
-use crate::model::{
-    ClientRegistration, Extra, PendingAuthorization, RefreshState, ResourceBinding, TokenSet,
-};
+use crate::ids::{IssuerId, Namespace, TokenKey};
+use crate::model::{ClientRegistration, Extra, PendingAuthorization, RefreshState, TokenSet};
 use crate::record::RecordKey;
 use crate::store::{
     BindingStore, CredentialStore, Expect, PendingAuthorizationStore, RefreshLease,
@@ -67,7 +65,7 @@ const REKEY_ATTEMPTS: usize = 16;
 /// | [`TokenSet`] | `access_token`, `refresh_token`, `dpop_key`, `extra` (token response fields such as `id_token`) | the key (issuer, resource), `token_type`, `expires_at`, `scopes`, `obtained_at`, `refresh_state` |
 /// | [`ClientRegistration`] | `client_secret`, `registration_access_token`, `extra` | the key (issuer), `client_id`, `client_secret_expires_at`, `client_id_issued_at`, `token_endpoint_auth_method`, `redirect_uris`, `grant_types`, `kind`, `registration_client_uri`, `created_at` |
 /// | [`PendingAuthorization`] | `pkce_verifier`, `extra` | the key (`state`), `issuer`, `resource`, `client_id`, `redirect_uri`, `scopes`, `created_at`, `expires_at` |
-/// | [`ResourceBinding`] | nothing: it holds public discovery metadata only | everything (not authenticated) |
+/// | [`ResourceBinding`](crate::ResourceBinding) | nothing: it holds public discovery metadata only | everything (not authenticated) |
 ///
 /// Whether a token set has a refresh token or a DPoP key, and what its `extra` holds, is not
 /// visible. Refresh leases, versions, listings and the change stamp are the inner store's,
@@ -734,47 +732,8 @@ impl<S: TokenStore> TokenStore for EncryptedStore<S> {
     }
 }
 
-#[deny(clippy::missing_trait_methods)]
-#[async_trait]
-impl<S: BindingStore> BindingStore for EncryptedStore<S> {
-    async fn get_binding(
-        &self,
-        resource: &ResourceUri,
-    ) -> Result<Option<Versioned<ResourceBinding>>, StoreError> {
-        self.inner.get_binding(resource).await
-    }
-
-    async fn put_binding(
-        &self,
-        binding: &ResourceBinding,
-        expect: Expect,
-    ) -> Result<Version, StoreError> {
-        self.inner.put_binding(binding, expect).await
-    }
-
-    async fn delete_binding(
-        &self,
-        resource: &ResourceUri,
-        expect: Expect,
-    ) -> Result<bool, StoreError> {
-        self.inner.delete_binding(resource, expect).await
-    }
-
-    async fn list_bindings(&self) -> Result<Vec<ResourceUri>, StoreError> {
-        self.inner.list_bindings().await
-    }
-
-    async fn scan_bindings(&self) -> Result<Vec<Versioned<ResourceBinding>>, StoreError> {
-        self.inner.scan_bindings().await
-    }
-
-    async fn put_bindings_any(
-        &self,
-        bindings: &[ResourceBinding],
-    ) -> Result<Vec<Version>, StoreError> {
-        self.inner.put_bindings_any(bindings).await
-    }
-}
+// Bindings hold no secret: forwarded unchanged.
+crate::forward_binding_store!([S: BindingStore] EncryptedStore<S>, inner);
 
 #[deny(clippy::missing_trait_methods)]
 #[async_trait]
