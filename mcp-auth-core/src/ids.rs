@@ -171,6 +171,17 @@ impl ParsedUrl {
         let key = encode_key(&raw);
         Self { raw, url, key }
     }
+
+    /// With the storage key `raw` was decoded from. Decoding is canonical (a key with stray
+    /// trailing bits, an impossible length or an uppercase symbol is rejected), so that key is
+    /// exactly what [`encode_key`] would give: scans of many records skip encoding each again.
+    fn decoded(raw: String, url: Url, key: &str) -> Self {
+        Self {
+            raw,
+            url,
+            key: key.to_owned(),
+        }
+    }
 }
 
 impl IssuerId {
@@ -183,17 +194,21 @@ impl IssuerId {
     /// a host, or uses a scheme other than `https` (`http` is accepted only on a loopback host).
     pub fn new(issuer: impl Into<String>) -> Result<Self, InvalidId> {
         let issuer = issuer.into();
-        if issuer.contains('?') {
-            return Err(InvalidId::new(
-                "issuer",
-                &issuer,
-                "must not contain a query (?)",
-            ));
-        }
-        let url = parse_http_url("issuer", &issuer)?;
+        let url = Self::validate(&issuer)?;
         Ok(Self {
             inner: std::sync::Arc::new(ParsedUrl::new(issuer, url)),
         })
+    }
+
+    fn validate(issuer: &str) -> Result<Url, InvalidId> {
+        if issuer.contains('?') {
+            return Err(InvalidId::new(
+                "issuer",
+                issuer,
+                "must not contain a query (?)",
+            ));
+        }
+        parse_http_url("issuer", issuer)
     }
 
     /// The issuer exactly as published.
@@ -221,7 +236,10 @@ impl IssuerId {
     pub fn from_storage_key(key: &str) -> Result<Self, InvalidId> {
         let raw = decode_key(key)
             .ok_or_else(|| InvalidId::new("issuer", key, "is not an issuer storage key"))?;
-        Self::new(raw)
+        let url = Self::validate(&raw)?;
+        Ok(Self {
+            inner: std::sync::Arc::new(ParsedUrl::decoded(raw, url, key)),
+        })
     }
 }
 
@@ -256,18 +274,32 @@ impl ResourceUri {
     /// absolute URL with a host, or uses a scheme other than `https` (`http` is accepted only on a
     /// loopback host).
     pub fn new(uri: impl AsRef<str>) -> Result<Self, InvalidId> {
-        let raw = uri.as_ref();
-        let url = parse_http_url("resource URI", raw)?;
-        let mut canonical = url.as_str().to_owned();
-        if url.path() == "/" && url.query().is_none() && canonical.ends_with('/') {
-            canonical.pop();
-        }
-        if canonical.len() > MAX_ID_LEN {
-            return Err(InvalidId::new("resource URI", raw, "longer than 200 bytes"));
-        }
+        let (url, len) = Self::canonicalize(uri.as_ref())?;
+        let canonical = Self::prefix(&url, len).to_owned();
         Ok(Self {
             inner: std::sync::Arc::new(ParsedUrl::new(canonical, url)),
         })
+    }
+
+    /// The parsed URL of `raw` and the length of its canonical form, a prefix of the URL's
+    /// serialisation (see [`ResourceUri::prefix`]).
+    fn canonicalize(raw: &str) -> Result<(Url, usize), InvalidId> {
+        let url = parse_http_url("resource URI", raw)?;
+        let mut len = url.as_str().len();
+        if url.path() == "/" && url.query().is_none() && url.as_str().ends_with('/') {
+            len -= 1;
+        }
+        if len > MAX_ID_LEN {
+            return Err(InvalidId::new("resource URI", raw, "longer than 200 bytes"));
+        }
+        Ok((url, len))
+    }
+
+    /// The first `len` bytes of `url`'s serialisation. From [`ResourceUri::canonicalize`], `len`
+    /// is the whole length or one less (dropping an ASCII `/`): a char boundary (and `get`
+    /// cannot panic whatever it is).
+    fn prefix(url: &Url, len: usize) -> &str {
+        url.as_str().get(..len).unwrap_or_default()
     }
 
     /// The canonical URI.
@@ -294,15 +326,17 @@ impl ResourceUri {
     pub fn from_storage_key(key: &str) -> Result<Self, InvalidId> {
         let raw = decode_key(key)
             .ok_or_else(|| InvalidId::new("resource URI", key, "is not a resource storage key"))?;
-        let parsed = Self::new(&raw)?;
-        if parsed.as_str() != raw {
+        let (url, len) = Self::canonicalize(&raw)?;
+        if Self::prefix(&url, len) != raw {
             return Err(InvalidId::new(
                 "resource URI",
                 key,
                 "stored resource URI is not canonical",
             ));
         }
-        Ok(parsed)
+        Ok(Self {
+            inner: std::sync::Arc::new(ParsedUrl::decoded(raw, url, key)),
+        })
     }
 }
 
@@ -606,5 +640,31 @@ mod tests {
         assert_eq!(TokenKey::from_storage_key(&key.storage_key()).unwrap(), key);
         assert!(TokenKey::from_storage_key("nodot").is_err());
         assert!(IssuerId::from_storage_key("ABC").is_err());
+    }
+
+    #[test]
+    fn a_storage_key_decodes_only_from_its_one_encoding() {
+        // Identifiers decoded from a key keep that key as their storage key: any other spelling
+        // of the same bytes (stray trailing bits) must be refused, or two keys would name one id.
+        let issuer = IssuerId::new("https://as.example").unwrap();
+        let resource = ResourceUri::new("https://mcp.example").unwrap();
+        for key in [issuer.storage_key(), resource.storage_key()] {
+            // 18 and 19 bytes (not multiples of 5): the last symbol ends in zero padding bits,
+            // and the next symbol of the alphabet sets the lowest of them.
+            let last = key.chars().last().unwrap();
+            let alphabet = "0123456789abcdefghijklmnopqrstuv";
+            let bumped = alphabet
+                .chars()
+                .nth(alphabet.find(last).unwrap() + 1)
+                .unwrap();
+            let stray = format!("{}{bumped}", &key[..key.len() - 1]);
+            assert!(IssuerId::from_storage_key(&stray).is_err(), "{stray}");
+            assert!(ResourceUri::from_storage_key(&stray).is_err(), "{stray}");
+        }
+        let decoded = IssuerId::from_storage_key(&issuer.storage_key()).unwrap();
+        assert_eq!(decoded.storage_key(), issuer.storage_key());
+        let decoded = ResourceUri::from_storage_key(&resource.storage_key()).unwrap();
+        assert_eq!(decoded.storage_key(), resource.storage_key());
+        assert_eq!(decoded.as_str(), "https://mcp.example");
     }
 }

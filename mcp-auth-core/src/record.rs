@@ -8,6 +8,7 @@
 //!
 //! This module is the only place where secrets are exposed for storage.
 
+use std::borrow::Cow;
 use std::fmt;
 
 use secrecy::{ExposeSecret, SecretString};
@@ -176,12 +177,14 @@ impl fmt::Debug for RecordKey {
     }
 }
 
+// Strings that are only compared or copied into secrets borrow from the record being decoded
+// (or from what is being encoded): no allocation for them, and no unzeroized copy of a secret.
 #[derive(Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
-struct Envelope<T> {
+struct Envelope<'a, T> {
     schema: u32,
-    #[serde(rename = "type")]
-    kind: String,
+    #[serde(rename = "type", borrow)]
+    kind: Cow<'a, str>,
     record: T,
 }
 
@@ -194,17 +197,20 @@ struct Header {
 
 #[derive(Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
-struct RegistrationV1 {
-    issuer: String,
+struct RegistrationV1<'a> {
+    #[serde(borrow)]
+    issuer: Cow<'a, str>,
     client_id: String,
-    client_secret: Option<String>,
+    #[serde(borrow)]
+    client_secret: Option<Cow<'a, str>>,
     client_secret_expires_at: Option<Timestamp>,
     client_id_issued_at: Option<Timestamp>,
     token_endpoint_auth_method: String,
     redirect_uris: Vec<String>,
     grant_types: Vec<String>,
     kind: String,
-    registration_access_token: Option<String>,
+    #[serde(borrow)]
+    registration_access_token: Option<Cow<'a, str>>,
     registration_client_uri: Option<String>,
     created_at: Timestamp,
     extra: Extra,
@@ -212,22 +218,26 @@ struct RegistrationV1 {
 
 #[derive(Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
-struct TokensV1 {
+struct TokensV1<'a> {
     // Plain strings: decoding compares them with the key it read from, which is already valid.
-    issuer: String,
-    resource: String,
-    access_token: String,
+    #[serde(borrow)]
+    issuer: Cow<'a, str>,
+    #[serde(borrow)]
+    resource: Cow<'a, str>,
+    #[serde(borrow)]
+    access_token: Cow<'a, str>,
     token_type: String,
     expires_at: Option<Timestamp>,
-    refresh_token: Option<String>,
+    #[serde(borrow)]
+    refresh_token: Option<Cow<'a, str>>,
     scopes: Vec<String>,
     obtained_at: Timestamp,
     // Absent in records written before refresh states existed, and whenever there is none.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     refresh_state: Option<RefreshState>,
     // Only for DPoP-bound tokens.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    dpop_key: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none", borrow)]
+    dpop_key: Option<Cow<'a, str>>,
     extra: Extra,
 }
 
@@ -257,14 +267,19 @@ struct PendingV1 {
     extra: Extra,
 }
 
-fn expose(secret: &Option<SecretString>) -> Option<String> {
-    secret.as_ref().map(|s| s.expose_secret().to_owned())
+fn expose(secret: &Option<SecretString>) -> Option<Cow<'_, str>> {
+    secret.as_ref().map(|s| Cow::Borrowed(s.expose_secret()))
+}
+
+/// A decoded secret, owned (borrowed strings are copied once, into the secret).
+fn secret(value: Cow<'_, str>) -> SecretString {
+    SecretString::from(value.into_owned())
 }
 
 fn encode<T: Serialize>(key: &RecordKey, record: T) -> Result<Vec<u8>, StoreError> {
     let envelope = Envelope {
         schema: SCHEMA_VERSION,
-        kind: key.kind().as_str().to_owned(),
+        kind: Cow::Borrowed(key.kind().as_str()),
         record,
     };
     let bytes = serde_json::to_vec(&envelope).map_err(|e| StoreError::Corrupt {
@@ -288,9 +303,9 @@ fn corrupt(key: &RecordKey, reason: impl Into<String>) -> StoreError {
     }
 }
 
-fn decode<T: for<'de> Deserialize<'de>>(key: &RecordKey, bytes: &[u8]) -> Result<T, StoreError> {
+fn decode<'de, T: Deserialize<'de>>(key: &RecordKey, bytes: &'de [u8]) -> Result<T, StoreError> {
     // Happy path: one parse. Only a failure pays for a second look to explain it.
-    match serde_json::from_slice::<Envelope<T>>(bytes) {
+    match serde_json::from_slice::<Envelope<'_, T>>(bytes) {
         Ok(envelope)
             if envelope.schema == SCHEMA_VERSION && envelope.kind == key.kind().as_str() =>
         {
@@ -363,7 +378,7 @@ pub fn encode_registration(registration: &ClientRegistration) -> Result<Vec<u8>,
     encode(
         &key,
         RegistrationV1 {
-            issuer: registration.issuer.as_str().to_owned(),
+            issuer: Cow::Borrowed(registration.issuer.as_str()),
             client_id: registration.client_id.clone(),
             client_secret: expose(&registration.client_secret),
             client_secret_expires_at: registration.client_secret_expires_at,
@@ -392,7 +407,7 @@ pub fn decode_registration(
     bytes: &[u8],
 ) -> Result<ClientRegistration, StoreError> {
     let key = RecordKey::Registration(issuer.clone());
-    let r: RegistrationV1 = decode(&key, bytes)?;
+    let r: RegistrationV1<'_> = decode(&key, bytes)?;
     if r.issuer != issuer.as_str() {
         return Err(corrupt(&key, "record belongs to another issuer"));
     }
@@ -401,14 +416,14 @@ pub fn decode_registration(
     Ok(ClientRegistration {
         issuer: issuer.clone(),
         client_id: r.client_id,
-        client_secret: r.client_secret.map(SecretString::from),
+        client_secret: r.client_secret.map(secret),
         client_secret_expires_at: r.client_secret_expires_at,
         client_id_issued_at: r.client_id_issued_at,
         token_endpoint_auth_method: r.token_endpoint_auth_method,
         redirect_uris: r.redirect_uris,
         grant_types: r.grant_types,
         kind,
-        registration_access_token: r.registration_access_token.map(SecretString::from),
+        registration_access_token: r.registration_access_token.map(secret),
         registration_client_uri: r.registration_client_uri,
         created_at: r.created_at,
         extra: r.extra,
@@ -425,9 +440,9 @@ pub fn encode_tokens(key: &TokenKey, tokens: &TokenSet) -> Result<Vec<u8>, Store
     encode(
         &RecordKey::Tokens(key.clone()),
         TokensV1 {
-            issuer: key.issuer.as_str().to_owned(),
-            resource: key.resource.as_str().to_owned(),
-            access_token: tokens.access_token.expose_secret().to_owned(),
+            issuer: Cow::Borrowed(key.issuer.as_str()),
+            resource: Cow::Borrowed(key.resource.as_str()),
+            access_token: Cow::Borrowed(tokens.access_token.expose_secret()),
             token_type: tokens.token_type.clone(),
             expires_at: tokens.expires_at,
             refresh_token: expose(&tokens.refresh_token),
@@ -449,7 +464,7 @@ pub fn encode_tokens(key: &TokenKey, tokens: &TokenSet) -> Result<Vec<u8>, Store
 /// issuer or resource than `key`.
 pub fn decode_tokens(key: &TokenKey, bytes: &[u8]) -> Result<TokenSet, StoreError> {
     let record_key = RecordKey::Tokens(key.clone());
-    let t: TokensV1 = decode(&record_key, bytes)?;
+    let t: TokensV1<'_> = decode(&record_key, bytes)?;
     if t.issuer != key.issuer.as_str() || t.resource != key.resource.as_str() {
         return Err(corrupt(
             &record_key,
@@ -457,14 +472,14 @@ pub fn decode_tokens(key: &TokenKey, bytes: &[u8]) -> Result<TokenSet, StoreErro
         ));
     }
     Ok(TokenSet {
-        access_token: SecretString::from(t.access_token),
+        access_token: secret(t.access_token),
         token_type: t.token_type,
         expires_at: t.expires_at,
-        refresh_token: t.refresh_token.map(SecretString::from),
+        refresh_token: t.refresh_token.map(secret),
         scopes: t.scopes,
         obtained_at: t.obtained_at,
         refresh_state: t.refresh_state,
-        dpop_key: t.dpop_key.map(SecretString::from),
+        dpop_key: t.dpop_key.map(secret),
         extra: t.extra,
     })
 }
