@@ -553,8 +553,9 @@ impl SqliteStore {
 
     /// One `SELECT` of every record of `kind` in this namespace. The rows are read in chunks of
     /// [`SCAN_CHUNK`] while other threads parse their keys and apply `decode` (reading and
-    /// decoding overlap; the copies of the values never pile up); a small scan is decoded on this
-    /// thread. `Ok(None)` leaves a row out. The order of the result is unspecified.
+    /// decoding overlap; the copies of the values never pile up), and this thread decodes a
+    /// chunk too whenever they are all busy; a small scan is decoded on this thread. `Ok(None)`
+    /// leaves a row out. The order of the result is unspecified.
     async fn scan_with<T: Send + 'static>(
         &self,
         kind: RecordKind,
@@ -651,13 +652,32 @@ impl SqliteStore {
                     })
                     .collect();
                 let mut read = Ok(());
+                // Decoding costs more than reading: when every decoder is busy (the channel is
+                // full), this thread decodes the chunk itself instead of waiting.
+                let mut found = Vec::new();
                 let mut chunk = first;
                 while !chunk.is_empty() {
                     // A decoder met a bad row (its error is reported): stop reading.
-                    if failed.load(std::sync::atomic::Ordering::Relaxed)
-                        || sender.send(chunk).is_err()
-                    {
+                    if failed.load(std::sync::atomic::Ordering::Relaxed) {
                         break;
+                    }
+                    match sender.try_send(chunk) {
+                        Ok(()) => {}
+                        Err(std::sync::mpsc::TrySendError::Full(mine)) => {
+                            for row in mine {
+                                match decode_row(row) {
+                                    Ok(decoded) => found.extend(decoded),
+                                    Err(e) => {
+                                        read = Err(e);
+                                        break;
+                                    }
+                                }
+                            }
+                            if read.is_err() {
+                                break;
+                            }
+                        }
+                        Err(std::sync::mpsc::TrySendError::Disconnected(_)) => break,
                     }
                     chunk = match next_chunk() {
                         Ok(c) => c,
@@ -668,7 +688,6 @@ impl SqliteStore {
                     };
                 }
                 drop(sender);
-                let mut found = Vec::new();
                 for handle in handles {
                     match handle.join() {
                         Ok(part) => found.extend(part?),

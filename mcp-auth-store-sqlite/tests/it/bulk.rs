@@ -87,6 +87,36 @@ async fn a_corrupt_row_fails_the_scan_naming_it() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn corrupt_rows_throughout_a_scan_fail_it_whichever_thread_decodes_them() {
+    // The reading thread decodes chunks itself when the decoders are busy: a corrupt row in
+    // every chunk is met by the reader and by a decoder alike, and either way the scan fails
+    // (no partial result), naming a corrupt record.
+    let dir = tempfile::tempdir().unwrap();
+    let store = SqliteStore::open(dir.path().join("bulk.db")).await.unwrap();
+    let tokens: Vec<(TokenKey, TokenSet)> = (0..3_000)
+        .map(|i| (key(i), TokenSet::new(SecretString::from(format!("at-{i}")))))
+        .collect();
+    store.put_tokens_any(&tokens).await.unwrap();
+    let corrupt: Vec<usize> = (0..3_000).step_by(97).collect();
+    for &i in &corrupt {
+        write_raw_record(&store, &RecordKey::Tokens(key(i)), b"not json")
+            .await
+            .unwrap();
+    }
+    for _ in 0..5 {
+        match store.scan_tokens().await {
+            Err(StoreError::Corrupt { key: named, .. }) => assert!(
+                corrupt
+                    .iter()
+                    .any(|i| named.contains(&format!("mcp{i}.bulk.example/"))),
+                "{named}"
+            ),
+            other => panic!("expected Corrupt, got {:?}", other.map(|v| v.len())),
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_read_only_store_scans_but_refuses_imports() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("bulk.db");
