@@ -227,6 +227,11 @@ impl IssuerId {
         self.inner.key.clone()
     }
 
+    /// [`IssuerId::storage_key`] without a copy.
+    pub(crate) fn storage_key_str(&self) -> &str {
+        &self.inner.key
+    }
+
     /// Inverse of [`IssuerId::storage_key`].
     ///
     /// # Errors
@@ -315,6 +320,11 @@ impl ResourceUri {
     /// Injective, backend-safe key (`[0-9a-v]+`).
     pub fn storage_key(&self) -> String {
         self.inner.key.clone()
+    }
+
+    /// [`ResourceUri::storage_key`] without a copy.
+    pub(crate) fn storage_key_str(&self) -> &str {
+        &self.inner.key
     }
 
     /// Inverse of [`ResourceUri::storage_key`].
@@ -445,8 +455,8 @@ impl TokenKey {
     pub fn storage_key(&self) -> String {
         format!(
             "{}.{}",
-            self.issuer.storage_key(),
-            self.resource.storage_key()
+            self.issuer.storage_key_str(),
+            self.resource.storage_key_str()
         )
     }
 

@@ -91,13 +91,47 @@ impl RecordKey {
     /// Injective key within a namespace, `<kind>/<encoded id>`, using only `[0-9a-v./]` after the
     /// kind: safe as a Redis key, an AWS secret name, a keyring attribute or a SQLite text key.
     pub fn storage_key(&self) -> String {
-        let id = match self {
-            Self::Registration(issuer) => issuer.storage_key(),
-            Self::Tokens(key) => key.storage_key(),
-            Self::Binding(resource) => resource.storage_key(),
-            Self::Pending(state) => encode_key(state),
+        let mut key = String::new();
+        self.push_storage_key(&mut key);
+        key
+    }
+
+    /// Appends [`RecordKey::storage_key`] to `out`: a backend that prefixes its keys builds each
+    /// in one allocation (this runs on every store operation, the hot path included).
+    ///
+    /// ```
+    /// use mcp_auth_core::{IssuerId, record::RecordKey};
+    ///
+    /// let key = RecordKey::Registration(IssuerId::new("https://as.example")?);
+    /// let mut redis_key = String::from("mcp-auth:{ns}:r:");
+    /// key.push_storage_key(&mut redis_key);
+    /// assert_eq!(redis_key, format!("mcp-auth:{{ns}}:r:{}", key.storage_key()));
+    /// # Ok::<(), mcp_auth_core::InvalidId>(())
+    /// ```
+    pub fn push_storage_key(&self, out: &mut String) {
+        let kind = self.kind().as_str();
+        let pending;
+        let (first, second) = match self {
+            Self::Registration(issuer) => (issuer.storage_key_str(), None),
+            Self::Tokens(key) => (
+                key.issuer.storage_key_str(),
+                Some(key.resource.storage_key_str()),
+            ),
+            Self::Binding(resource) => (resource.storage_key_str(), None),
+            Self::Pending(state) => {
+                pending = encode_key(state);
+                (pending.as_str(), None)
+            }
         };
-        format!("{}/{id}", self.kind().as_str())
+        out.reserve(kind.len() + 2 + first.len() + second.map_or(0, str::len));
+        out.push_str(kind);
+        out.push('/');
+        out.push_str(first);
+        if let Some(second) = second {
+            // As `TokenKey::storage_key`: `<issuer key>.<resource key>`.
+            out.push('.');
+            out.push_str(second);
+        }
     }
 
     /// Inverse of [`RecordKey::storage_key`]; `None` for anything this library did not produce.

@@ -729,7 +729,12 @@ impl RedisStore {
     }
 
     fn record_key(&self, key: &RecordKey) -> String {
-        format!("{}r:{}", self.base, key.storage_key())
+        // One allocation: this runs twice on every `access_token()`.
+        let mut out = String::with_capacity(self.base.len() + 128);
+        out.push_str(&self.base);
+        out.push_str("r:");
+        key.push_storage_key(&mut out);
+        out
     }
 
     fn index_key(&self) -> String {
