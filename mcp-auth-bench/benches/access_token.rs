@@ -10,7 +10,16 @@
 //!
 //! Medians of 10 000 calls timed inside a tokio task, in 10 slices of 1 000 alternating with the
 //! baselines' slices (load from elsewhere weighs on both sides of a ratio alike); three runs;
-//! ratios ours / baseline (and memory / rmcp). Then a refresh storm per store: 1000 concurrent tasks calling
+//! ratios ours / baseline (and memory / rmcp), and what ours adds to the baseline in µs.
+//!
+//! The runtime has **one** worker thread. With two, a Redis round trip took either ~10 µs or
+//! ~50–75 µs depending on which worker the scheduler had put the connection's driver task on,
+//! and that placement stuck to a connection for a whole run: the store's connection and the
+//! baseline's could sit in different modes, and the Redis ratio swung from 0.2× to 1.2× between
+//! runs of the same code. With one worker both connections wait the same way (the worker sleeps
+//! until the reply arrives, which on a small VM costs tens of µs of wake-up, the same on both
+//! sides), so the ratio is stable; the added µs are the figure that does not depend on that
+//! wake-up. The SQLite and memory rows measure the same with one worker as with two. Then a refresh storm per store: 1000 concurrent tasks calling
 //! `access_token()` on an expired token, which must cost exactly one token request at the
 //! authorization server. Then encryption at rest: the same engine over each store plain and
 //! wrapped in `mcp_auth_core::encryption::EncryptedStore` (XChaCha20-Poly1305), interleaved:
@@ -69,7 +78,8 @@ struct Row {
 
 fn main() {
     let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
+        // One worker: see the module documentation.
+        .worker_threads(1)
         .enable_all()
         .build()
         .unwrap();
@@ -275,6 +285,7 @@ fn main() {
             "baseline",
             "baseline µs",
             "ours/baseline",
+            "added µs",
         ],
     );
     for r in &rows {
@@ -285,6 +296,7 @@ fn main() {
             r.baseline.to_owned(),
             format!("{:.3}", micros(r.base)),
             format!("{:.2}x", ratio(micros(r.ours), micros(r.base))),
+            format!("{:+.3}", micros(r.ours) - micros(r.base)),
         ]);
     }
     table.print();
@@ -304,6 +316,7 @@ fn main() {
             "baseline",
             "baseline µs",
             "ours/baseline",
+            "added µs",
         ],
     );
     let mut results = Vec::new();
@@ -317,12 +330,21 @@ fn main() {
             median_f64(&v)
         };
         let (ours, base) = (of(|r| r.ours), of(|r| r.base));
+        // The median of the runs' differences (not the difference of the medians).
+        let added = median_f64(
+            &rows
+                .iter()
+                .filter(|r| r.store == store && r.baseline == baseline)
+                .map(|r| micros(r.ours) - micros(r.base))
+                .collect::<Vec<_>>(),
+        );
         summary.row(&[
             store.to_owned(),
             format!("{ours:.3}"),
             baseline.to_owned(),
             format!("{base:.3}"),
             format!("{:.2}x", ratio(ours, base)),
+            format!("{added:+.3}"),
         ]);
         results.push(json!({
             "store": store,
@@ -330,6 +352,7 @@ fn main() {
             "ours_us": ours,
             "baseline_us": base,
             "ratio": ratio(ours, base),
+            "added_us": added,
             "runs": rows.iter().filter(|r| r.store == store && r.baseline == baseline)
                 .map(|r| json!({"ours_us": micros(r.ours), "baseline_us": micros(r.base)}))
                 .collect::<Vec<_>>(),

@@ -407,8 +407,11 @@ fn measure(rt: &tokio::runtime::Runtime, f: &Filled, seed: u64) -> Measured {
 }
 
 fn main() {
+    // One worker, as in `access_token`: with two, a Redis round trip was ~10 µs or ~50–75 µs
+    // depending on which worker held the connection's driver task, which made the 100k / 1k
+    // ratio a coin toss between runs.
     let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
+        .worker_threads(1)
         .enable_all()
         .build()
         .unwrap();
