@@ -187,6 +187,31 @@ pub fn par_map<T: Send, U: Send>(
     })
 }
 
+/// Decodes one scanned row (`Ok(None)` leaves it out).
+type Decoder<U> = dyn Fn(RecordKey, &[u8], Version) -> Result<Option<U>, StoreError> + Sync;
+
+/// [`par_map`] over scanned rows, decoding each value by reference: the values are freed here,
+/// on the calling thread, once the decoders are done. (Freed by the decoder threads, they were
+/// freed by two threads at once into the allocator arena of the thread that read them, and the
+/// two contended for its lock on every row.)
+fn par_decode<U: Send>(
+    rows: Vec<(RecordKey, Vec<u8>, Version)>,
+    f: &Decoder<U>,
+) -> Result<Vec<U>, StoreError> {
+    let mut values = Vec::with_capacity(rows.len());
+    let items: Vec<(RecordKey, usize, Version)> = rows
+        .into_iter()
+        .map(|(key, bytes, version)| {
+            values.push(bytes);
+            (key, values.len() - 1, version)
+        })
+        .collect();
+    let values = &values;
+    par_map(items, &|(key, i, version)| {
+        f(key, values.get(i).map_or(&[][..], Vec::as_slice), version)
+    })
+}
+
 /// `TokenStore::scan_tokens` from raw records: one [`RawRecords::scan_records`].
 ///
 /// # Errors
@@ -197,11 +222,11 @@ pub async fn scan_tokens<S: RawRecords + ?Sized>(
     store: &S,
 ) -> Result<Vec<(TokenKey, Versioned<TokenSet>)>, StoreError> {
     let rows = store.scan_records(RecordKind::Tokens).await?;
-    par_map(rows, &|(key, bytes, version)| {
+    par_decode(rows, &|key, bytes, version| {
         let Some(key) = key.into_tokens() else {
             return Ok(None);
         };
-        let value = record::decode_tokens(&key, &bytes)?;
+        let value = record::decode_tokens(&key, bytes)?;
         Ok(Some((key, Versioned { value, version })))
     })
 }
@@ -234,11 +259,11 @@ pub async fn scan_registrations<S: RawRecords + ?Sized>(
     store: &S,
 ) -> Result<Vec<Versioned<ClientRegistration>>, StoreError> {
     let rows = store.scan_records(RecordKind::Registration).await?;
-    par_map(rows, &|(key, bytes, version)| {
+    par_decode(rows, &|key, bytes, version| {
         let Some(issuer) = key.into_registration() else {
             return Ok(None);
         };
-        let value = record::decode_registration(&issuer, &bytes)?;
+        let value = record::decode_registration(&issuer, bytes)?;
         Ok(Some(Versioned { value, version }))
     })
 }
@@ -265,11 +290,11 @@ pub async fn scan_bindings<S: RawRecords + ?Sized>(
     store: &S,
 ) -> Result<Vec<Versioned<ResourceBinding>>, StoreError> {
     let rows = store.scan_records(RecordKind::Binding).await?;
-    par_map(rows, &|(key, bytes, version)| {
+    par_decode(rows, &|key, bytes, version| {
         let Some(resource) = key.into_binding() else {
             return Ok(None);
         };
-        let value = record::decode_binding(&resource, &bytes)?;
+        let value = record::decode_binding(&resource, bytes)?;
         Ok(Some(Versioned { value, version }))
     })
 }

@@ -547,19 +547,26 @@ impl SqliteStore {
         &self,
         kind: RecordKind,
     ) -> Result<Vec<(RecordKey, Vec<u8>, Version)>, StoreError> {
-        self.scan_with(kind, |key, bytes, version| Ok(Some((key, bytes, version))))
-            .await
+        self.scan_with(kind, |key, bytes, version| {
+            Ok(Some((key, bytes.to_vec(), version)))
+        })
+        .await
     }
 
-    /// One `SELECT` of every record of `kind` in this namespace. The rows are read in chunks of
-    /// [`SCAN_CHUNK`] while other threads parse their keys and apply `decode` (reading and
-    /// decoding overlap; the copies of the values never pile up), and this thread decodes a
-    /// chunk too whenever they are all busy; a small scan is decoded on this thread. `Ok(None)`
-    /// leaves a row out. The order of the result is unspecified.
+    /// One `SELECT` of every record of `kind` in this namespace, each row's key parsed and
+    /// `decode` applied to its value; `Ok(None)` leaves a row out. The order of the result is
+    /// unspecified.
+    ///
+    /// A small scan (or one on a single core) is decoded on this thread straight from SQLite's
+    /// row buffers. A large one is read into [`Chunk`]s of [`SCAN_CHUNK`] rows that other threads
+    /// decode while this one reads (and decodes a chunk itself whenever they are all busy);
+    /// decoded chunks come back empty to be filled again, so the copies of the values never pile
+    /// up and the reader and the decoders do not allocate and free a buffer per row (doing so,
+    /// they contended for the allocator, and decoding on two threads was slower than on one).
     async fn scan_with<T: Send + 'static>(
         &self,
         kind: RecordKind,
-        decode: impl Fn(RecordKey, Vec<u8>, Version) -> Result<Option<T>, StoreError>
+        decode: impl Fn(RecordKey, &[u8], Version) -> Result<Option<T>, StoreError>
         + Send
         + Sync
         + 'static,
@@ -576,53 +583,67 @@ impl SqliteStore {
                 )
                 .map_err(|e| map_err_named(e, &what))?;
             let mut rows = stmt
-                .query_map(params![ns, kind.as_str(), from, until], |row| {
-                    Ok((
-                        row.get::<_, String>(0)?,
-                        row.get::<_, Vec<u8>>(1)?,
-                        row.get::<_, i64>(2)?,
-                    ))
-                })
+                .query(params![ns, kind.as_str(), from, until])
                 .map_err(|e| map_err_named(e, &what))?;
-            let decode_row = |(raw, bytes, version): (String, Vec<u8>, i64)| {
-                let key = RecordKey::from_storage_key(&raw).ok_or_else(|| StoreError::Corrupt {
-                    key: raw.clone(),
+            let decode_row = |raw: &str, bytes: &[u8], version: i64| {
+                let key = RecordKey::from_storage_key(raw).ok_or_else(|| StoreError::Corrupt {
+                    key: raw.to_owned(),
                     reason: "unrecognised storage key".to_owned(),
                 })?;
                 decode(key, bytes, version_of(version))
             };
-            let mut next_chunk = || {
-                rows.by_ref()
-                    .take(SCAN_CHUNK)
-                    .collect::<Result<Vec<_>, _>>()
-                    .map_err(|e| map_err_named(e, &what))
+            // Fills `chunk` (emptied first) with up to SCAN_CHUNK rows; an empty chunk is the end.
+            let mut next_chunk = |chunk: &mut Chunk| -> Result<(), StoreError> {
+                chunk.clear();
+                while chunk.len() < SCAN_CHUNK {
+                    let Some(row) = rows.next().map_err(|e| map_err_named(e, &what))? else {
+                        break;
+                    };
+                    let (key, value, version) =
+                        row_parts(row).map_err(|e| map_err_named(e, &what))?;
+                    chunk.push(key, value, version);
+                }
+                Ok(())
             };
-            let first = next_chunk()?;
+            let mut first = Chunk::default();
+            next_chunk(&mut first)?;
             let threads = std::thread::available_parallelism().map_or(1, usize::from);
             if first.len() < SCAN_CHUNK || threads < 2 {
-                // Small (or single core): decode here.
+                // Small (or single core): decode here, the rest straight from SQLite's buffers.
                 let mut found = Vec::with_capacity(first.len());
-                let mut chunk = first;
-                while !chunk.is_empty() {
-                    for row in chunk {
-                        found.extend(decode_row(row)?);
-                    }
-                    chunk = next_chunk()?;
+                for (key, value, version) in first.rows() {
+                    found.extend(decode_row(key, value, version)?);
+                }
+                while let Some(row) = rows.next().map_err(|e| map_err_named(e, &what))? {
+                    let (key, value, version) =
+                        row_parts(row).map_err(|e| map_err_named(e, &what))?;
+                    found.extend(decode_row(key, value, version)?);
                 }
                 return Ok(found);
             }
             // This thread reads; decoders (one per core but this one, at least one) decode.
             let decoders = (threads - 1).clamp(1, 3);
-            let (sender, receiver) = std::sync::mpsc::sync_channel::<Vec<_>>(decoders);
+            let (sender, receiver) = std::sync::mpsc::sync_channel::<Chunk>(decoders);
             let receiver = Mutex::new(receiver);
+            // Decoded chunks, back to the reader to be filled again.
+            let (give_back, spare) = std::sync::mpsc::channel::<Chunk>();
             // Set by a decoder that met a bad row: the reader stops, and every decoder keeps
             // draining the channel (without decoding) until it closes, so the reader is never
             // left blocked on a full channel nobody empties.
             let failed = std::sync::atomic::AtomicBool::new(false);
+            // Decodes `chunk` into `found`; the first error stops it.
+            let decode_chunk = |chunk: &Chunk, found: &mut Vec<T>| -> Result<(), StoreError> {
+                for (key, value, version) in chunk.rows() {
+                    found.extend(decode_row(key, value, version)?);
+                }
+                Ok(())
+            };
             std::thread::scope(|scope| {
                 let handles: Vec<_> = (0..decoders)
                     .map(|_| {
+                        let give_back = give_back.clone();
                         scope.spawn(|| {
+                            let give_back = give_back;
                             let mut found = Vec::new();
                             let mut error = None;
                             loop {
@@ -633,24 +654,19 @@ impl SqliteStore {
                                 let Ok(chunk) = chunk else {
                                     return error.map_or(Ok(found), Err);
                                 };
-                                if error.is_some() {
-                                    continue;
+                                if error.is_none()
+                                    && let Err(e) = decode_chunk(&chunk, &mut found)
+                                {
+                                    failed.store(true, std::sync::atomic::Ordering::Relaxed);
+                                    error = Some(e);
                                 }
-                                for row in chunk {
-                                    match decode_row(row) {
-                                        Ok(decoded) => found.extend(decoded),
-                                        Err(e) => {
-                                            failed
-                                                .store(true, std::sync::atomic::Ordering::Relaxed);
-                                            error = Some(e);
-                                            break;
-                                        }
-                                    }
-                                }
+                                // The reader may be gone (done reading): the chunk is dropped.
+                                let _ = give_back.send(chunk);
                             }
                         })
                     })
                     .collect();
+                drop(give_back);
                 let mut read = Ok(());
                 // Decoding costs more than reading: when every decoder is busy (the channel is
                 // full), this thread decodes the chunk itself instead of waiting.
@@ -661,31 +677,21 @@ impl SqliteStore {
                     if failed.load(std::sync::atomic::Ordering::Relaxed) {
                         break;
                     }
-                    match sender.try_send(chunk) {
-                        Ok(()) => {}
+                    chunk = match sender.try_send(chunk) {
+                        Ok(()) => spare.try_recv().unwrap_or_default(),
                         Err(std::sync::mpsc::TrySendError::Full(mine)) => {
-                            for row in mine {
-                                match decode_row(row) {
-                                    Ok(decoded) => found.extend(decoded),
-                                    Err(e) => {
-                                        read = Err(e);
-                                        break;
-                                    }
-                                }
-                            }
-                            if read.is_err() {
+                            if let Err(e) = decode_chunk(&mine, &mut found) {
+                                read = Err(e);
                                 break;
                             }
+                            mine
                         }
                         Err(std::sync::mpsc::TrySendError::Disconnected(_)) => break,
-                    }
-                    chunk = match next_chunk() {
-                        Ok(c) => c,
-                        Err(e) => {
-                            read = Err(e);
-                            break;
-                        }
                     };
+                    if let Err(e) = next_chunk(&mut chunk) {
+                        read = Err(e);
+                        break;
+                    }
                 }
                 drop(sender);
                 for handle in handles {
@@ -785,6 +791,59 @@ impl SqliteStore {
 
 /// Rows a scan reads before handing them to a decoder (see `SqliteStore::scan_with`).
 const SCAN_CHUNK: usize = 512;
+
+/// The key, value and version of a scanned row, borrowed from SQLite's buffers.
+fn row_parts<'r>(row: &'r rusqlite::Row<'_>) -> rusqlite::Result<(&'r str, &'r [u8], i64)> {
+    let key = row.get_ref(0)?.as_str()?;
+    let value = row.get_ref(1)?.as_blob()?;
+    Ok((key, value, row.get(2)?))
+}
+
+/// Rows of a scan copied out of SQLite for a decoder thread: every key in one string and every
+/// value in one buffer (three allocations per chunk, reused from chunk to chunk, instead of two
+/// per row).
+#[derive(Default)]
+struct Chunk {
+    keys: String,
+    values: Vec<u8>,
+    /// Per row: where its key and its value end, and its version.
+    ends: Vec<(usize, usize, i64)>,
+}
+
+impl Chunk {
+    fn clear(&mut self) {
+        self.keys.clear();
+        self.values.clear();
+        self.ends.clear();
+    }
+
+    fn len(&self) -> usize {
+        self.ends.len()
+    }
+
+    fn is_empty(&self) -> bool {
+        self.ends.is_empty()
+    }
+
+    fn push(&mut self, key: &str, value: &[u8], version: i64) {
+        self.keys.push_str(key);
+        self.values.extend_from_slice(value);
+        self.ends
+            .push((self.keys.len(), self.values.len(), version));
+    }
+
+    fn rows(&self) -> impl Iterator<Item = (&str, &[u8], i64)> {
+        let (mut key_from, mut value_from) = (0, 0);
+        self.ends.iter().map(move |&(key_end, value_end, version)| {
+            // Boundaries recorded by `push` (whole strings, so char boundaries): `get` never
+            // fails, and cannot panic if it did.
+            let key = self.keys.get(key_from..key_end).unwrap_or_default();
+            let value = self.values.get(value_from..value_end).unwrap_or_default();
+            (key_from, value_from) = (key_end, value_end);
+            (key, value, version)
+        })
+    }
+}
 
 /// Records written per transaction by [`TokenStore::put_tokens_any`] and its siblings.
 const IMPORT_BATCH: usize = 1000;
@@ -1041,7 +1100,7 @@ impl TokenStore for SqliteStore {
             let Some(key) = key.into_tokens() else {
                 return Ok(None);
             };
-            let value = record::decode_tokens(&key, &bytes)?;
+            let value = record::decode_tokens(&key, bytes)?;
             Ok(Some((key, Versioned { value, version })))
         })
         .await
