@@ -19,7 +19,9 @@
 //! runs of the same code. With one worker both connections wait the same way (the worker sleeps
 //! until the reply arrives, which on a small VM costs tens of µs of wake-up, the same on both
 //! sides), so the ratio is stable; the added µs are the figure that does not depend on that
-//! wake-up. The SQLite and memory rows measure the same with one worker as with two. Then a refresh storm per store: 1000 concurrent tasks calling
+//! wake-up. The SQLite and memory rows measure the same with one worker as with two.
+//!
+//! Then a refresh storm per store: 1000 concurrent tasks calling
 //! `access_token()` on an expired token, which must cost exactly one token request at the
 //! authorization server. Then encryption at rest: the same engine over each store plain and
 //! wrapped in `mcp_auth_core::encryption::EncryptedStore` (XChaCha20-Poly1305), interleaved:
