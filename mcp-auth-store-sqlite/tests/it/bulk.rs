@@ -67,43 +67,22 @@ async fn imports_over_several_transactions_and_scans_them_back() {
     assert!(other.scan_bindings().await.unwrap().is_empty());
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_corrupt_row_fails_the_scan_naming_it() {
+/// Stores 3000 token sets (enough for a scan decoded on several threads), overwrites the rows
+/// of `corrupt` with bytes that are not a record, and checks that each of `scans` scans fails
+/// (no partial result) naming one of them.
+async fn scans_fail_naming_a_corrupt_row(corrupt: &[usize], scans: usize) {
     let dir = tempfile::tempdir().unwrap();
     let store = SqliteStore::open(dir.path().join("bulk.db")).await.unwrap();
     let tokens: Vec<(TokenKey, TokenSet)> = (0..3_000)
         .map(|i| (key(i), TokenSet::new(SecretString::from(format!("at-{i}")))))
         .collect();
     store.put_tokens_any(&tokens).await.unwrap();
-    write_raw_record(&store, &RecordKey::Tokens(key(1_234)), b"not json")
-        .await
-        .unwrap();
-    match store.scan_tokens().await {
-        Err(StoreError::Corrupt { key: named, .. }) => {
-            assert!(named.contains("mcp1234.bulk.example"), "{named}")
-        }
-        other => panic!("expected Corrupt, got {:?}", other.map(|v| v.len())),
-    }
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn corrupt_rows_throughout_a_scan_fail_it_whichever_thread_decodes_them() {
-    // The reading thread decodes chunks itself when the decoders are busy: a corrupt row in
-    // every chunk is met by the reader and by a decoder alike, and either way the scan fails
-    // (no partial result), naming a corrupt record.
-    let dir = tempfile::tempdir().unwrap();
-    let store = SqliteStore::open(dir.path().join("bulk.db")).await.unwrap();
-    let tokens: Vec<(TokenKey, TokenSet)> = (0..3_000)
-        .map(|i| (key(i), TokenSet::new(SecretString::from(format!("at-{i}")))))
-        .collect();
-    store.put_tokens_any(&tokens).await.unwrap();
-    let corrupt: Vec<usize> = (0..3_000).step_by(97).collect();
-    for &i in &corrupt {
+    for &i in corrupt {
         write_raw_record(&store, &RecordKey::Tokens(key(i)), b"not json")
             .await
             .unwrap();
     }
-    for _ in 0..5 {
+    for _ in 0..scans {
         match store.scan_tokens().await {
             Err(StoreError::Corrupt { key: named, .. }) => assert!(
                 corrupt
@@ -114,6 +93,19 @@ async fn corrupt_rows_throughout_a_scan_fail_it_whichever_thread_decodes_them() 
             other => panic!("expected Corrupt, got {:?}", other.map(|v| v.len())),
         }
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_corrupt_row_fails_the_scan_naming_it() {
+    scans_fail_naming_a_corrupt_row(&[1_234], 1).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn corrupt_rows_throughout_a_scan_fail_it_whichever_thread_decodes_them() {
+    // The reading thread decodes chunks itself when the decoders are busy: a corrupt row in
+    // every chunk is met by the reader and by a decoder alike, and either way the scan fails.
+    let corrupt: Vec<usize> = (0..3_000).step_by(97).collect();
+    scans_fail_naming_a_corrupt_row(&corrupt, 5).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
