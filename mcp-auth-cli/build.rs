@@ -9,8 +9,11 @@
 //!
 //! glibc loads `DT_RELR` from 2.36 on, and a binary linked this way requires it (the
 //! `GLIBC_ABI_DT_RELR` symbol version), so the flag is added only when building for the machine
-//! that builds (not cross-compiling) on Linux with glibc ≥ 2.36. `MCP_AUTH_NO_RELR=1` turns it
-//! off (to build a binary for older systems).
+//! that builds (not cross-compiling) on Linux with glibc ≥ 2.36, with the default linker: a
+//! linker configured for the target (`RUSTC_LINKER`, as `cargo zigbuild` or a sysroot toolchain
+//! set, which may link against an older glibc than the one `getconf` reports), a linker given
+//! in `RUSTFLAGS`, or a static C runtime (`crt-static`) leaves the flag out.
+//! `MCP_AUTH_NO_RELR=1` turns it off too (to build a binary for older systems).
 
 use std::process::Command;
 
@@ -22,6 +25,14 @@ fn main() {
     let var = |name: &str| std::env::var(name).unwrap_or_default();
     let native = var("HOST") == var("TARGET");
     if !native || var("CARGO_CFG_TARGET_OS") != "linux" || var("CARGO_CFG_TARGET_ENV") != "gnu" {
+        return;
+    }
+    let custom_linker = std::env::var_os("RUSTC_LINKER").is_some()
+        || var("CARGO_ENCODED_RUSTFLAGS").contains("linker");
+    let static_crt = var("CARGO_CFG_TARGET_FEATURE")
+        .split(',')
+        .any(|f| f == "crt-static");
+    if custom_linker || static_crt {
         return;
     }
     if glibc_version().is_some_and(|v| v >= (2, 36)) {

@@ -22,8 +22,8 @@
 //! wake-up. The SQLite and memory rows measure the same with one worker as with two.
 //!
 //! Then a refresh storm per store: 1000 concurrent tasks calling
-//! `access_token()` on an expired token, which must cost exactly one token request at the
-//! authorization server. Then encryption at rest: the same engine over each store plain and
+//! `access_token()` on an expired token (on a two-worker runtime of its own, so they race from
+//! two threads), which must cost exactly one token request at the authorization server. Then encryption at rest: the same engine over each store plain and
 //! wrapped in `mcp_auth_core::encryption::EncryptedStore` (XChaCha20-Poly1305), interleaved:
 //! cached `access_token()` (goal: ≤ 1.1× the plain store), an uncached `get_tokens()` (one
 //! decryption) and a `put_tokens()` of a DPoP-sized token set (one encryption).
@@ -375,7 +375,13 @@ fn main() {
     println!("HTTP requests to the authorization server during the timed calls: {requests}");
     assert_eq!(requests, 0, "a warm access_token() made an HTTP request");
 
-    // The refresh storm.
+    // The refresh storm, on a runtime of its own with two workers: the tasks race each other
+    // from two threads, not one (the timed calls above want one worker; a storm wants races).
+    let storm_rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
     let mut storm_table = Table::new(
         format!("refresh storm: {STORM_TASKS} concurrent access_token() on an expired token"),
         &["store", "token requests", "AS requests", "wall ms"],
@@ -387,7 +393,7 @@ fn main() {
         as1.clear_requests();
         let auth = Arc::clone(&b.auth);
         let r = resource.clone();
-        let (took, tokens) = in_task(&rt, async move {
+        let (took, tokens) = in_task(&storm_rt, async move {
             let mut set = tokio::task::JoinSet::new();
             let t = Instant::now();
             for _ in 0..STORM_TASKS {

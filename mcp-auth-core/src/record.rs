@@ -211,8 +211,11 @@ impl fmt::Debug for RecordKey {
     }
 }
 
-// Strings that are only compared or copied into secrets borrow from the record being decoded
-// (or from what is being encoded): no allocation for them, and no unzeroized copy of a secret.
+// Strings that are only compared borrow from the record being decoded (serde borrows a plain
+// `Cow<str>` when the JSON string has no escape; an `Option<Cow<str>>` always decodes owned, and
+// moves into its `SecretString` without another copy). Encoding borrows every field it can,
+// the token and registration secrets included: no unzeroized copy of them is made on the way to
+// the encoded bytes (which the store writes and the caller drops).
 #[derive(Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct Envelope<'a, T> {

@@ -729,7 +729,8 @@ impl RedisStore {
     }
 
     fn record_key(&self, key: &RecordKey) -> String {
-        // One allocation: this runs twice on every `access_token()`.
+        // One allocation (two for a key past 128 bytes): this runs twice on every
+        // `access_token()`.
         let mut out = String::with_capacity(self.base.len() + 128);
         out.push_str(&self.base);
         out.push_str("r:");

@@ -557,10 +557,11 @@ impl SqliteStore {
     /// `decode` applied to its value; `Ok(None)` leaves a row out. The order of the result is
     /// unspecified.
     ///
-    /// A small scan (or one on a single core) is decoded on this thread straight from SQLite's
-    /// row buffers. A large one is read into [`Chunk`]s of [`SCAN_CHUNK`] rows that other threads
-    /// decode while this one reads (and decodes a chunk itself whenever they are all busy);
-    /// decoded chunks come back empty to be filled again, so the copies of the values never pile
+    /// A small scan (or one on a single core) is decoded on this thread, all but its first
+    /// [`SCAN_CHUNK`] rows straight from SQLite's row buffers. A large one is read into
+    /// [`Chunk`]s of [`SCAN_CHUNK`] rows that other threads decode while this one reads (and
+    /// decodes a chunk itself whenever they are all busy); decoded chunks come back to be cleared
+    /// and filled again, so the copies of the values never pile
     /// up and the reader and the decoders do not allocate and free a buffer per row (doing so,
     /// they contended for the allocator, and decoding on two threads was slower than on one).
     async fn scan_with<T: Send + 'static>(
@@ -627,9 +628,8 @@ impl SqliteStore {
             let receiver = Mutex::new(receiver);
             // Decoded chunks, back to the reader to be filled again.
             let (give_back, spare) = std::sync::mpsc::channel::<Chunk>();
-            // Set by a decoder that met a bad row: the reader stops, and every decoder keeps
-            // draining the channel (without decoding) until it closes, so the reader is never
-            // left blocked on a full channel nobody empties.
+            // Set by a decoder that met a bad row: the reader stops reading, and every decoder
+            // keeps draining the channel (without decoding) until it closes.
             let failed = std::sync::atomic::AtomicBool::new(false);
             // Decodes `chunk` into `found`; the first error stops it.
             let decode_chunk = |chunk: &Chunk, found: &mut Vec<T>| -> Result<(), StoreError> {
@@ -660,7 +660,8 @@ impl SqliteStore {
                                     failed.store(true, std::sync::atomic::Ordering::Relaxed);
                                     error = Some(e);
                                 }
-                                // The reader may be gone (done reading): the chunk is dropped.
+                                // Once the reader is done, nobody takes it: it waits in the
+                                // channel until the scan returns.
                                 let _ = give_back.send(chunk);
                             }
                         })
@@ -686,7 +687,16 @@ impl SqliteStore {
                             }
                             mine
                         }
-                        Err(std::sync::mpsc::TrySendError::Disconnected(_)) => break,
+                        // No decoder is left (they only stop once the channel closes, so this
+                        // would take a panic, which `join` reports): decode the rows here rather
+                        // than leave them out.
+                        Err(std::sync::mpsc::TrySendError::Disconnected(mine)) => {
+                            if let Err(e) = decode_chunk(&mine, &mut found) {
+                                read = Err(e);
+                                break;
+                            }
+                            mine
+                        }
                     };
                     if let Err(e) = next_chunk(&mut chunk) {
                         read = Err(e);
