@@ -453,11 +453,21 @@ impl TokenKey {
 
     /// Injective, backend-safe key: `<issuer key>.<resource key>`.
     pub fn storage_key(&self) -> String {
-        format!(
-            "{}.{}",
+        let mut key = String::new();
+        self.push_storage_key(&mut key);
+        key
+    }
+
+    /// Appends [`TokenKey::storage_key`] to `out`.
+    pub(crate) fn push_storage_key(&self, out: &mut String) {
+        let (issuer, resource) = (
             self.issuer.storage_key_str(),
-            self.resource.storage_key_str()
-        )
+            self.resource.storage_key_str(),
+        );
+        out.reserve(issuer.len() + 1 + resource.len());
+        out.push_str(issuer);
+        out.push('.');
+        out.push_str(resource);
     }
 
     /// Inverse of [`TokenKey::storage_key`].

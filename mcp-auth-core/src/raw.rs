@@ -198,18 +198,12 @@ fn par_decode<U: Send>(
     rows: Vec<(RecordKey, Vec<u8>, Version)>,
     f: &Decoder<U>,
 ) -> Result<Vec<U>, StoreError> {
-    let mut values = Vec::with_capacity(rows.len());
-    let items: Vec<(RecordKey, usize, Version)> = rows
+    let (rows, values): (Vec<(RecordKey, Version)>, Vec<Vec<u8>>) = rows
         .into_iter()
-        .map(|(key, bytes, version)| {
-            values.push(bytes);
-            (key, values.len() - 1, version)
-        })
-        .collect();
-    let values = &values;
-    par_map(items, &|(key, i, version)| {
-        f(key, values.get(i).map_or(&[][..], Vec::as_slice), version)
-    })
+        .map(|(key, bytes, version)| ((key, version), bytes))
+        .unzip();
+    let items: Vec<_> = rows.into_iter().zip(&values).collect();
+    par_map(items, &|((key, version), bytes)| f(key, bytes, version))
 }
 
 /// `TokenStore::scan_tokens` from raw records: one [`RawRecords::scan_records`].

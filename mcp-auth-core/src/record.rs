@@ -91,7 +91,8 @@ impl RecordKey {
     /// Injective key within a namespace, `<kind>/<encoded id>`, using only `[0-9a-v./]` after the
     /// kind: safe as a Redis key, an AWS secret name, a keyring attribute or a SQLite text key.
     pub fn storage_key(&self) -> String {
-        let mut key = String::new();
+        // Room for the usual key (two ~40-byte identifiers, base32 encoded): one allocation.
+        let mut key = String::with_capacity(160);
         self.push_storage_key(&mut key);
         key
     }
@@ -109,28 +110,13 @@ impl RecordKey {
     /// # Ok::<(), mcp_auth_core::InvalidId>(())
     /// ```
     pub fn push_storage_key(&self, out: &mut String) {
-        let kind = self.kind().as_str();
-        let pending;
-        let (first, second) = match self {
-            Self::Registration(issuer) => (issuer.storage_key_str(), None),
-            Self::Tokens(key) => (
-                key.issuer.storage_key_str(),
-                Some(key.resource.storage_key_str()),
-            ),
-            Self::Binding(resource) => (resource.storage_key_str(), None),
-            Self::Pending(state) => {
-                pending = encode_key(state);
-                (pending.as_str(), None)
-            }
-        };
-        out.reserve(kind.len() + 2 + first.len() + second.map_or(0, str::len));
-        out.push_str(kind);
+        out.push_str(self.kind().as_str());
         out.push('/');
-        out.push_str(first);
-        if let Some(second) = second {
-            // As `TokenKey::storage_key`: `<issuer key>.<resource key>`.
-            out.push('.');
-            out.push_str(second);
+        match self {
+            Self::Registration(issuer) => out.push_str(issuer.storage_key_str()),
+            Self::Tokens(key) => key.push_storage_key(out),
+            Self::Binding(resource) => out.push_str(resource.storage_key_str()),
+            Self::Pending(state) => out.push_str(&encode_key(state)),
         }
     }
 
@@ -256,7 +242,7 @@ struct RegistrationV1<'a> {
 #[derive(Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct TokensV1<'a> {
-    // Plain strings: decoding compares them with the key it read from, which is already valid.
+    // Only compared with the key the record was read from, which is already valid.
     #[serde(borrow)]
     issuer: Cow<'a, str>,
     #[serde(borrow)]

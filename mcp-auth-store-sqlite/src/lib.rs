@@ -561,9 +561,9 @@ impl SqliteStore {
     /// [`SCAN_CHUNK`] rows straight from SQLite's row buffers. A large one is read into
     /// [`Chunk`]s of [`SCAN_CHUNK`] rows that other threads decode while this one reads (and
     /// decodes a chunk itself whenever they are all busy); decoded chunks come back to be cleared
-    /// and filled again, so the copies of the values never pile
-    /// up and the reader and the decoders do not allocate and free a buffer per row (doing so,
-    /// they contended for the allocator, and decoding on two threads was slower than on one).
+    /// and filled again, so the copies of the values never pile up and the reader and the
+    /// decoders do not allocate and free a buffer per row (doing so, they contended for the
+    /// allocator, and decoding on two threads was slower than on one).
     async fn scan_with<T: Send + 'static>(
         &self,
         kind: RecordKind,
@@ -680,17 +680,13 @@ impl SqliteStore {
                     }
                     chunk = match sender.try_send(chunk) {
                         Ok(()) => spare.try_recv().unwrap_or_default(),
-                        Err(std::sync::mpsc::TrySendError::Full(mine)) => {
-                            if let Err(e) = decode_chunk(&mine, &mut found) {
-                                read = Err(e);
-                                break;
-                            }
-                            mine
-                        }
-                        // No decoder is left (they only stop once the channel closes, so this
-                        // would take a panic, which `join` reports): decode the rows here rather
-                        // than leave them out.
-                        Err(std::sync::mpsc::TrySendError::Disconnected(mine)) => {
+                        // Every decoder is busy, or none is left (they only stop once the channel
+                        // closes, so that would take a panic, which `join` reports): decode the
+                        // rows here rather than wait, or leave them out.
+                        Err(
+                            std::sync::mpsc::TrySendError::Full(mine)
+                            | std::sync::mpsc::TrySendError::Disconnected(mine),
+                        ) => {
                             if let Err(e) = decode_chunk(&mine, &mut found) {
                                 read = Err(e);
                                 break;
